@@ -1,0 +1,32 @@
+#include "backend/cpu/cpu_features.h"
+
+#include <cstdlib>
+#include <string>
+
+namespace m2 {
+
+namespace {
+CpuFeatures detect() {
+  CpuFeatures f;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  f.avx2_fma_f16c = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  f.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+#endif
+  // M2_CPU_GENERIC=1 forces the portable kernels (for tests and for comparing paths).
+  if (const char* g = std::getenv("M2_CPU_GENERIC"); g && std::string(g) == "1") f.avx2_fma_f16c = f.avx512 = false;
+  return f;
+}
+}  // namespace
+
+const CpuFeatures& cpu_features() {
+  static const CpuFeatures f = detect();
+  return f;
+}
+
+std::string CpuFeatures::describe() const {
+  if (avx2_fma_f16c) return avx512 ? "avx2+fma+f16c (avx512 present)" : "avx2+fma+f16c";
+  return "generic";
+}
+
+}  // namespace m2

@@ -1,0 +1,14 @@
+// Which SIMD fast paths this CPU can run, read once at start-up.
+#pragma once
+#include <string>
+
+namespace m2 {
+
+struct CpuFeatures {
+  bool avx2_fma_f16c = false;  // x86-64-v3 fast path
+  bool avx512 = false;         // reported; the AVX2 kernels run on these machines too
+  std::string describe() const;
+};
+const CpuFeatures& cpu_features();
+
+}  // namespace m2

@@ -1,0 +1,29 @@
+// y = x · Wᵀ for a weight in any stored format, on the CPU.
+#pragma once
+#include <cstdint>
+
+#include "core/thread_pool.h"
+#include "quant/weight.h"
+
+namespace m2 {
+
+enum class LinearPath {
+  Auto,     // the best path this CPU supports
+  Generic,  // portable C++: row dequantised to a buffer, then dot products
+  Avx2,     // fused SIMD decode + FMA (gemv for few tokens, tiled gemm for many)
+};
+
+// x: [tokens, w.cols] row-major fp32; y: [tokens, w.rows] fp32 (overwritten).
+void linear(const WeightView& w, const float* x, float* y, int64_t tokens, ThreadPool& pool,
+            LinearPath path = LinearPath::Auto);
+
+// Decodes rows [r0, r0 + n) of W into out[n, w.cols] fp32 (embedding lookup, tests).
+void dequant_rows(const WeightView& w, int64_t r0, int64_t n, float* out);
+
+namespace detail {
+// The AVX2 kernels (linear_avx2.cpp); only called when cpu_features().avx2_fma_f16c.
+void linear_avx2(const WeightView& w, const float* x, float* y, int64_t tokens, ThreadPool& pool);
+void dequant_row_avx2(const WeightView& w, int64_t r, float* out);
+}  // namespace detail
+
+}  // namespace m2

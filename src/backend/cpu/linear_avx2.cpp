@@ -1,0 +1,264 @@
+// AVX2 + FMA + F16C kernels for every weight format.
+//   gemv  (1-4 tokens): each weight row is decoded 32 columns at a time straight into registers and
+//                       multiplied with every token: one pass over the packed weight, memory-bound.
+//   gemm  (5+ tokens):  a 16-row × 256-column weight tile is decoded once into L1 (transposed), then a
+//                       6-token × 16-row register-blocked micro-kernel runs over all tokens.
+// note: only POD fields of WeightView are touched here, so no std::string code is emitted with AVX2.
+#if defined(__x86_64__)
+#pragma GCC target("avx2,fma,f16c")
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "backend/cpu/linear.h"
+
+namespace m2::detail {
+
+namespace {
+
+constexpr int kChunk = 32;  // columns decoded per step
+
+inline float e8m0_value(uint8_t e) {
+  uint32_t b = e == 0 ? 0x00400000u : uint32_t(e) << 23;
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+
+// FP4 E2M1 codes → 2×value as int8, through pshufb.
+inline __m128i fp4_lut() { return _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12); }
+
+// 16 packed bytes (32 codes, low nibble = even column) → 32 int8 of 2×value, in column order.
+inline void fp4_unpack32(const uint8_t* p, __m128i& lo16, __m128i& hi16) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  const __m128i lo = _mm_and_si128(b, mask);
+  const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
+  const __m128i lut = fp4_lut();
+  lo16 = _mm_shuffle_epi8(lut, _mm_unpacklo_epi8(lo, hi));  // columns 0..15
+  hi16 = _mm_shuffle_epi8(lut, _mm_unpackhi_epi8(lo, hi));  // columns 16..31
+}
+
+inline __m256 i8x8_to_ps(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
+
+// Decodes columns [k0, k0 + 32) of row r into out[0..3] (8 columns each). k0 % 32 == 0.
+struct Decoder {
+  const WeightView& w;
+
+  inline void decode(int64_t r, int64_t k0, __m256 out[4]) const {
+    const uint8_t* row = w.data + r * w.row_bytes;
+    switch (w.format) {
+      case WeightFormat::Dense:
+        if (w.dtype == DType::BF16) {
+          const uint8_t* p = row + 2 * k0;
+          for (int j = 0; j < 4; ++j) {
+            __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * j)));
+            out[j] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+          }
+        } else if (w.dtype == DType::F16) {
+          const uint8_t* p = row + 2 * k0;
+          for (int j = 0; j < 4; ++j) out[j] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * j)));
+        } else {
+          const float* p = reinterpret_cast<const float*>(row) + k0;
+          for (int j = 0; j < 4; ++j) out[j] = _mm256_loadu_ps(p + 8 * j);
+        }
+        return;
+      case WeightFormat::Fp8Block: {
+        float s;
+        std::memcpy(&s, w.scales + 4 * ((r / w.block_rows) * w.scale_cols + k0 / w.block_cols), 4);
+        const uint8_t* p = row + k0;
+        if (w.dtype == DType::F8_E5M2) {
+          const __m256 sv = _mm256_set1_ps(s);
+          for (int j = 0; j < 4; ++j) {
+            __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * j)));
+            out[j] = _mm256_mul_ps(_mm256_cvtph_ps(_mm_slli_epi16(b, 8)), sv);
+          }
+        } else {
+          // E4M3 → F16 bits: sign to bit 15, exponent+mantissa shifted by 7; then × 2^(15-7).
+          const __m256 sv = _mm256_set1_ps(s * 256.0f);
+          const __m128i sign = _mm_set1_epi16(0x80), body = _mm_set1_epi16(0x7F);
+          for (int j = 0; j < 4; ++j) {
+            __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * j)));
+            __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(b, sign), 8), _mm_slli_epi16(_mm_and_si128(b, body), 7));
+            out[j] = _mm256_mul_ps(_mm256_cvtph_ps(h), sv);
+          }
+        }
+        return;
+      }
+      case WeightFormat::Nvfp4: {
+        __m128i a, b;
+        fp4_unpack32(row + k0 / 2, a, b);
+        const uint8_t* sc = w.scales + r * w.scale_cols + k0 / 16;
+        const float g = 0.5f * w.global_scale;
+        const __m256 s0 = _mm256_set1_ps(kE4M3ToF32[sc[0]] * g), s1 = _mm256_set1_ps(kE4M3ToF32[sc[1]] * g);
+        out[0] = _mm256_mul_ps(i8x8_to_ps(a), s0);
+        out[1] = _mm256_mul_ps(i8x8_to_ps(_mm_srli_si128(a, 8)), s0);
+        out[2] = _mm256_mul_ps(i8x8_to_ps(b), s1);
+        out[3] = _mm256_mul_ps(i8x8_to_ps(_mm_srli_si128(b, 8)), s1);
+        return;
+      }
+      case WeightFormat::Mxfp4: {
+        __m128i a, b;
+        fp4_unpack32(row + k0 / 2, a, b);
+        const __m256 s = _mm256_set1_ps(0.5f * e8m0_value(w.scales[r * w.scale_cols + k0 / 32]));
+        out[0] = _mm256_mul_ps(i8x8_to_ps(a), s);
+        out[1] = _mm256_mul_ps(i8x8_to_ps(_mm_srli_si128(a, 8)), s);
+        out[2] = _mm256_mul_ps(i8x8_to_ps(b), s);
+        out[3] = _mm256_mul_ps(i8x8_to_ps(_mm_srli_si128(b, 8)), s);
+        return;
+      }
+    }
+    __builtin_unreachable();
+  }
+};
+
+// Columns that the 32-wide SIMD decode covers; block-FP8 also needs whole chunks inside a scale block.
+int64_t simd_cols(const WeightView& w) {
+  if (w.format == WeightFormat::Fp8Block && w.block_cols % kChunk != 0) return 0;
+  return w.cols / kChunk * kChunk;
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+template <int T>
+void gemv_rows(const WeightView& w, const float* x, float* y, int64_t r0, int64_t r1) {
+  const Decoder dec{w};
+  const int64_t K = w.cols, N = w.rows, Ks = simd_cols(w);
+  for (int64_t r = r0; r < r1; ++r) {
+    __m256 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < Ks; k += kChunk) {
+      __m256 wv[4];
+      dec.decode(r, k, wv);
+      for (int t = 0; t < T; ++t)
+        for (int j = 0; j < 4; ++j) acc[t] = _mm256_fmadd_ps(wv[j], _mm256_loadu_ps(x + t * K + k + 8 * j), acc[t]);
+    }
+    for (int t = 0; t < T; ++t) {
+      float s = hsum(acc[t]);
+      for (int64_t k = Ks; k < K; ++k) s += x[t * K + k] * weight_element_ref(w, r, k);
+      y[t * N + r] = s;
+    }
+  }
+}
+
+constexpr int kTileRows = 16, kTileCols = 256, kMr = 6;
+
+// Decodes W[r0 .. r0+16) × [k0 .. k0+kc) into tile[k][16] (rows past N are zero).
+void decode_tile(const WeightView& w, int64_t r0, int64_t k0, int64_t kc, float* tile) {
+  const Decoder dec{w};
+  const int64_t Ks = simd_cols(w);
+  alignas(32) float rowbuf[kChunk];
+  for (int i = 0; i < kTileRows; ++i) {
+    const int64_t r = r0 + i;
+    if (r >= w.rows) {
+      for (int64_t k = 0; k < kc; ++k) tile[k * kTileRows + i] = 0.0f;
+      continue;
+    }
+    int64_t k = 0;
+    for (; k + kChunk <= kc && k0 + k + kChunk <= Ks; k += kChunk) {
+      __m256 wv[4];
+      dec.decode(r, k0 + k, wv);
+      for (int j = 0; j < 4; ++j) _mm256_store_ps(rowbuf + 8 * j, wv[j]);
+      for (int j = 0; j < kChunk; ++j) tile[(k + j) * kTileRows + i] = rowbuf[j];
+    }
+    for (; k < kc; ++k) tile[k * kTileRows + i] = weight_element_ref(w, r, k0 + k);
+  }
+}
+
+// acc[m][16] += x[m rows, kc] · tile[kc][16]; then y rows get acc (store on first chunk, add after).
+template <int M>
+void micro_kernel(const float* x, int64_t ldx, const float* tile, int64_t kc, float* y, int64_t ldy, int rows,
+                  bool first) {
+  __m256 acc[M][2];
+  for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 w0 = _mm256_load_ps(tile + k * kTileRows), w1 = _mm256_load_ps(tile + k * kTileRows + 8);
+    for (int m = 0; m < M; ++m) {
+      const __m256 xb = _mm256_broadcast_ss(x + m * ldx + k);
+      acc[m][0] = _mm256_fmadd_ps(xb, w0, acc[m][0]);
+      acc[m][1] = _mm256_fmadd_ps(xb, w1, acc[m][1]);
+    }
+  }
+  alignas(32) float out[kTileRows];
+  for (int m = 0; m < M; ++m) {
+    _mm256_store_ps(out, acc[m][0]);
+    _mm256_store_ps(out + 8, acc[m][1]);
+    float* yr = y + m * ldy;
+    if (first)
+      for (int i = 0; i < rows; ++i) yr[i] = out[i];
+    else
+      for (int i = 0; i < rows; ++i) yr[i] += out[i];
+  }
+}
+
+void gemm_tiles(const WeightView& w, const float* x, float* y, int64_t tokens, int64_t tile0, int64_t tile1) {
+  alignas(64) float tile[kTileCols * kTileRows];
+  const int64_t K = w.cols, N = w.rows;
+  for (int64_t tt = tile0; tt < tile1; ++tt) {
+    const int64_t r0 = tt * kTileRows;
+    const int rows = int(std::min<int64_t>(kTileRows, N - r0));
+    for (int64_t k0 = 0; k0 < K; k0 += kTileCols) {
+      const int64_t kc = std::min<int64_t>(kTileCols, K - k0);
+      decode_tile(w, r0, k0, kc, tile);
+      int64_t t = 0;
+      for (; t + kMr <= tokens; t += kMr) micro_kernel<kMr>(x + t * K + k0, K, tile, kc, y + t * N + r0, N, rows, k0 == 0);
+      switch (tokens - t) {
+        case 5: micro_kernel<5>(x + t * K + k0, K, tile, kc, y + t * N + r0, N, rows, k0 == 0); break;
+        case 4: micro_kernel<4>(x + t * K + k0, K, tile, kc, y + t * N + r0, N, rows, k0 == 0); break;
+        case 3: micro_kernel<3>(x + t * K + k0, K, tile, kc, y + t * N + r0, N, rows, k0 == 0); break;
+        case 2: micro_kernel<2>(x + t * K + k0, K, tile, kc, y + t * N + r0, N, rows, k0 == 0); break;
+        case 1: micro_kernel<1>(x + t * K + k0, K, tile, kc, y + t * N + r0, N, rows, k0 == 0); break;
+        default: break;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void linear_avx2(const WeightView& w, const float* x, float* y, int64_t tokens, ThreadPool& pool) {
+  if (tokens <= 4) {
+    // Processing up to 4 tokens per pass over W; rows split across threads in 16-row grains.
+    pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) {
+      switch (tokens) {
+        case 1: gemv_rows<1>(w, x, y, r0, r1); break;
+        case 2: gemv_rows<2>(w, x, y, r0, r1); break;
+        case 3: gemv_rows<3>(w, x, y, r0, r1); break;
+        case 4: gemv_rows<4>(w, x, y, r0, r1); break;
+        default: break;
+      }
+    }, 16);
+    return;
+  }
+  const int64_t tiles = (w.rows + kTileRows - 1) / kTileRows;
+  pool.parallel_for(tiles, [&](int64_t t0, int64_t t1, int) { gemm_tiles(w, x, y, tokens, t0, t1); });
+}
+
+void dequant_row_avx2(const WeightView& w, int64_t r, float* out) {
+  const Decoder dec{w};
+  const int64_t Ks = simd_cols(w);
+  int64_t k = 0;
+  for (; k < Ks; k += kChunk) {
+    __m256 wv[4];
+    dec.decode(r, k, wv);
+    for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + k + 8 * j, wv[j]);
+  }
+  for (; k < w.cols; ++k) out[k] = weight_element_ref(w, r, k);
+}
+
+}  // namespace m2::detail
+#else
+#include "backend/cpu/linear.h"
+#include "core/error.h"
+namespace m2::detail {
+void linear_avx2(const WeightView& w, const float*, float*, int64_t, ThreadPool&) {
+  fail("linear {}: the AVX2 path is not compiled for this architecture", w.name);
+}
+void dequant_row_avx2(const WeightView& w, int64_t r, float* out) { dequant_row_ref(w, r, out); }
+}  // namespace m2::detail
+#endif

@@ -1,0 +1,46 @@
+// A fixed pool of worker threads for data-parallel loops. The caller thread takes part, so a pool of
+// n threads runs n-way parallel work with n-1 workers.
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace m2 {
+
+class ThreadPool {
+ public:
+  // threads == 0 means one per hardware thread.
+  explicit ThreadPool(int threads = 0);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return int(workers_.size()) + 1; }
+
+  // Calls fn(begin, end, thread_index) on contiguous slices of [0, n), one slice per thread, and
+  // returns when all are done. Slices are rounded to multiples of `grain`. Does not allocate.
+  template <typename F>
+  void parallel_for(int64_t n, F&& fn, int64_t grain = 1) {
+    auto call = [](void* ctx, int64_t b, int64_t e, int t) { (*static_cast<F*>(ctx))(b, e, t); };
+    run(n, grain, const_cast<void*>(static_cast<const void*>(&fn)), call);
+  }
+
+ private:
+  using Trampoline = void (*)(void*, int64_t, int64_t, int);
+  void run(int64_t n, int64_t grain, void* ctx, Trampoline call);
+  void worker_loop(int index);
+
+  std::vector<std::thread> workers_;
+  std::mutex mutex_;
+  std::condition_variable start_cv_, done_cv_;
+  void* job_ctx_ = nullptr;
+  Trampoline job_call_ = nullptr;
+  int64_t job_n_ = 0, job_grain_ = 1;
+  uint64_t generation_ = 0;
+  int pending_ = 0;
+  bool stop_ = false;
+};
+
+}  // namespace m2
