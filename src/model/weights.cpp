@@ -74,6 +74,7 @@ std::optional<float> read_kv_scale(const Checkpoint& ckpt, const std::vector<std
 
 ModelWeights ModelWeights::load(const fs::path& dir) {
   ModelWeights m;
+  if (!fs::is_directory(dir)) fail<IoError>("{}: not a directory", dir.string());
   const nlohmann::json cfg_json = read_json_file(dir / "config.json");
   m.config = parse_model_config(cfg_json, (dir / "config.json").string());
   m.scheme = QuantScheme::detect(dir, cfg_json);

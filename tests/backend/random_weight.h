@@ -1,0 +1,80 @@
+// Random weights of every stored format, owning their bytes, for kernel tests and benchmarks.
+#pragma once
+#include <random>
+#include <vector>
+
+#include "core/dtype.h"
+#include "quant/weight.h"
+
+namespace m2::test {
+
+struct OwnedWeight {
+  std::vector<uint8_t> data, scales;
+  WeightView view;
+};
+
+// Every code and scale is random (never zero everywhere): E2M1 codes uniform over all 16, block
+// scales spread over two octaves, FP8 elements from normal values.
+inline OwnedWeight random_weight(WeightFormat format, DType dtype, int64_t rows, int64_t cols, std::mt19937_64& rng,
+                                 int fp8_block = 128) {
+  OwnedWeight w;
+  WeightView& v = w.view;
+  v.name = "test";
+  v.format = format;
+  v.dtype = dtype;
+  v.rows = rows;
+  v.cols = cols;
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> spread(0.5f, 2.0f);
+  switch (format) {
+    case WeightFormat::Dense: {
+      v.row_bytes = cols * int64_t(dtype_size(dtype));
+      w.data.resize(size_t(rows * v.row_bytes));
+      for (int64_t i = 0; i < rows * cols; ++i) {
+        float x = normal(rng);
+        if (dtype == DType::F32) std::memcpy(w.data.data() + 4 * i, &x, 4);
+        else {
+          uint16_t b = dtype == DType::BF16 ? f32_to_bf16(x) : f32_to_f16(x);
+          std::memcpy(w.data.data() + 2 * i, &b, 2);
+        }
+      }
+      break;
+    }
+    case WeightFormat::Fp8Block: {
+      v.row_bytes = cols;
+      v.block_rows = v.block_cols = fp8_block;
+      v.scale_cols = (cols + fp8_block - 1) / fp8_block;
+      const int64_t grid = ((rows + fp8_block - 1) / fp8_block) * v.scale_cols;
+      w.data.resize(size_t(rows * cols));
+      for (auto& b : w.data) {
+        float x = 100.0f * normal(rng);
+        b = dtype == DType::F8_E5M2 ? uint8_t(f32_to_f16(x) >> 8) : f32_to_e4m3(x);
+      }
+      w.scales.resize(size_t(grid * 4));
+      for (int64_t i = 0; i < grid; ++i) {
+        float s = spread(rng) / 100.0f;
+        std::memcpy(w.scales.data() + 4 * i, &s, 4);
+      }
+      break;
+    }
+    case WeightFormat::Nvfp4:
+    case WeightFormat::Mxfp4: {
+      const int group = format == WeightFormat::Nvfp4 ? 16 : 32;
+      v.row_bytes = cols / 2;
+      v.scale_cols = cols / group;
+      v.block_cols = group;
+      w.data.resize(size_t(rows * cols / 2));
+      for (auto& b : w.data) b = uint8_t(rng());
+      w.scales.resize(size_t(rows * v.scale_cols));
+      for (auto& s : w.scales)
+        s = format == WeightFormat::Nvfp4 ? f32_to_e4m3(16.0f * spread(rng)) : uint8_t(120 + rng() % 6);
+      v.global_scale = format == WeightFormat::Nvfp4 ? 1.0f / 64.0f : 1.0f;
+      break;
+    }
+  }
+  v.data = w.data.data();
+  v.scales = w.scales.empty() ? nullptr : w.scales.data();
+  return w;
+}
+
+}  // namespace m2::test

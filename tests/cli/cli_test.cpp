@@ -1,0 +1,116 @@
+// The m2 binary end to end: inspect, run (ids in, ids and logits out), synth in every format, bad input.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <sys/wait.h>
+
+#include "test_util.h"
+
+namespace m2 {
+namespace {
+
+struct Result {
+  int code;
+  std::string out;
+};
+
+Result m2(const std::string& args) {
+  std::string cmd = std::string(M2_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string ids_csv(const std::vector<int32_t>& ids) {
+  std::string s;
+  for (auto i : ids) s += (s.empty() ? "" : ",") + std::to_string(i);
+  return s;
+}
+
+TEST(Cli, InspectDescribesFormatsAndExclusions) {
+  auto r = m2("inspect " + (test::kFixtures / "small-nvfp4-modelopt").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const char* s : {"2 layers, hidden 256, vocab 1024", "nvfp4 (modelopt)", "*self_attn*", "experts w1/w3",
+                        "nvfp4 (32)", "4 k/v scales", "bits/w"})
+    EXPECT_NE(r.out.find(s), std::string::npos) << s << "\n" << r.out;
+}
+
+TEST(Cli, RunGreedyMatchesReferenceAndWritesLogits) {
+  const auto dir = test::kFixtures / "tiny-bf16";
+  SafetensorsFile ref(dir / "reference.safetensors");
+  auto prompt = test::as_ids(ref.tensors().at("ref.greedy.prompt"));
+  auto want = test::as_ids(ref.tensors().at("ref.greedy.output"));
+  test::TempDir tmp;
+  auto r = m2("run " + dir.string() + " --no-stop --max-tokens 16 --ids " + ids_csv(prompt) + " --logits-out " +
+              (tmp.path / "l.safetensors").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out, ids_csv(want) + "\n");
+  SafetensorsFile logits(tmp.path / "l.safetensors");
+  EXPECT_EQ(logits.tensors().at("logits").shape, (std::vector<int64_t>{int64_t(prompt.size()), 320}));
+}
+
+TEST(Cli, BadInputGivesAClearErrorAndExitCode) {
+  const std::string dir = (test::kFixtures / "tiny-bf16").string();
+  struct Case {
+    std::string args, expect;
+  };
+  for (const auto& c : std::vector<Case>{
+           {"run " + dir + " --ids 5,abc", "'abc' at position 1 is not a token id"},
+           {"run " + dir + " --ids 5,320", "token 320 at position 1 is outside the vocabulary [0, 320)"},
+           {"run " + dir + " --ids ''", "no token ids"},
+           {"run /nonexistent --ids 1", "/nonexistent: not a directory"},
+           {"inspect " + (test::kData / "fixtures" / "templates").string(), "config.json: cannot read"},
+           {"synth /tmp/x --format int3", "--format 'int3' is unknown"},
+       }) {
+    auto r = m2(c.args);
+    EXPECT_EQ(r.code, 1) << c.args << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.expect), std::string::npos) << c.args << "\n" << r.out;
+  }
+  EXPECT_NE(m2("frobnicate").code, 0);
+}
+
+class Synth : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Synth, WritesALoadableShardedCheckpoint) {
+  test::TempDir tmp;
+  const std::string out = (tmp.path / "m").string();
+  auto r = m2("synth " + out + " --preset tiny --layers 3 --format " + GetParam() + " --quantize-attention");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(std::filesystem::exists(tmp.path / "m" / "model.safetensors.index.json"));
+  auto ins = m2("inspect " + out);
+  ASSERT_EQ(ins.code, 0) << ins.out;
+  EXPECT_NE(ins.out.find("3 layers"), std::string::npos) << ins.out;
+  EXPECT_NE(ins.out.find("4 file(s)"), std::string::npos) << ins.out;
+  auto run = m2("run " + out + " --no-stop --ids 3,4,5 --max-tokens 4");
+  ASSERT_EQ(run.code, 0) << run.out;
+  EXPECT_EQ(std::count(run.out.begin(), run.out.end(), ','), 3) << run.out;
+}
+
+INSTANTIATE_TEST_SUITE_P(AllFormats, Synth,
+                         ::testing::Values("bf16", "fp8", "nvfp4-modelopt", "nvfp4-ct", "mxfp4-ct"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           std::replace(n.begin(), n.end(), '-', '_');
+                           return n;
+                         });
+
+TEST(Cli, SynthAtTheRealWidths) {
+  // hidden 3072, 48/8 heads of 128, expert width 1536 (few experts and a small vocab keep it quick).
+  test::TempDir tmp;
+  const std::string out = (tmp.path / "m").string();
+  auto r = m2("synth " + out + " --preset minimax-m2 --layers 1 --experts 4 --top-k 2 --vocab 512 --format nvfp4-modelopt");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto ins = m2("inspect " + out);
+  EXPECT_NE(ins.out.find("hidden 3072"), std::string::npos) << ins.out;
+  EXPECT_NE(ins.out.find("expert width 1536"), std::string::npos) << ins.out;
+  auto run = m2("run " + out + " --no-stop --ids 1,2 --max-tokens 2");
+  EXPECT_EQ(run.code, 0) << run.out;
+}
+
+}  // namespace
+}  // namespace m2
