@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/random_weight.h"
 #include "io/safetensors.h"
 
 namespace m2::test {
@@ -24,13 +25,6 @@ inline uint64_t fresh_seed() {
   ::testing::Test::RecordProperty("seed", std::to_string(seed));
   std::printf("[ seed     ] M2_TEST_SEED=%llu\n", static_cast<unsigned long long>(seed));
   return seed;
-}
-
-inline std::vector<float> random_floats(std::mt19937_64& rng, size_t n, float stddev = 1.0f) {
-  std::normal_distribution<float> d(0.0f, stddev);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
 }
 
 // ‖a − b‖ / ‖b‖ in double.

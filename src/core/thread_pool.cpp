@@ -1,22 +1,9 @@
 #include "core/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
 
 namespace m2 {
-
-ThreadPool::ThreadPool(int threads) {
-  if (threads <= 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
-}
-
-ThreadPool::~ThreadPool() {
-  {
-    std::lock_guard lock(mutex_);
-    stop_ = true;
-  }
-  start_cv_.notify_all();
-  for (auto& t : workers_) t.join();
-}
 
 namespace {
 // Slice `index` of `parts` over [0, n), aligned to grain.
@@ -25,7 +12,31 @@ std::pair<int64_t, int64_t> slice(int64_t n, int64_t grain, int parts, int index
   int64_t b0 = blocks * index / parts, b1 = blocks * (index + 1) / parts;
   return {std::min(n, b0 * grain), std::min(n, b1 * grain)};
 }
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+constexpr auto kSpin = std::chrono::microseconds(200);  // how long an idle worker spins before sleeping
 }  // namespace
+
+ThreadPool::ThreadPool(int threads) {
+  if (threads <= 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  stop_.store(true);
+  {
+    std::lock_guard lock(mutex_);
+  }
+  start_cv_.notify_all();
+  for (auto& t : workers_) t.join();
+}
 
 void ThreadPool::run(int64_t n, int64_t grain, void* ctx, Trampoline call) {
   if (n <= 0) return;
@@ -34,45 +45,44 @@ void ThreadPool::run(int64_t n, int64_t grain, void* ctx, Trampoline call) {
     call(ctx, 0, n, 0);
     return;
   }
+  job_ctx_ = ctx;
+  job_call_ = call;
+  job_n_ = n;
+  job_grain_ = grain;
+  pending_.store(int(workers_.size()), std::memory_order_relaxed);
+  generation_.fetch_add(1, std::memory_order_release);
   {
-    std::lock_guard lock(mutex_);
-    job_ctx_ = ctx;
-    job_call_ = call;
-    job_n_ = n;
-    job_grain_ = grain;
-    pending_ = int(workers_.size());
-    ++generation_;
+    std::lock_guard lock(mutex_);  // a worker between its check and its wait sees the new generation
   }
   start_cv_.notify_all();
   auto [b, e] = slice(n, grain, size(), 0);
   if (b < e) call(ctx, b, e, 0);
-  std::unique_lock lock(mutex_);
-  done_cv_.wait(lock, [this] { return pending_ == 0; });
-  job_ctx_ = nullptr;
+  while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
 }
 
 void ThreadPool::worker_loop(int index) {
   uint64_t seen = 0;
   for (;;) {
-    void* ctx;
-    Trampoline call;
-    int64_t n, grain;
-    {
+    auto changed = [&] { return generation_.load(std::memory_order_acquire) != seen || stop_.load(); };
+    if (!changed()) {
+      const auto until = std::chrono::steady_clock::now() + kSpin;
+      for (int i = 0; !changed(); ++i) {
+        cpu_relax();
+        if ((i & 255) == 255) {
+          if (std::chrono::steady_clock::now() > until) break;
+          std::this_thread::yield();
+        }
+      }
+    }
+    if (!changed()) {
       std::unique_lock lock(mutex_);
-      start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      ctx = job_ctx_;
-      call = job_call_;
-      n = job_n_;
-      grain = job_grain_;
+      start_cv_.wait(lock, changed);
     }
-    auto [b, e] = slice(n, grain, size(), index);
-    if (b < e) call(ctx, b, e, index);
-    {
-      std::lock_guard lock(mutex_);
-      if (--pending_ == 0) done_cv_.notify_one();
-    }
+    if (stop_.load()) return;
+    seen = generation_.load(std::memory_order_acquire);
+    auto [b, e] = slice(job_n_, job_grain_, size(), index);
+    if (b < e) job_call_(job_ctx_, b, e, index);
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 

@@ -1,6 +1,8 @@
 // A fixed pool of worker threads for data-parallel loops. The caller thread takes part, so a pool of
-// n threads runs n-way parallel work with n-1 workers.
+// n threads runs n-way parallel work with n-1 workers. Between jobs, workers spin briefly (the decode
+// loop issues thousands of small jobs per token) and then sleep on a condition variable.
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -23,7 +25,7 @@ class ThreadPool {
   // returns when all are done. Slices are rounded to multiples of `grain`. Does not allocate.
   template <typename F>
   void parallel_for(int64_t n, F&& fn, int64_t grain = 1) {
-    auto call = [](void* ctx, int64_t b, int64_t e, int t) { (*static_cast<F*>(ctx))(b, e, t); };
+    auto call = [](void* ctx, int64_t b, int64_t e, int t) { (*static_cast<std::remove_reference_t<F>*>(ctx))(b, e, t); };
     run(n, grain, const_cast<void*>(static_cast<const void*>(&fn)), call);
   }
 
@@ -34,13 +36,14 @@ class ThreadPool {
 
   std::vector<std::thread> workers_;
   std::mutex mutex_;
-  std::condition_variable start_cv_, done_cv_;
+  std::condition_variable start_cv_;
+  // The current job; written before generation_ is bumped (release), read after (acquire).
   void* job_ctx_ = nullptr;
   Trampoline job_call_ = nullptr;
   int64_t job_n_ = 0, job_grain_ = 1;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stop_ = false;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<bool> stop_{false};
 };
 
 }  // namespace m2

@@ -30,6 +30,7 @@ void check_paths(const FormatCase& f, int64_t rows, int64_t cols, int64_t tokens
   linear_ref(w.view, x.data(), ref.data(), tokens);
   std::vector<LinearPath> paths = {LinearPath::Generic};
   if (cpu_features().avx2_fma_f16c) paths.push_back(LinearPath::Avx2);
+  if (cpu_features().avx512) paths.push_back(LinearPath::Avx512);
   for (auto path : paths) {
     std::fill(got.begin(), got.end(), NAN);
     linear(w.view, x.data(), got.data(), tokens, pool, path);

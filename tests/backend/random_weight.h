@@ -1,5 +1,6 @@
 // Random weights of every stored format, owning their bytes, for kernel tests and benchmarks.
 #pragma once
+#include <map>
 #include <random>
 #include <vector>
 
@@ -7,6 +8,13 @@
 #include "quant/weight.h"
 
 namespace m2::test {
+
+inline std::vector<float> random_floats(std::mt19937_64& rng, size_t n, float stddev = 1.0f) {
+  std::normal_distribution<float> d(0.0f, stddev);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
 
 struct OwnedWeight {
   std::vector<uint8_t> data, scales;

@@ -83,6 +83,7 @@ void CpuBackend::attention(const float* q, float* out, const AttentionSequence* 
       for (int64_t j = 0; j < ctx; ++j) {
         const float* kv = S.k_cache + j * kv_dim + kv_off;
         float d = 0;
+#pragma omp simd reduction(+ : d)
         for (int i = 0; i < head_dim; ++i) d += qv[i] * kv[i];
         d *= scale;
         scores[size_t(j)] = d;

@@ -11,7 +11,9 @@ CpuFeatures detect() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   f.avx2_fma_f16c = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  f.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  f.avx512 = f.avx2_fma_f16c && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (const char* a = std::getenv("M2_CPU_NO_AVX512"); a && std::string(a) == "1") f.avx512 = false;
 #endif
   // M2_CPU_GENERIC=1 forces the portable kernels (for tests and for comparing paths).
   if (const char* g = std::getenv("M2_CPU_GENERIC"); g && std::string(g) == "1") f.avx2_fma_f16c = f.avx512 = false;
@@ -25,7 +27,7 @@ const CpuFeatures& cpu_features() {
 }
 
 std::string CpuFeatures::describe() const {
-  if (avx2_fma_f16c) return avx512 ? "avx2+fma+f16c (avx512 present)" : "avx2+fma+f16c";
+  if (avx2_fma_f16c) return avx512 ? "avx512 gemv + avx2/fma/f16c" : "avx2+fma+f16c";
   return "generic";
 }
 

@@ -6,7 +6,7 @@ namespace m2 {
 
 struct CpuFeatures {
   bool avx2_fma_f16c = false;  // x86-64-v3 fast path
-  bool avx512 = false;         // reported; the AVX2 kernels run on these machines too
+  bool avx512 = false;         // AVX-512 F/BW/VL/DQ: the packed-format gemv
   std::string describe() const;
 };
 const CpuFeatures& cpu_features();

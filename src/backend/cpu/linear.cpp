@@ -29,7 +29,14 @@ void linear_generic(const WeightView& w, const float* x, float* y, int64_t token
 }  // namespace
 
 void linear(const WeightView& w, const float* x, float* y, int64_t tokens, ThreadPool& pool, LinearPath path) {
-  if (path == LinearPath::Auto) path = cpu_features().avx2_fma_f16c ? LinearPath::Avx2 : LinearPath::Generic;
+  const CpuFeatures& cpu = cpu_features();
+  if (path == LinearPath::Auto)
+    path = cpu.avx512 ? LinearPath::Avx512 : cpu.avx2_fma_f16c ? LinearPath::Avx2 : LinearPath::Generic;
+  if (path == LinearPath::Avx512) {
+    if (!cpu.avx512) fail<InvalidArgument>("linear {}: AVX-512 path requested on a CPU without AVX-512", w.name);
+    if (detail::gemv_avx512_supports(w, tokens)) return detail::gemv_avx512(w, x, y, tokens, pool);
+    path = LinearPath::Avx2;
+  }
   if (path == LinearPath::Avx2) {
     if (!cpu_features().avx2_fma_f16c) fail<InvalidArgument>("linear {}: AVX2 path requested on a CPU without AVX2/FMA/F16C", w.name);
     detail::linear_avx2(w, x, y, tokens, pool);

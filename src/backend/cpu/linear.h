@@ -11,6 +11,7 @@ enum class LinearPath {
   Auto,     // the best path this CPU supports
   Generic,  // portable C++: row dequantised to a buffer, then dot products
   Avx2,     // fused SIMD decode + FMA (gemv for few tokens, tiled gemm for many)
+  Avx512,   // AVX-512 gemv for packed FP4/FP8 at 1-4 tokens; otherwise as Avx2
 };
 
 // x: [tokens, w.cols] row-major fp32; y: [tokens, w.rows] fp32 (overwritten).
@@ -24,6 +25,9 @@ namespace detail {
 // The AVX2 kernels (linear_avx2.cpp); only called when cpu_features().avx2_fma_f16c.
 void linear_avx2(const WeightView& w, const float* x, float* y, int64_t tokens, ThreadPool& pool);
 void dequant_row_avx2(const WeightView& w, int64_t r, float* out);
+// The AVX-512 gemv (linear_avx512.cpp); only called when cpu_features().avx512.
+bool gemv_avx512_supports(const WeightView& w, int64_t tokens);
+void gemv_avx512(const WeightView& w, const float* x, float* y, int64_t tokens, ThreadPool& pool);
 }  // namespace detail
 
 }  // namespace m2

@@ -1,0 +1,87 @@
+// One linear layer per weight format at the real MiniMax-M2 widths, against memcpy.
+//   decode (1 token): bytes of weight streamed per second (counter "bytes_per_second")
+//   prefill (512 tokens): GFLOP/s (counter "flops")
+// Each weight set is larger than the last-level cache so decode streams from memory.
+#include <benchmark/benchmark.h>
+
+#include "backend/cpu/linear.h"
+#include "backend/random_weight.h"
+#include "memory_bandwidth.h"
+
+using namespace m2;
+
+namespace {
+
+ThreadPool& pool() {
+  static ThreadPool p(0);
+  return p;
+}
+
+struct Format {
+  const char* name;
+  WeightFormat format;
+  DType dtype;
+};
+const Format kFormats[] = {{"bf16", WeightFormat::Dense, DType::BF16},
+                           {"fp8", WeightFormat::Fp8Block, DType::F8_E4M3},
+                           {"nvfp4", WeightFormat::Nvfp4, DType::U8},
+                           {"mxfp4", WeightFormat::Mxfp4, DType::U8}};
+
+// `copies` expert w1 matrices [1536, 3072] of the format; cycled so the working set exceeds caches.
+std::vector<test::OwnedWeight>& weights(int f, int copies) {
+  static std::map<std::pair<int, int>, std::vector<test::OwnedWeight>> cache;
+  auto& v = cache[{f, copies}];
+  if (v.empty()) {
+    std::mt19937_64 rng(7);
+    for (int i = 0; i < copies; ++i) v.push_back(test::random_weight(kFormats[f].format, kFormats[f].dtype, 1536, 3072, rng));
+  }
+  return v;
+}
+
+void BM_Memcpy(benchmark::State& state) {
+  double bw = 0;
+  for (auto _ : state) bw = bench::copy_bandwidth(pool(), size_t(1) << 30, 3);
+  state.counters["bytes_per_second"] = bw;
+}
+
+// range(1): number of distinct weights cycled; 96 streams from memory, 1 stays in cache (decode cost).
+void BM_LinearDecode(benchmark::State& state) {
+  const int f = int(state.range(0));
+  auto& ws = weights(f, int(state.range(1)));
+  std::mt19937_64 rng(1);
+  auto x = test::random_floats(rng, 3072);
+  std::vector<float> y(1536);
+  size_t i = 0, bytes = 0;
+  for (auto _ : state) {
+    const auto& w = ws[i++ % ws.size()].view;
+    linear(w, x.data(), y.data(), 1, pool());
+    bytes += w.bytes();
+  }
+  state.SetLabel(kFormats[f].name);
+  state.counters["bytes_per_second"] = benchmark::Counter(double(bytes), benchmark::Counter::kIsRate);
+}
+
+void BM_LinearPrefill(benchmark::State& state) {
+  const int f = int(state.range(0));
+  auto& ws = weights(f, 1);
+  const int64_t T = 512;
+  std::mt19937_64 rng(1);
+  auto x = test::random_floats(rng, size_t(T * 3072));
+  std::vector<float> y(size_t(T * 1536));
+  for (auto _ : state) linear(ws[0].view, x.data(), y.data(), T, pool());
+  state.SetLabel(kFormats[f].name);
+  state.counters["flops"] =
+      benchmark::Counter(2.0 * T * 1536 * 3072 * double(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+}  // namespace
+
+BENCHMARK(BM_Memcpy)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
+BENCHMARK(BM_LinearDecode)
+    ->ArgsProduct({{0, 1, 2, 3}, {96, 1}})
+    ->ArgNames({"format", "weights"})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime()
+    ->MinTime(1.0);
+BENCHMARK(BM_LinearPrefill)->DenseRange(0, 3)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_MAIN();

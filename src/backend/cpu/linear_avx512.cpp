@@ -1,0 +1,153 @@
+// AVX-512 gemv (1-4 tokens) for the packed formats, where decode cost, not memory, was the limit.
+// FP4: the 16 packed bytes of 32 columns are widened to 16 int32 lanes; the low nibbles (even
+// columns) and high nibbles (odd columns) index a 16-entry float table with vpermps, and are
+// multiplied with the even and odd columns of x, which are de-interleaved once per call. Lanes 0-7
+// hold columns 0-15 (NVFP4 block 0), lanes 8-15 columns 16-31 (block 1).
+// FP8: 16 E4M3 bytes → F16 bit pattern → vcvtph2ps.
+// note: only POD fields of WeightView are touched here, so no std::string code is emitted with AVX-512.
+#if defined(__x86_64__)
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 false positive inside avx512fintrin.h
+#include <immintrin.h>
+
+#include <cstring>
+#include <vector>
+
+#include "backend/cpu/linear.h"
+
+namespace m2::detail {
+
+namespace {
+
+inline float e8m0_value(uint8_t e) {
+  uint32_t b = e == 0 ? 0x00400000u : uint32_t(e) << 23;
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+
+// x [T, K] → per 32-column block: 16 even columns, then 16 odd columns.
+void deinterleave(const float* x, int64_t tokens, int64_t K, float* out) {
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t k0 = 0; k0 + 32 <= K; k0 += 32)
+      for (int i = 0; i < 16; ++i) {
+        out[t * K + k0 + i] = x[t * K + k0 + 2 * i];
+        out[t * K + k0 + 16 + i] = x[t * K + k0 + 2 * i + 1];
+      }
+}
+
+template <int T, bool Nv>
+void gemv_fp4_rows(const WeightView& w, const float* x, const float* xd, float* y, int64_t r0, int64_t r1) {
+  const int64_t K = w.cols, N = w.rows, Ks = K / 32 * 32;
+  const __m512 lut = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f, -1.0f, -1.5f, -2.0f,
+                                    -3.0f, -4.0f, -6.0f);
+  const __m512i nib = _mm512_set1_epi32(0x0F);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + r * w.row_bytes;
+    const uint8_t* sc = w.scales + r * w.scale_cols;
+    // Two accumulator sets (even and odd chunks) so consecutive FMAs do not wait on each other.
+    __m512 acc[2][T];
+    for (int t = 0; t < T; ++t) acc[0][t] = acc[1][t] = _mm512_setzero_ps();
+    auto chunk = [&](int64_t k, __m512* a) {
+      const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k / 2)));
+      const __m512 we = _mm512_permutexvar_ps(_mm512_and_si512(b, nib), lut);
+      const __m512 wo = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), lut);
+      __m512 s;
+      if constexpr (Nv) {
+        s = _mm512_insertf32x8(_mm512_set1_ps(kE4M3ToF32[sc[k / 16]]), _mm256_set1_ps(kE4M3ToF32[sc[k / 16 + 1]]), 1);
+      } else {
+        s = _mm512_set1_ps(e8m0_value(sc[k / 32]));
+      }
+      for (int t = 0; t < T; ++t) {
+        __m512 p = _mm512_mul_ps(we, _mm512_loadu_ps(xd + t * K + k));
+        p = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xd + t * K + k + 16), p);
+        a[t] = _mm512_fmadd_ps(p, s, a[t]);
+      }
+    };
+    int64_t k = 0;
+    for (; k + 64 <= Ks; k += 64) {
+      chunk(k, acc[0]);
+      chunk(k + 32, acc[1]);
+    }
+    if (k < Ks) chunk(k, acc[0]);
+    for (int t = 0; t < T; ++t) acc[0][t] = _mm512_add_ps(acc[0][t], acc[1][t]);
+    const float g = Nv ? w.global_scale : 1.0f;
+    for (int t = 0; t < T; ++t) {
+      float s = _mm512_reduce_add_ps(acc[0][t]) * g;
+      for (int64_t k = Ks; k < K; ++k) s += x[t * K + k] * weight_element_ref(w, r, k);
+      y[t * N + r] = s;
+    }
+  }
+}
+
+template <int T>
+void gemv_fp8_rows(const WeightView& w, const float* x, float* y, int64_t r0, int64_t r1) {
+  const int64_t K = w.cols, N = w.rows, Ks = K / 32 * 32;
+  const __m256i sign = _mm256_set1_epi16(0x80), body = _mm256_set1_epi16(0x7F);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + r * w.row_bytes;
+    const float* srow = reinterpret_cast<const float*>(w.scales) + (r / w.block_rows) * w.scale_cols;
+    __m512 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < Ks; k += 32) {
+      const __m512 s = _mm512_set1_ps(srow[k / w.block_cols] * 256.0f);
+      for (int half = 0; half < 2; ++half) {
+        __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k + 16 * half)));
+        __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(b, sign), 8),
+                                    _mm256_slli_epi16(_mm256_and_si256(b, body), 7));
+        const __m512 wv = _mm512_mul_ps(_mm512_cvtph_ps(h), s);
+        for (int t = 0; t < T; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + t * K + k + 16 * half), acc[t]);
+      }
+    }
+    for (int t = 0; t < T; ++t) {
+      float s = _mm512_reduce_add_ps(acc[t]);
+      for (int64_t k = Ks; k < K; ++k) s += x[t * K + k] * weight_element_ref(w, r, k);
+      y[t * N + r] = s;
+    }
+  }
+}
+
+template <int T>
+void dispatch_rows(const WeightView& w, const float* x, const float* xd, float* y, int64_t r0, int64_t r1) {
+  if (w.format == WeightFormat::Nvfp4) gemv_fp4_rows<T, true>(w, x, xd, y, r0, r1);
+  else if (w.format == WeightFormat::Mxfp4) gemv_fp4_rows<T, false>(w, x, xd, y, r0, r1);
+  else gemv_fp8_rows<T>(w, x, y, r0, r1);
+}
+
+}  // namespace
+
+bool gemv_avx512_supports(const WeightView& w, int64_t tokens) {
+  if (tokens < 1 || tokens > 4) return false;
+  if (w.format == WeightFormat::Nvfp4 || w.format == WeightFormat::Mxfp4) return true;
+  return w.format == WeightFormat::Fp8Block && w.dtype == DType::F8_E4M3 && w.block_cols % 32 == 0;
+}
+
+void gemv_avx512(const WeightView& w, const float* x, float* y, int64_t tokens, ThreadPool& pool) {
+  const float* xd = x;
+  if (w.format != WeightFormat::Fp8Block) {
+    thread_local std::vector<float> buf;  // grows once; the decode loop then reuses it
+    if (int64_t(buf.size()) < tokens * w.cols) buf.resize(size_t(tokens * w.cols));
+    deinterleave(x, tokens, w.cols, buf.data());
+    xd = buf.data();
+  }
+  pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) {
+    switch (tokens) {
+      case 1: dispatch_rows<1>(w, x, xd, y, r0, r1); break;
+      case 2: dispatch_rows<2>(w, x, xd, y, r0, r1); break;
+      case 3: dispatch_rows<3>(w, x, xd, y, r0, r1); break;
+      default: dispatch_rows<4>(w, x, xd, y, r0, r1); break;
+    }
+  }, 16);
+}
+
+}  // namespace m2::detail
+#else
+#include "backend/cpu/linear.h"
+#include "core/error.h"
+namespace m2::detail {
+bool gemv_avx512_supports(const WeightView&, int64_t) { return false; }
+void gemv_avx512(const WeightView& w, const float*, float*, int64_t, ThreadPool&) {
+  fail("linear {}: the AVX-512 path is not compiled for this architecture", w.name);
+}
+}  // namespace m2::detail
+#endif
