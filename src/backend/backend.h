@@ -20,6 +20,9 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
+  // Sizes scratch space for batches of up to `tokens` rows attending over up to `context` positions,
+  // so that later calls within those bounds do not allocate.
+  virtual void reserve(int64_t tokens, int64_t context) = 0;
 
   // y[t, :] = x[t, :] · Wᵀ. x: [tokens, w.cols], y: [tokens, w.rows].
   virtual void linear(const WeightView& w, const float* x, float* y, int64_t tokens) = 0;

@@ -62,6 +62,9 @@ void Model::forward(std::span<const SequenceInput> batch, LogitsFor which, float
   }
   const int64_t out_rows = which == LogitsFor::AllTokens ? M : int64_t(batch.size());
   ensure_workspace(M, out_rows);
+  int64_t max_capacity = 0;
+  for (const auto& in : batch) max_capacity = std::max(max_capacity, in.cache->capacity());
+  be_.reserve(M, max_capacity);
   if (ids_.size() < size_t(M)) ids_.resize(size_t(M));
   if (seqs_.size() < batch.size()) seqs_.resize(batch.size());
   if (logits_rows_.size() < size_t(out_rows)) logits_rows_.resize(size_t(out_rows));

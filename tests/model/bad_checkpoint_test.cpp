@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "model/weights.h"
+#include "model/editable_checkpoint.h"
 #include "test_util.h"
 
 namespace m2 {
@@ -13,43 +14,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-// A writable copy of a fixture whose tensors can be edited before loading.
-struct EditableCheckpoint {
-  test::TempDir dir;
-  std::map<std::string, TensorToWrite> tensors;
-  std::vector<std::vector<uint8_t>> storage;
-  std::unique_ptr<SafetensorsFile> source;
-
-  explicit EditableCheckpoint(const std::string& fixture) {
-    for (const char* f : {"config.json", "hf_quant_config.json"})
-      if (fs::exists(test::kFixtures / fixture / f)) fs::copy_file(test::kFixtures / fixture / f, dir.path / f);
-    source = std::make_unique<SafetensorsFile>(test::kFixtures / fixture / "model.safetensors");
-    for (const auto& [name, t] : source->tensors()) tensors[name] = {name, t.dtype, t.shape, {t.data, t.nbytes}};
-  }
-  void replace(const std::string& name, DType dtype, std::vector<int64_t> shape) {
-    size_t n = dtype_size(dtype);
-    for (auto d : shape) n *= size_t(d);
-    storage.emplace_back(n, uint8_t(0x3c));
-    tensors[name] = {name, dtype, std::move(shape), storage.back()};
-  }
-  void edit_config(const std::function<void(json&)>& f) {
-    json c = read_json_file(dir.path / "config.json");
-    f(c);
-    std::ofstream(dir.path / "config.json", std::ios::trunc) << c.dump();
-  }
-  std::string load_error() {
-    std::vector<TensorToWrite> list;
-    for (auto& [n, t] : tensors) list.push_back(t);
-    write_safetensors(dir.path / "model.safetensors", list);
-    try {
-      ModelWeights::load(dir.path);
-    } catch (const Error& e) {
-      return e.what();
-    }
-    return "no error";
-  }
-};
+using test::EditableCheckpoint;
 
 void expect_contains(const std::string& msg, std::initializer_list<const char*> parts) {
   for (const char* p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;

@@ -8,7 +8,12 @@
 
 namespace m2 {
 
-CpuBackend::CpuBackend(int threads, LinearPath path) : pool_(threads), path_(path) {}
+CpuBackend::CpuBackend(int threads, LinearPath path) : pool_(threads), path_(path), scores_(size_t(pool_.size())) {}
+
+void CpuBackend::reserve(int64_t tokens, int64_t context) {
+  for (auto& s : scores_)
+    if (int64_t(s.size()) < context) s.resize(size_t(context));
+}
 
 void CpuBackend::linear(const WeightView& w, const float* x, float* y, int64_t tokens) {
   m2::linear(w, x, y, tokens, pool_, path_);
@@ -62,8 +67,11 @@ void CpuBackend::attention(const float* q, float* out, const AttentionSequence* 
   // Work items: (sequence, new token, head), flattened.
   int64_t total_tokens = 0;
   for (int64_t s = 0; s < num_seqs; ++s) total_tokens += seqs[s].tokens;
-  pool_.parallel_for(total_tokens * heads, [&](int64_t i0, int64_t i1, int) {
-    thread_local std::vector<float> scores;
+  int64_t max_context = 0;
+  for (int64_t s = 0; s < num_seqs; ++s) max_context = std::max(max_context, seqs[s].past + seqs[s].tokens);
+  reserve(total_tokens, max_context);
+  pool_.parallel_for(total_tokens * heads, [&](int64_t i0, int64_t i1, int thread) {
+    std::vector<float>& scores = scores_[size_t(thread)];
     int64_t seq = 0, seq_first_item = 0;
     for (int64_t item = i0; item < i1; ++item) {
       while (item >= seq_first_item + seqs[seq].tokens * heads) {
@@ -76,7 +84,6 @@ void CpuBackend::attention(const float* q, float* out, const AttentionSequence* 
       const int h = int(local % heads);
       const int64_t row = S.token_begin + t;
       const int64_t ctx = S.past + t + 1;  // causal: positions 0 .. past + t
-      if (int64_t(scores.size()) < ctx) scores.resize(size_t(ctx));
       const float* qv = q + row * q_dim + int64_t(h) * head_dim;
       const int64_t kv_off = int64_t(h / group) * head_dim;
       float mx = -INFINITY;

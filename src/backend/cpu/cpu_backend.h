@@ -1,6 +1,7 @@
 // The CPU implementation of the backend ops (fp32 activations, weights decoded on the fly).
 #pragma once
 #include <memory>
+#include <vector>
 
 #include "backend/backend.h"
 #include "backend/cpu/linear.h"
@@ -13,6 +14,7 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(int threads = 0, LinearPath path = LinearPath::Auto);
   const char* name() const override { return "cpu"; }
   ThreadPool& pool() { return pool_; }
+  void reserve(int64_t tokens, int64_t context) override;
 
   void linear(const WeightView& w, const float* x, float* y, int64_t tokens) override;
   void embed(const WeightView& table, const int32_t* ids, int64_t n, float* out) override;
@@ -28,6 +30,7 @@ class CpuBackend final : public Backend {
  private:
   ThreadPool pool_;
   LinearPath path_;
+  std::vector<std::vector<float>> scores_;  // per thread: [context] attention scores
 };
 
 }  // namespace m2
