@@ -1,0 +1,47 @@
+#include "fma_peak.h"
+
+#include <chrono>
+
+#if defined(__x86_64__)
+#pragma GCC target("avx2,fma")
+#include <immintrin.h>
+#endif
+
+namespace m2::bench {
+
+namespace {
+// Ten independent 8-wide FMA chains: enough to cover FMA latency × throughput on current cores.
+double fma_loop(int64_t iterations) {
+#if defined(__x86_64__)
+  __m256 a[10];
+  for (int i = 0; i < 10; ++i) a[i] = _mm256_set1_ps(float(i) * 1e-3f);
+  const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+  for (int64_t n = 0; n < iterations; ++n)
+    for (int i = 0; i < 10; ++i) a[i] = _mm256_fmadd_ps(a[i], m, c);
+  float out[8];
+  __m256 s = a[0];
+  for (int i = 1; i < 10; ++i) s = _mm256_add_ps(s, a[i]);
+  _mm256_storeu_ps(out, s);
+  return double(out[0]);
+#else
+  float a[10][8] = {};
+  for (int64_t n = 0; n < iterations; ++n)
+    for (int i = 0; i < 10; ++i)
+      for (int j = 0; j < 8; ++j) a[i][j] = a[i][j] * 0.999999f + 1e-7f;
+  return double(a[0][0]);
+#endif
+}
+}  // namespace
+
+double fma_peak_flops(ThreadPool& pool) {
+  const int64_t iterations = 50'000'000;
+  volatile double sink = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  pool.parallel_for(pool.size(), [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) sink = sink + fma_loop(iterations);
+  });
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return double(pool.size()) * double(iterations) * 10 * 8 * 2 / s;
+}
+
+}  // namespace m2::bench
