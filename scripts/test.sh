@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/fetch_tokenizers.sh
 scripts/build.sh
 ctest --test-dir build/release -j"$(nproc)" --output-on-failure

@@ -1,0 +1,717 @@
+#include "text/tokenizer.h"
+
+#include <unistr.h>
+#include <uninorm.h>
+#include <unicase.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <shared_mutex>
+
+#include "core/error.h"
+#include "io/config.h"
+#include "text/regex.h"
+#include "text/utf8.h"
+
+namespace m2 {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// GPT-2's reversible byte → printable code point map (ByteLevel).
+struct ByteMap {
+  std::array<std::string, 256> encoded;  // byte → UTF-8 of its code point
+  std::unordered_map<uint32_t, uint8_t> decoded;
+  ByteMap() {
+    int n = 0;
+    for (int b = 0; b < 256; ++b) {
+      bool keep = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+      uint32_t cp = keep ? uint32_t(b) : uint32_t(256 + n++);
+      append_utf8(encoded[size_t(b)], cp);
+      decoded[cp] = uint8_t(b);
+    }
+  }
+};
+const ByteMap& byte_map() {
+  static const ByteMap m;
+  return m;
+}
+
+uint32_t decode_cp(std::string_view s, size_t& i) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  unsigned char c = p[i];
+  int len = utf8_len(c);
+  uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F) : (c & 0x07);
+  for (int k = 1; k < len; ++k) cp = (cp << 6) | (p[i + size_t(k)] & 0x3F);
+  i += size_t(len);
+  return cp;
+}
+
+const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+enum class SplitBehavior { Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous };
+
+// A piece of the input during pre-tokenization.
+using Pieces = std::vector<std::string>;
+
+struct Normalizer {
+  std::string type;
+  std::vector<Normalizer> children;  // Sequence
+  std::string pattern, content;      // Replace / Prepend
+  void apply(std::string& s) const {
+    if (type == "Sequence") {
+      for (const auto& c : children) c.apply(s);
+    } else if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD") {
+      bool ascii = std::all_of(s.begin(), s.end(), [](char c) { return (unsigned char)c < 0x80; });
+      if (ascii) return;  // every normal form of ASCII is itself
+      uninorm_t form = type == "NFC" ? UNINORM_NFC : type == "NFD" ? UNINORM_NFD : type == "NFKC" ? UNINORM_NFKC : UNINORM_NFKD;
+      size_t len = 0;
+      uint8_t* out = u8_normalize(form, reinterpret_cast<const uint8_t*>(s.data()), s.size(), nullptr, &len);
+      if (!out) fail("normalizer {}: libunistring failed", type);
+      s.assign(reinterpret_cast<char*>(out), len);
+      free(out);
+    } else if (type == "Lowercase") {
+      size_t len = 0;
+      uint8_t* out = u8_tolower(reinterpret_cast<const uint8_t*>(s.data()), s.size(), nullptr, nullptr, nullptr, &len);
+      if (!out) fail("normalizer Lowercase: libunistring failed");
+      s.assign(reinterpret_cast<char*>(out), len);
+      free(out);
+    } else if (type == "Replace") {
+      std::string r;
+      for (size_t i = 0; i < s.size();) {
+        if (!pattern.empty() && s.compare(i, pattern.size(), pattern) == 0) {
+          r += content;
+          i += pattern.size();
+        } else {
+          r += s[i++];
+        }
+      }
+      s = std::move(r);
+    } else if (type == "Prepend") {
+      if (!s.empty()) s = content + s;
+    }
+  }
+};
+
+struct PreTokenizer {
+  std::string type;
+  std::vector<PreTokenizer> children;         // Sequence
+  std::shared_ptr<Regex> regex;                // Split (Regex) / ByteLevel use_regex
+  std::string literal;                         // Split (String)
+  SplitBehavior behavior = SplitBehavior::Isolated;
+  bool invert = false, add_prefix_space = false, individual_digits = false;
+
+  void apply(Pieces& pieces) const {
+    if (type == "Sequence") {
+      for (const auto& c : children) c.apply(pieces);
+      return;
+    }
+    Pieces out;
+    out.reserve(pieces.size() * 2);
+    for (auto& p : pieces) {
+      if (type == "Split") split(p, out);
+      else if (type == "Digits") digits(p, out);
+      else if (type == "ByteLevel") {
+        std::string s = add_prefix_space && !p.empty() && p[0] != ' ' ? " " + p : p;
+        if (regex) {
+          Pieces sub;
+          split_isolated(s, *regex, sub);
+          for (auto& x : sub) out.push_back(to_byte_level(x));
+        } else {
+          out.push_back(to_byte_level(s));
+        }
+      }
+    }
+    pieces = std::move(out);
+  }
+
+  static std::string to_byte_level(std::string_view s) {
+    std::string r;
+    r.reserve(s.size() * 2);
+    const auto& m = byte_map();
+    for (unsigned char c : s) r += m.encoded[c];
+    return r;
+  }
+
+  static void split_isolated(const std::string& s, const Regex& re, Pieces& out) {
+    size_t last = 0;
+    re.for_each_match(s, [&](size_t b, size_t e) {
+      if (e == b) return;
+      if (b > last) out.emplace_back(s, last, b - last);
+      out.emplace_back(s, b, e - b);
+      last = e;
+    });
+    if (last < s.size()) out.emplace_back(s, last, s.size() - last);
+  }
+
+  void split(const std::string& s, Pieces& out) const {
+    // Matches (or, inverted, the gaps) are the delimiters; behaviour decides where they go.
+    std::vector<std::pair<size_t, bool>> spans;  // (end offset, is_delimiter), covering s in order
+    size_t last = 0;
+    auto on_match = [&](size_t b, size_t e) {
+      if (e == b) return;
+      if (b > last) spans.push_back({b, invert});
+      spans.push_back({e, !invert});
+      last = e;
+    };
+    if (regex) regex->for_each_match(s, on_match);
+    else if (!literal.empty())
+      for (size_t pos = s.find(literal); pos != std::string::npos; pos = s.find(literal, pos + literal.size()))
+        on_match(pos, pos + literal.size());
+    if (last < s.size()) spans.push_back({s.size(), invert});
+    size_t begin = 0;
+    std::string pending;  // MergedWithNext: delimiter waiting for the next piece
+    bool prev_delim = false;
+    for (auto [end, delim] : spans) {
+      std::string piece = s.substr(begin, end - begin);
+      begin = end;
+      switch (behavior) {
+        case SplitBehavior::Removed:
+          if (!delim) out.push_back(std::move(piece));
+          break;
+        case SplitBehavior::Isolated: out.push_back(std::move(piece)); break;
+        case SplitBehavior::MergedWithPrevious:
+          if (delim && !out.empty() && !prev_delim && !out.empty()) out.back() += piece;
+          else out.push_back(std::move(piece));
+          break;
+        case SplitBehavior::MergedWithNext:
+          if (delim) pending += piece;
+          else {
+            out.push_back(pending + piece);
+            pending.clear();
+          }
+          break;
+        case SplitBehavior::Contiguous:
+          if (delim && prev_delim && !out.empty()) out.back() += piece;
+          else out.push_back(std::move(piece));
+          break;
+      }
+      prev_delim = delim;
+    }
+    if (!pending.empty()) out.push_back(pending);
+  }
+
+  void digits(const std::string& s, Pieces& out) const {
+    size_t start = 0;
+    for (size_t i = 0; i <= s.size(); ++i) {
+      bool boundary = i == s.size();
+      if (!boundary) {
+        bool d = s[i] >= '0' && s[i] <= '9';
+        bool pd = i > start && s[i - 1] >= '0' && s[i - 1] <= '9';
+        boundary = i > start && (d != pd || (d && individual_digits));
+      }
+      if (boundary && i > start) {
+        out.push_back(s.substr(start, i - start));
+        start = i;
+      }
+    }
+  }
+};
+
+struct Decoder {
+  std::string type;
+  std::vector<Decoder> children;
+  std::string pattern, content;
+  int strip_start = 0, strip_stop = 0;
+  bool prefix_space = true;
+
+  void apply(std::vector<std::string>& toks) const {
+    if (type == "Sequence") {
+      for (const auto& c : children) c.apply(toks);
+    } else if (type == "ByteLevel") {
+      std::string bytes;
+      const auto& m = byte_map().decoded;
+      for (const auto& t : toks) {
+        std::string mine;
+        bool ok = true;
+        for (size_t i = 0; i < t.size() && ok;) {
+          auto it = m.find(decode_cp(t, i));
+          if (it == m.end()) ok = false;
+          else mine.push_back(char(it->second));
+        }
+        bytes += ok ? mine : t;
+      }
+      toks = {utf8_lossy(bytes)};
+    } else if (type == "Replace") {
+      for (auto& t : toks) {
+        std::string r;
+        for (size_t i = 0; i < t.size();) {
+          if (!pattern.empty() && t.compare(i, pattern.size(), pattern) == 0) {
+            r += content;
+            i += pattern.size();
+          } else {
+            r += t[i++];
+          }
+        }
+        t = std::move(r);
+      }
+    } else if (type == "ByteFallback") {
+      std::vector<std::string> out;
+      std::string bytes;
+      auto flush = [&] {
+        if (!bytes.empty()) out.push_back(utf8_lossy(bytes));
+        bytes.clear();
+      };
+      for (auto& t : toks) {
+        if (t.size() == 6 && t.rfind("<0x", 0) == 0 && t[5] == '>') {
+          bytes.push_back(char(std::stoi(t.substr(3, 2), nullptr, 16)));
+        } else {
+          flush();
+          out.push_back(t);
+        }
+      }
+      flush();
+      toks = std::move(out);
+    } else if (type == "Fuse") {
+      std::string all;
+      for (auto& t : toks) all += t;
+      toks = {all};
+    } else if (type == "Strip") {
+      for (auto& t : toks) {
+        size_t b = 0, e = t.size();
+        for (int i = 0; i < strip_start && b < e && t.compare(b, content.size(), content) == 0; ++i) b += content.size();
+        for (int i = 0; i < strip_stop && e > b && e >= content.size() && t.compare(e - content.size(), content.size(), content) == 0; ++i)
+          e -= content.size();
+        t = t.substr(b, e - b);
+      }
+    } else if (type == "Metaspace") {
+      for (size_t k = 0; k < toks.size(); ++k) {
+        std::string r;
+        const std::string mark = content.empty() ? "\xE2\x96\x81" : content;
+        for (size_t i = 0; i < toks[k].size();) {
+          if (toks[k].compare(i, mark.size(), mark) == 0) {
+            r += ' ';
+            i += mark.size();
+          } else {
+            r += toks[k][i++];
+          }
+        }
+        if (k == 0 && prefix_space && !r.empty() && r[0] == ' ') r.erase(0, 1);
+        toks[k] = std::move(r);
+      }
+    }
+  }
+};
+
+struct AddedToken {
+  int32_t id;
+  std::string content;
+  bool special, lstrip, rstrip, single_word, normalized;
+};
+
+uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
+
+bool is_ws(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+
+}  // namespace
+
+struct Tokenizer::Impl {
+  std::string where;
+  std::unordered_map<std::string, int32_t> vocab;
+  std::vector<std::string> id_to_token;  // model vocab and added tokens
+  std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges;  // (a, b) → (rank, merged id)
+  bool ignore_merges = false, byte_fallback = false, fuse_unk = false;
+  std::optional<int32_t> unk;
+  std::vector<AddedToken> added;
+  std::array<std::vector<size_t>, 256> added_by_first;  // first byte → indices into added, longest first
+  std::vector<bool> special;
+  std::optional<Normalizer> normalizer;
+  std::optional<PreTokenizer> pre_tokenizer;
+  std::optional<Decoder> decoder;
+  std::vector<std::pair<bool, int32_t>> template_single;  // (is_sequence, special id) for add_special_tokens
+  // Word → ids cache; BPE of a piece is a pure function of its text.
+  mutable std::shared_mutex cache_mutex;
+  mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
+
+  void bpe(const std::string& word, std::vector<int32_t>& out) const {
+    if (ignore_merges) {
+      auto it = vocab.find(word);
+      if (it != vocab.end()) {
+        out.push_back(it->second);
+        return;
+      }
+    }
+    {
+      std::shared_lock lock(cache_mutex);
+      auto it = cache.find(word);
+      if (it != cache.end()) {
+        out.insert(out.end(), it->second.begin(), it->second.end());
+        return;
+      }
+    }
+    std::vector<int32_t> sym;
+    for (size_t i = 0; i < word.size();) {
+      size_t start = i;
+      decode_cp(word, i);
+      std::string ch = word.substr(start, i - start);
+      auto it = vocab.find(ch);
+      if (it != vocab.end()) {
+        sym.push_back(it->second);
+      } else if (byte_fallback) {
+        for (unsigned char b : ch) {
+          char name[8];
+          std::snprintf(name, sizeof name, "<0x%02X>", b);
+          auto bt = vocab.find(name);
+          if (bt != vocab.end()) sym.push_back(bt->second);
+          else if (unk) sym.push_back(*unk);
+        }
+      } else if (unk) {
+        if (!(fuse_unk && !sym.empty() && sym.back() == *unk)) sym.push_back(*unk);
+      } else {
+        fail<InvalidArgument>("{}: character '{}' is not in the vocabulary and the tokenizer has no unk_token", where, ch);
+      }
+    }
+    // Merge the lowest-ranked adjacent pair (leftmost on ties) until none is in the merge table.
+    for (;;) {
+      int best_rank = INT32_MAX;
+      size_t best = 0;
+      int32_t merged = -1;
+      for (size_t i = 0; i + 1 < sym.size(); ++i) {
+        auto it = merges.find(pair_key(sym[i], sym[i + 1]));
+        if (it != merges.end() && it->second.first < best_rank) {
+          best_rank = it->second.first;
+          best = i;
+          merged = it->second.second;
+        }
+      }
+      if (merged < 0) break;
+      sym[best] = merged;
+      sym.erase(sym.begin() + long(best) + 1);
+    }
+    out.insert(out.end(), sym.begin(), sym.end());
+    std::unique_lock lock(cache_mutex);
+    if (cache.size() > 200000) cache.clear();
+    cache.emplace(word, std::move(sym));
+  }
+
+  void encode_plain(std::string_view text, std::vector<int32_t>& out) const {
+    if (text.empty()) return;
+    std::string s(text);
+    if (normalizer) normalizer->apply(s);
+    Pieces pieces{std::move(s)};
+    if (pre_tokenizer) pre_tokenizer->apply(pieces);
+    for (const auto& p : pieces)
+      if (!p.empty()) bpe(p, out);
+  }
+};
+
+Tokenizer::Tokenizer() : impl_(std::make_unique<Impl>()) {}
+Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
+Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
+Tokenizer::~Tokenizer() = default;
+
+namespace {
+
+std::string str(const json& j, const char* key, const std::string& where, const std::string& def = "") {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return def;
+  if (!it->is_string()) fail<FormatError>("{}: '{}' must be a string, found {}", where, key, it->dump());
+  return it->get<std::string>();
+}
+
+bool flag(const json& j, const char* key, bool def) {
+  auto it = j.find(key);
+  return it == j.end() || !it->is_boolean() ? def : it->get<bool>();
+}
+
+Normalizer parse_normalizer(const json& j, const std::string& where) {
+  Normalizer n;
+  n.type = str(j, "type", where);
+  if (n.type == "Sequence") {
+    for (const auto& c : j.at("normalizers")) n.children.push_back(parse_normalizer(c, where));
+  } else if (n.type == "Replace") {
+    const json& p = j.at("pattern");
+    if (!p.contains("String")) fail<FormatError>("{}: normalizer Replace supports String patterns only, found {}", where, p.dump());
+    n.pattern = p["String"].get<std::string>();
+    n.content = str(j, "content", where);
+  } else if (n.type == "Prepend") {
+    n.content = str(j, "prepend", where);
+  } else if (n.type != "NFC" && n.type != "NFD" && n.type != "NFKC" && n.type != "NFKD" && n.type != "Lowercase") {
+    fail<FormatError>("{}: normalizer type '{}' is not supported", where, n.type);
+  }
+  return n;
+}
+
+PreTokenizer parse_pre_tokenizer(const json& j, const std::string& where) {
+  PreTokenizer p;
+  p.type = str(j, "type", where);
+  if (p.type == "Sequence") {
+    for (const auto& c : j.at("pretokenizers")) p.children.push_back(parse_pre_tokenizer(c, where));
+  } else if (p.type == "Split") {
+    const json& pat = j.at("pattern");
+    if (pat.contains("Regex")) p.regex = std::make_shared<Regex>(pat["Regex"].get<std::string>(), where + ": pre_tokenizer Split");
+    else if (pat.contains("String")) p.literal = pat["String"].get<std::string>();
+    else fail<FormatError>("{}: pre_tokenizer Split pattern must be Regex or String, found {}", where, pat.dump());
+    std::string b = str(j, "behavior", where, "Isolated");
+    static const std::map<std::string, SplitBehavior> kBehaviors = {
+        {"Removed", SplitBehavior::Removed},
+        {"Isolated", SplitBehavior::Isolated},
+        {"MergedWithPrevious", SplitBehavior::MergedWithPrevious},
+        {"MergedWithNext", SplitBehavior::MergedWithNext},
+        {"Contiguous", SplitBehavior::Contiguous}};
+    auto it = kBehaviors.find(b);
+    if (it == kBehaviors.end()) fail<FormatError>("{}: Split behavior '{}' is not supported", where, b);
+    p.behavior = it->second;
+    p.invert = flag(j, "invert", false);
+  } else if (p.type == "ByteLevel") {
+    p.add_prefix_space = flag(j, "add_prefix_space", false);
+    if (flag(j, "use_regex", true)) p.regex = std::make_shared<Regex>(kGpt2Pattern, where + ": ByteLevel");
+  } else if (p.type == "Digits") {
+    p.individual_digits = flag(j, "individual_digits", false);
+  } else {
+    fail<FormatError>("{}: pre_tokenizer type '{}' is not supported", where, p.type);
+  }
+  return p;
+}
+
+Decoder parse_decoder(const json& j, const std::string& where) {
+  Decoder d;
+  d.type = str(j, "type", where);
+  if (d.type == "Sequence") {
+    for (const auto& c : j.at("decoders")) d.children.push_back(parse_decoder(c, where));
+  } else if (d.type == "Replace") {
+    const json& p = j.at("pattern");
+    if (!p.contains("String")) fail<FormatError>("{}: decoder Replace supports String patterns only", where);
+    d.pattern = p["String"].get<std::string>();
+    d.content = str(j, "content", where);
+  } else if (d.type == "Strip") {
+    d.content = str(j, "content", where, " ");
+    d.strip_start = j.value("start", 0);
+    d.strip_stop = j.value("stop", 0);
+  } else if (d.type == "Metaspace") {
+    d.content = str(j, "replacement", where, "\xE2\x96\x81");
+    d.prefix_space = flag(j, "add_prefix_space", true) && str(j, "prepend_scheme", where, "always") != "never";
+  } else if (d.type != "ByteLevel" && d.type != "ByteFallback" && d.type != "Fuse") {
+    fail<FormatError>("{}: decoder type '{}' is not supported", where, d.type);
+  }
+  return d;
+}
+
+}  // namespace
+
+Tokenizer Tokenizer::load(const fs::path& path) {
+  fs::path p = fs::is_directory(path) ? path / "tokenizer.json" : path;
+  return from_json(read_json_file(p), p.string());
+}
+
+Tokenizer Tokenizer::from_json(const json& j, const std::string& where) {
+  Tokenizer t;
+  Impl& I = *t.impl_;
+  I.where = where;
+  if (!j.is_object() || !j.contains("model") || !j["model"].is_object())
+    fail<FormatError>("{}: expected a tokenizer.json object with a 'model'", where);
+  const json& m = j["model"];
+  const std::string mtype = str(m, "type", where, "BPE");
+  if (mtype != "BPE") fail<FormatError>("{}: model type '{}' is not supported: expected 'BPE'", where, mtype);
+  for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"})
+    if (!str(m, k, where).empty()) fail<FormatError>("{}: model.{} = '{}' is not supported", where, k, str(m, k, where));
+  if (m.contains("dropout") && !m["dropout"].is_null() && m["dropout"].get<double>() != 0.0)
+    fail<FormatError>("{}: BPE dropout is not supported", where);
+  I.ignore_merges = flag(m, "ignore_merges", false);
+  I.byte_fallback = flag(m, "byte_fallback", false);
+  I.fuse_unk = flag(m, "fuse_unk", false);
+  if (!m.contains("vocab") || !m["vocab"].is_object()) fail<FormatError>("{}: model.vocab must be an object", where);
+  int32_t max_id = -1;
+  for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it) {
+    if (!it->is_number_integer() || it->get<int64_t>() < 0 || it->get<int64_t>() > INT32_MAX)
+      fail<FormatError>("{}: vocab['{}'] is not a valid id", where, it.key());
+    int32_t id = it->get<int32_t>();
+    I.vocab.emplace(it.key(), id);
+    max_id = std::max(max_id, id);
+  }
+  const json* added = j.contains("added_tokens") && j["added_tokens"].is_array() ? &j["added_tokens"] : nullptr;
+  if (added)
+    for (const auto& a : *added) max_id = std::max(max_id, a.at("id").get<int32_t>());
+  I.id_to_token.assign(size_t(max_id + 1), std::string());
+  I.special.assign(size_t(max_id + 1), false);
+  for (const auto& [s, id] : I.vocab) I.id_to_token[size_t(id)] = s;
+  if (std::string u = str(m, "unk_token", where); !u.empty()) {
+    auto it = I.vocab.find(u);
+    if (it != I.vocab.end()) I.unk = it->second;
+  }
+  if (!m.contains("merges") || !m["merges"].is_array()) fail<FormatError>("{}: model.merges must be a list", where);
+  int32_t rank = 0;
+  for (const auto& mg : m["merges"]) {
+    std::string a, b;
+    if (mg.is_string()) {
+      const std::string s = mg.get<std::string>();
+      size_t sp = s.find(' ', 1);
+      if (sp == std::string::npos) fail<FormatError>("{}: merge '{}' is not 'a b'", where, s);
+      a = s.substr(0, sp);
+      b = s.substr(sp + 1);
+    } else if (mg.is_array() && mg.size() == 2) {
+      a = mg[0].get<std::string>();
+      b = mg[1].get<std::string>();
+    } else {
+      fail<FormatError>("{}: merge {} is neither 'a b' nor [a, b]", where, mg.dump());
+    }
+    auto ia = I.vocab.find(a), ib = I.vocab.find(b), iab = I.vocab.find(a + b);
+    if (ia == I.vocab.end() || ib == I.vocab.end() || iab == I.vocab.end())
+      fail<FormatError>("{}: merge #{} ('{}', '{}') uses a token missing from the vocabulary", where, rank, a, b);
+    I.merges.emplace(pair_key(ia->second, ib->second), std::make_pair(rank++, iab->second));
+  }
+  if (added) {
+    for (const auto& a : *added) {
+      AddedToken tok{a.at("id").get<int32_t>(), a.at("content").get<std::string>(), flag(a, "special", false),
+                     flag(a, "lstrip", false),  flag(a, "rstrip", false),          flag(a, "single_word", false),
+                     flag(a, "normalized", false)};
+      if (tok.content.empty()) fail<FormatError>("{}: added token {} has empty content", where, tok.id);
+      I.id_to_token[size_t(tok.id)] = tok.content;
+      I.special[size_t(tok.id)] = tok.special;
+      I.added.push_back(tok);
+    }
+    for (size_t i = 0; i < I.added.size(); ++i) I.added_by_first[(unsigned char)I.added[i].content[0]].push_back(i);
+    for (auto& v : I.added_by_first)
+      std::stable_sort(v.begin(), v.end(), [&](size_t a, size_t b) { return I.added[a].content.size() > I.added[b].content.size(); });
+  }
+  if (j.contains("normalizer") && !j["normalizer"].is_null()) I.normalizer = parse_normalizer(j["normalizer"], where);
+  if (j.contains("pre_tokenizer") && !j["pre_tokenizer"].is_null())
+    I.pre_tokenizer = parse_pre_tokenizer(j["pre_tokenizer"], where);
+  if (j.contains("decoder") && !j["decoder"].is_null()) I.decoder = parse_decoder(j["decoder"], where);
+  if (j.contains("post_processor") && !j["post_processor"].is_null()) {
+    const json& pp = j["post_processor"];
+    const std::string type = str(pp, "type", where);
+    auto template_of = [&](const json& p) {
+      if (!p.contains("single")) return;
+      for (const auto& piece : p["single"]) {
+        if (piece.contains("Sequence")) {
+          I.template_single.push_back({true, -1});
+        } else if (piece.contains("SpecialToken")) {
+          std::string id = piece["SpecialToken"].at("id").get<std::string>();
+          const json& ids = p.at("special_tokens").at(id).at("ids");
+          for (const auto& x : ids) I.template_single.push_back({false, x.get<int32_t>()});
+        }
+      }
+    };
+    if (type == "TemplateProcessing") template_of(pp);
+    else if (type == "Sequence") {
+      for (const auto& c : pp.at("processors"))
+        if (str(c, "type", where) == "TemplateProcessing") template_of(c);
+    } else if (type != "ByteLevel") {
+      fail<FormatError>("{}: post_processor type '{}' is not supported", where, type);
+    }
+  }
+  return t;
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
+  const Impl& I = *impl_;
+  if (size_t bad = utf8_invalid_at(text); bad != std::string_view::npos)
+    fail<InvalidArgument>("tokenize: text is not valid UTF-8 at byte {}", bad);
+  std::vector<int32_t> out;
+  // Added tokens are matched first, leftmost-longest; the text between them goes through the model.
+  size_t start = 0, i = 0;
+  while (i < text.size()) {
+    const AddedToken* hit = nullptr;
+    for (size_t k : I.added_by_first[(unsigned char)text[i]]) {
+      const AddedToken& a = I.added[k];
+      if (text.compare(i, a.content.size(), a.content) != 0) continue;
+      if (a.single_word) {
+        auto word_char = [](unsigned char c) { return std::isalnum(c) || c == '_' || c >= 0x80; };
+        bool left_ok = i == 0 || !word_char((unsigned char)text[i - 1]);
+        size_t e = i + a.content.size();
+        bool right_ok = e == text.size() || !word_char((unsigned char)text[e]);
+        if (!left_ok || !right_ok) continue;
+      }
+      hit = &a;
+      break;
+    }
+    if (!hit) {
+      ++i;
+      continue;
+    }
+    size_t seg_end = i, next = i + hit->content.size();
+    if (hit->lstrip)
+      while (seg_end > start && is_ws((unsigned char)text[seg_end - 1])) --seg_end;
+    if (hit->rstrip)
+      while (next < text.size() && is_ws((unsigned char)text[next])) ++next;
+    I.encode_plain(text.substr(start, seg_end - start), out);
+    out.push_back(hit->id);
+    start = i = next;
+  }
+  I.encode_plain(text.substr(start), out);
+  if (add_special_tokens && !I.template_single.empty()) {
+    std::vector<int32_t> with;
+    for (auto [seq, id] : I.template_single) {
+      if (seq) with.insert(with.end(), out.begin(), out.end());
+      else with.push_back(id);
+    }
+    return with;
+  }
+  return out;
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
+  const Impl& I = *impl_;
+  std::vector<std::string> toks;
+  toks.reserve(ids.size());
+  for (int32_t id : ids) {
+    if (id < 0 || size_t(id) >= I.id_to_token.size() || I.id_to_token[size_t(id)].empty())
+      fail<InvalidArgument>("detokenize: id {} is not in the vocabulary (size {})", id, I.id_to_token.size());
+    if (skip_special_tokens && I.special[size_t(id)]) continue;
+    toks.push_back(I.id_to_token[size_t(id)]);
+  }
+  if (!I.decoder) {
+    std::string s;
+    for (size_t i = 0; i < toks.size(); ++i) s += (i ? " " : "") + toks[i];
+    return s;
+  }
+  I.decoder->apply(toks);
+  std::string s;
+  for (auto& t : toks) s += t;
+  return s;
+}
+
+int32_t Tokenizer::vocab_size() const { return int32_t(impl_->id_to_token.size()); }
+
+std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
+  for (const auto& a : impl_->added)
+    if (a.content == token) return a.id;
+  auto it = impl_->vocab.find(std::string(token));
+  if (it == impl_->vocab.end()) return std::nullopt;
+  return it->second;
+}
+
+std::string Tokenizer::id_to_token(int32_t id) const {
+  if (id < 0 || size_t(id) >= impl_->id_to_token.size()) return {};
+  return impl_->id_to_token[size_t(id)];
+}
+
+bool Tokenizer::is_special(int32_t id) const {
+  return id >= 0 && size_t(id) < impl_->special.size() && impl_->special[size_t(id)];
+}
+
+IncrementalDecoder::IncrementalDecoder(const Tokenizer& tok, bool skip_special_tokens)
+    : tok_(tok), skip_special_(skip_special_tokens) {}
+
+std::string IncrementalDecoder::push(int32_t id) {
+  ids_.push_back(id);
+  // Decode a short window: text of [prefix, read) is already emitted; emit what [prefix, end) adds,
+  // unless it ends in an incomplete character (U+FFFD from a partial byte sequence).
+  std::vector<int32_t> prefix(ids_.begin() + long(prefix_offset_), ids_.begin() + long(read_offset_));
+  std::vector<int32_t> all(ids_.begin() + long(prefix_offset_), ids_.end());
+  std::string before = tok_.decode(prefix, skip_special_), now = tok_.decode(all, skip_special_);
+  if (now.size() > before.size() && !(now.size() >= 3 && now.compare(now.size() - 3, 3, "\xEF\xBF\xBD") == 0)) {
+    std::string piece = now.substr(before.size());
+    prefix_offset_ = read_offset_;
+    read_offset_ = ids_.size();
+    return piece;
+  }
+  return {};
+}
+
+std::string IncrementalDecoder::flush() {
+  std::vector<int32_t> prefix(ids_.begin() + long(prefix_offset_), ids_.begin() + long(read_offset_));
+  std::vector<int32_t> all(ids_.begin() + long(prefix_offset_), ids_.end());
+  std::string before = tok_.decode(prefix, skip_special_), now = tok_.decode(all, skip_special_);
+  prefix_offset_ = read_offset_ = ids_.size();
+  return now.size() > before.size() ? now.substr(before.size()) : std::string();
+}
+
+}  // namespace m2

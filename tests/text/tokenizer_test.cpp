@@ -1,0 +1,93 @@
+// The tokenizer against HF `tokenizers` 0.23 on three real tokenizer.json files.
+#include <gtest/gtest.h>
+
+#include "core/error.h"
+#include "io/config.h"
+#include "test_util.h"
+#include "text/tokenizer.h"
+#include "text/utf8.h"
+
+namespace m2 {
+namespace {
+
+struct TokCase {
+  std::string name;             // encodings file prefix
+  std::filesystem::path file;   // tokenizer.json
+};
+
+std::filesystem::path tokenizer_path(const std::string& name) {
+  if (name == "tiny-demo") return test::kDemo / "tokenizer.json";
+  return test::kData / "tokenizers" / (name + "-tokenizer.json");
+}
+
+const Tokenizer& cached(const std::string& name) {
+  static std::map<std::string, Tokenizer> cache;
+  auto it = cache.find(name);
+  if (it == cache.end()) {
+    const auto p = tokenizer_path(name);
+    if (!std::filesystem::exists(p))
+      throw std::runtime_error(p.string() + " is missing: run scripts/fetch_tokenizers.sh (scripts/test.sh does)");
+    it = cache.emplace(name, Tokenizer::load(p)).first;
+  }
+  return it->second;
+}
+
+class HfEncodings : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(HfEncodings, IdsAndDecodedTextMatch) {
+  const Tokenizer& tok = cached(GetParam());
+  auto j = read_json_file(test::kFixtures / "tokenizer" / (GetParam() + "-encodings.json"));
+  int n = 0;
+  for (const auto& c : j["cases"]) {
+    const std::string text = c["text"].get<std::string>();
+    const auto want = c["ids"].get<std::vector<int32_t>>();
+    const auto got = tok.encode(text);
+    EXPECT_EQ(got, want) << "text: " << text.substr(0, 80);
+    EXPECT_EQ(tok.decode(want), c["decoded"].get<std::string>()) << "text: " << text.substr(0, 80);
+    ++n;
+  }
+  EXPECT_EQ(n, 26);
+}
+
+TEST_P(HfEncodings, IncrementalDecodingNeverBreaksUtf8AndConcatenates) {
+  const Tokenizer& tok = cached(GetParam());
+  auto j = read_json_file(test::kFixtures / "tokenizer" / (GetParam() + "-encodings.json"));
+  for (const auto& c : j["cases"]) {
+    const auto ids = c["ids"].get<std::vector<int32_t>>();
+    if (ids.size() > 3000) continue;
+    IncrementalDecoder dec(tok, false);
+    std::string all;
+    for (int32_t id : ids) {
+      std::string piece = dec.push(id);
+      EXPECT_EQ(utf8_invalid_at(piece), std::string::npos) << piece;
+      all += piece;
+    }
+    all += dec.flush();
+    EXPECT_EQ(all, c["decoded"].get<std::string>());
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Files, HfEncodings, ::testing::Values("tiny-demo", "gptoss", "qwen3"),
+                         [](const auto& info) { return std::string(info.param == "tiny-demo" ? "tiny_demo" : info.param); });
+
+TEST(Tokenizer, SpecialTokensAreAtomicAndSkippable) {
+  const Tokenizer& tok = cached("tiny-demo");
+  auto ids = tok.encode("]~b]user\nhi[e~[");
+  ASSERT_GE(ids.size(), 3u);
+  EXPECT_EQ(ids.front(), 1);
+  EXPECT_EQ(ids.back(), 2);
+  EXPECT_TRUE(tok.is_special(2));
+  EXPECT_EQ(tok.decode(ids, true), "user\nhi");
+  EXPECT_EQ(tok.token_to_id("<think>"), 3);
+}
+
+TEST(Tokenizer, BadInputIsAnError) {
+  const Tokenizer& tok = cached("tiny-demo");
+  EXPECT_THROW(tok.encode("abc\xff"), InvalidArgument);
+  EXPECT_THROW(tok.decode({1, 99999}), InvalidArgument);
+  EXPECT_THROW(Tokenizer::from_json(nlohmann::json{{"model", {{"type", "Unigram"}}}}, "t.json"), FormatError);
+  EXPECT_THROW(Tokenizer::load(test::kFixtures / "nonexistent.json"), IoError);
+}
+
+}  // namespace
+}  // namespace m2
