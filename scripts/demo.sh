@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# The main job: set up, build, and run the bundled demo model (models/tiny-m2-demo).
-# Until the tokenizer lands the prompt is token ids; "The President said that" in the demo vocabulary.
+# The main job: set up, build, and run the bundled demo model (models/tiny-m2-demo) on a text prompt
+# and on a chat conversation (rendered with its MiniMax-M2 chat template, output split into
+# reasoning, content and tool calls).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build.sh >/dev/null
 model=models/tiny-m2-demo
-build/release/m2 inspect "$model"
+prompt="${1:-The President said that}"
+echo "== m2 run $model --prompt \"$prompt\""
+echo -n "$prompt"
+build/release/m2 run "$model" --prompt "$prompt" --max-tokens "${2:-40}"
 echo
-prompt="${1:-2693,1456,1847,338}"
-echo "prompt ids: $prompt"
-echo -n "greedy continuation ids: "
-build/release/m2 run "$model" --ids "$prompt" --max-tokens "${2:-40}"
+echo "== m2 run $model --chat"
+echo '{"messages": [{"role": "system", "content": "You are a helpful assistant."},
+                    {"role": "user", "content": "What did the President say to the Congress?"}]}' |
+  build/release/m2 run "$model" --chat --max-tokens 48

@@ -9,5 +9,8 @@ using Runner = std::function<int()>;
 Runner add_inspect(CLI::App& app);
 Runner add_run(CLI::App& app);
 Runner add_synth(CLI::App& app);
+Runner add_tokenize(CLI::App& app);
+Runner add_detokenize(CLI::App& app);
+Runner add_template(CLI::App& app);
 
 }  // namespace m2::cli

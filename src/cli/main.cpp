@@ -18,8 +18,11 @@ int main(int argc, char** argv) {
     runners[sub] = fn(*sub);
   };
   add("inspect", "Describe a checkpoint: architecture, formats, bytes", m2::cli::add_inspect);
-  add("run", "Greedy generation from token ids", m2::cli::add_run);
+  add("run", "Greedy generation from token ids, a text prompt, or a chat conversation", m2::cli::add_run);
   add("synth", "Write a random MiniMax-M2 checkpoint in any weight format", m2::cli::add_synth);
+  add("tokenize", "Text on stdin -> token ids as a JSON array", m2::cli::add_tokenize);
+  add("detokenize", "JSON array of ids on stdin -> text", m2::cli::add_detokenize);
+  add("template", "Render a conversation with the model's chat template", m2::cli::add_template);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <fstream>
 #include <cstdio>
 #include <sys/wait.h>
 
@@ -72,6 +73,68 @@ TEST(Cli, BadInputGivesAClearErrorAndExitCode) {
     EXPECT_NE(r.out.find(c.expect), std::string::npos) << c.args << "\n" << r.out;
   }
   EXPECT_NE(m2("frobnicate").code, 0);
+}
+
+Result m2_stdin(const std::string& args, const std::string& input) {
+  test::TempDir tmp;
+  std::ofstream(tmp.path / "in") << input;
+  return m2(args + " < " + (tmp.path / "in").string());
+}
+
+TEST(Cli, TokenizeAndDetokenize) {
+  const std::string demo = test::kDemo.string();
+  auto r = m2_stdin("tokenize " + demo, "The President said that");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out, "[2693, 1456, 1847, 338]\n");
+  r = m2_stdin("detokenize " + demo, "[2693, 1456, 1847, 338, 2]");
+  EXPECT_EQ(r.out, "The President said that[e~[");
+  r = m2_stdin("detokenize " + demo + " --skip-special-tokens", "[2693, 1456, 1847, 338, 2]");
+  EXPECT_EQ(r.out, "The President said that");
+  r = m2_stdin("detokenize " + demo, "[1, \"x\"]");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("element 1 is not an integer id"), std::string::npos) << r.out;
+  r = m2_stdin("tokenize " + demo, "bad \xff utf8");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("not valid UTF-8 at byte 4"), std::string::npos) << r.out;
+}
+
+TEST(Cli, TemplateRendersTheShippedTemplate) {
+  test::TempDir tmp;
+  std::ofstream(tmp.path / "m.json") << R"([{"role": "user", "content": "hi"}])";
+  std::ofstream(tmp.path / "t.json") << R"([{"type": "function", "function": {"name": "f", "parameters": {}}}])";
+  auto r = m2("template " + test::kDemo.string() + " --messages " + (tmp.path / "m.json").string() + " --tools " +
+              (tmp.path / "t.json").string() + " --add-generation-prompt");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out.rfind("]~!b[]~b]system\nYou are a helpful assistant.", 0), 0u) << r.out;
+  EXPECT_NE(r.out.find("<tool>{\"name\": \"f\", \"parameters\": {}}</tool>"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("]~b]user\nhi[e~[\n]~b]ai\n<think>\n"), std::string::npos) << r.out;
+  std::ofstream(tmp.path / "bad.json") << "[{";
+  r = m2("template " + test::kDemo.string() + " --messages " + (tmp.path / "bad.json").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("malformed JSON"), std::string::npos) << r.out;
+  r = m2("template " + (test::kFixtures / "tiny-bf16").string() + " --messages " + (tmp.path / "m.json").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("no chat template"), std::string::npos) << r.out;
+}
+
+TEST(Cli, RunFromTextAndChat) {
+  const std::string demo = test::kDemo.string();
+  auto r = m2("run " + demo + " --prompt 'The President said that' --max-tokens 40");
+  ASSERT_EQ(r.code, 0) << r.out;
+  // models/tiny-m2-demo/train-info.json: the greedy sample after this prompt.
+  EXPECT_EQ(r.out, " the President of the United States was in the hands of the President. The President was elected to "
+                   "the Congress, and it was the first President of the United States. The President was elected to be "
+                   "elected\n");
+  r = m2_stdin("run " + demo + " --chat --max-tokens 12", R"({"messages": [{"role": "user", "content": "Hello"}]})");
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const char* s : {"=== reasoning ===", "=== content ===", "=== tool calls ===", "\"role\": \"assistant\""})
+    EXPECT_NE(r.out.find(s), std::string::npos) << s << "\n" << r.out;
+  r = m2_stdin("run " + demo + " --chat", "{\"messages\": 3}");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("expected a list of messages"), std::string::npos) << r.out;
+  r = m2("run " + demo + " --prompt x --ids 1");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("exactly one of"), std::string::npos) << r.out;
 }
 
 class Synth : public ::testing::TestWithParam<std::string> {};
