@@ -107,6 +107,52 @@ struct PreTokenizer {
   SplitBehavior behavior = SplitBehavior::Isolated;
   bool invert = false, add_prefix_space = false, individual_digits = false;
 
+  // Streaming form: calls emit(piece) for every final piece, without materialising the list.
+  // Only the stages that tokenizer.json files use in practice stream; others fall back to apply().
+  template <typename Emit>
+  void each(std::string_view piece, size_t stage_depth, Emit&& emit) const {
+    if (type == "Sequence") {
+      each_from(0, piece, stage_depth, emit);
+      return;
+    }
+    emit_stage(piece, stage_depth, [&](std::string_view p) { emit(p); });
+  }
+  template <typename Emit>
+  void each_from(size_t child, std::string_view piece, size_t depth, Emit& emit) const {
+    if (child == children.size()) {
+      emit(piece);
+      return;
+    }
+    children[child].emit_stage(piece, depth + child, [&](std::string_view p) { each_from(child + 1, p, depth, emit); });
+  }
+  template <typename Emit>
+  void emit_stage(std::string_view s, size_t depth, Emit&& emit) const {
+    thread_local std::vector<std::string> buffers;  // one scratch string per pipeline depth
+    if (buffers.size() <= depth) buffers.resize(depth + 1);
+    if (type == "Split" && regex && behavior == SplitBehavior::Isolated && !invert) {
+      size_t last = 0;
+      regex->for_each_match(s, [&](size_t b, size_t e) {
+        if (e == b) return;
+        if (b > last) emit(s.substr(last, b - last));
+        emit(s.substr(b, e - b));
+        last = e;
+      });
+      if (last < s.size()) emit(s.substr(last));
+    } else if (type == "ByteLevel" && !regex) {
+      std::string& buf = buffers[depth];
+      buf.clear();
+      if (add_prefix_space && !s.empty() && s[0] != ' ') buf += byte_map().encoded[' '];
+      const auto& m = byte_map();
+      for (unsigned char ch : s) buf += m.encoded[ch];
+      emit(std::string_view(buf));
+    } else {
+      Pieces ps{std::string(s)};
+      PreTokenizer copy = *this;
+      copy.apply(ps);
+      for (const auto& p : ps) emit(std::string_view(p));
+    }
+  }
+
   void apply(Pieces& pieces) const {
     if (type == "Sequence") {
       for (const auto& c : children) c.apply(pieces);
@@ -311,11 +357,19 @@ bool is_ws(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == 
 
 }  // namespace
 
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+template <typename V>
+using StringMap = std::unordered_map<std::string, V, StringHash, std::equal_to<>>;
+
 struct Tokenizer::Impl {
   std::string where;
-  std::unordered_map<std::string, int32_t> vocab;
+  StringMap<int32_t> vocab;
   std::vector<std::string> id_to_token;  // model vocab and added tokens
   std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges;  // (a, b) → (rank, merged id)
+  std::unordered_map<uint32_t, int32_t> char_ids;  // single code point tokens: the initial BPE symbols
   bool ignore_merges = false, byte_fallback = false, fuse_unk = false;
   std::optional<int32_t> unk;
   std::vector<AddedToken> added;
@@ -327,9 +381,9 @@ struct Tokenizer::Impl {
   std::vector<std::pair<bool, int32_t>> template_single;  // (is_sequence, special id) for add_special_tokens
   // Word → ids cache; BPE of a piece is a pure function of its text.
   mutable std::shared_mutex cache_mutex;
-  mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
+  mutable StringMap<std::vector<int32_t>> cache;
 
-  void bpe(const std::string& word, std::vector<int32_t>& out) const {
+  void bpe(std::string_view word, std::vector<int32_t>& out) const {
     if (ignore_merges) {
       auto it = vocab.find(word);
       if (it != vocab.end()) {
@@ -348,12 +402,13 @@ struct Tokenizer::Impl {
     std::vector<int32_t> sym;
     for (size_t i = 0; i < word.size();) {
       size_t start = i;
-      decode_cp(word, i);
-      std::string ch = word.substr(start, i - start);
-      auto it = vocab.find(ch);
-      if (it != vocab.end()) {
+      auto it = char_ids.find(decode_cp(word, i));
+      if (it != char_ids.end()) {
         sym.push_back(it->second);
-      } else if (byte_fallback) {
+        continue;
+      }
+      std::string ch(word.substr(start, i - start));
+      if (byte_fallback) {
         for (unsigned char b : ch) {
           char name[8];
           std::snprintf(name, sizeof name, "<0x%02X>", b);
@@ -387,17 +442,24 @@ struct Tokenizer::Impl {
     out.insert(out.end(), sym.begin(), sym.end());
     std::unique_lock lock(cache_mutex);
     if (cache.size() > 200000) cache.clear();
-    cache.emplace(word, std::move(sym));
+    cache.emplace(std::string(word), std::move(sym));
   }
 
   void encode_plain(std::string_view text, std::vector<int32_t>& out) const {
     if (text.empty()) return;
-    std::string s(text);
-    if (normalizer) normalizer->apply(s);
-    Pieces pieces{std::move(s)};
-    if (pre_tokenizer) pre_tokenizer->apply(pieces);
-    for (const auto& p : pieces)
+    std::string normalized;
+    if (normalizer) {
+      normalized = std::string(text);
+      normalizer->apply(normalized);
+      text = normalized;
+    }
+    if (!pre_tokenizer) {
+      bpe(std::string(text), out);
+      return;
+    }
+    pre_tokenizer->each(text, 0, [&](std::string_view p) {
       if (!p.empty()) bpe(p, out);
+    });
   }
 };
 
@@ -530,7 +592,13 @@ Tokenizer Tokenizer::from_json(const json& j, const std::string& where) {
     for (const auto& a : *added) max_id = std::max(max_id, a.at("id").get<int32_t>());
   I.id_to_token.assign(size_t(max_id + 1), std::string());
   I.special.assign(size_t(max_id + 1), false);
-  for (const auto& [s, id] : I.vocab) I.id_to_token[size_t(id)] = s;
+  for (const auto& [s, id] : I.vocab) {
+    I.id_to_token[size_t(id)] = s;
+    if (!s.empty() && size_t(utf8_len((unsigned char)s[0])) == s.size()) {
+      size_t k = 0;
+      I.char_ids.emplace(decode_cp(s, k), id);
+    }
+  }
   if (std::string u = str(m, "unk_token", where); !u.empty()) {
     auto it = I.vocab.find(u);
     if (it != I.vocab.end()) I.unk = it->second;
