@@ -54,6 +54,17 @@ inline std::vector<int32_t> as_ids(const TensorRef& t) {
   return v;
 }
 
+// gtest parameter names from fixture/format names: "small-nvfp4-ct" → "small_nvfp4_ct".
+struct ParamName {
+  template <typename Info>
+  std::string operator()(const Info& info) const {
+    std::string n = info.param;
+    for (auto& c : n)
+      if (!std::isalnum((unsigned char)c)) c = '_';
+    return n;
+  }
+};
+
 // A scratch directory removed at the end of the test.
 struct TempDir {
   std::filesystem::path path;

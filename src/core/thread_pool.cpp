@@ -57,7 +57,10 @@ void ThreadPool::run(int64_t n, int64_t grain, void* ctx, Trampoline call) {
   start_cv_.notify_all();
   auto [b, e] = slice(n, grain, size(), 0);
   if (b < e) call(ctx, b, e, 0);
-  while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
+  for (int i = 0; pending_.load(std::memory_order_acquire) != 0; ++i) {
+    cpu_relax();
+    if ((i & 255) == 255) std::this_thread::yield();  // an oversubscribed machine: let the worker run
+  }
 }
 
 void ThreadPool::worker_loop(int index) {

@@ -57,6 +57,19 @@ const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p
 
 enum class SplitBehavior { Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous };
 
+// Every occurrence of `pattern` in s replaced by `content` (Replace normalizer and decoder).
+std::string replace_all(const std::string& s, const std::string& pattern, const std::string& content) {
+  if (pattern.empty()) return s;
+  std::string r;
+  size_t start = 0;
+  for (size_t p = s.find(pattern); p != std::string::npos; p = s.find(pattern, start)) {
+    r.append(s, start, p - start);
+    r += content;
+    start = p + pattern.size();
+  }
+  return r.append(s, start, std::string::npos);
+}
+
 // A piece of the input during pre-tokenization.
 using Pieces = std::vector<std::string>;
 
@@ -83,16 +96,7 @@ struct Normalizer {
       s.assign(reinterpret_cast<char*>(out), len);
       free(out);
     } else if (type == "Replace") {
-      std::string r;
-      for (size_t i = 0; i < s.size();) {
-        if (!pattern.empty() && s.compare(i, pattern.size(), pattern) == 0) {
-          r += content;
-          i += pattern.size();
-        } else {
-          r += s[i++];
-        }
-      }
-      s = std::move(r);
+      s = replace_all(s, pattern, content);
     } else if (type == "Prepend") {
       if (!s.empty()) s = content + s;
     }
@@ -285,18 +289,7 @@ struct Decoder {
       }
       toks = {utf8_lossy(bytes)};
     } else if (type == "Replace") {
-      for (auto& t : toks) {
-        std::string r;
-        for (size_t i = 0; i < t.size();) {
-          if (!pattern.empty() && t.compare(i, pattern.size(), pattern) == 0) {
-            r += content;
-            i += pattern.size();
-          } else {
-            r += t[i++];
-          }
-        }
-        t = std::move(r);
-      }
+      for (auto& t : toks) t = replace_all(t, pattern, content);
     } else if (type == "ByteFallback") {
       std::vector<std::string> out;
       std::string bytes;
@@ -328,16 +321,7 @@ struct Decoder {
       }
     } else if (type == "Metaspace") {
       for (size_t k = 0; k < toks.size(); ++k) {
-        std::string r;
-        const std::string mark = content.empty() ? "\xE2\x96\x81" : content;
-        for (size_t i = 0; i < toks[k].size();) {
-          if (toks[k].compare(i, mark.size(), mark) == 0) {
-            r += ' ';
-            i += mark.size();
-          } else {
-            r += toks[k][i++];
-          }
-        }
+        std::string r = replace_all(toks[k], content.empty() ? "\xE2\x96\x81" : content, " ");
         if (k == 0 && prefix_space && !r.empty() && r[0] == ' ') r.erase(0, 1);
         toks[k] = std::move(r);
       }

@@ -156,11 +156,7 @@ TEST_P(Synth, WritesALoadableShardedCheckpoint) {
 
 INSTANTIATE_TEST_SUITE_P(AllFormats, Synth,
                          ::testing::Values("bf16", "fp8", "nvfp4-modelopt", "nvfp4-ct", "mxfp4-ct"),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           std::replace(n.begin(), n.end(), '-', '_');
-                           return n;
-                         });
+                         test::ParamName());
 
 TEST(Cli, SynthAtTheRealWidths) {
   // hidden 3072, 48/8 heads of 128, expert width 1536 (few experts and a small vocab keep it quick).

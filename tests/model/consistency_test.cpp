@@ -106,11 +106,7 @@ TEST(Model, RejectsBadInputsWithoutTouchingTheCache) {
 INSTANTIATE_TEST_SUITE_P(Formats, Consistency,
                          ::testing::Values("small-bf16", "small-fp8", "small-nvfp4-modelopt", "small-nvfp4-ct",
                                            "small-mxfp4-ct"),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           std::replace(n.begin(), n.end(), '-', '_');
-                           return n;
-                         });
+                         test::ParamName());
 
 }  // namespace
 }  // namespace m2

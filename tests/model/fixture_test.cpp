@@ -73,11 +73,7 @@ TEST_P(Fixture, GreedyContinuationMatchesWhereTheMarginAllows) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllFormats, Fixture, ::testing::ValuesIn(test::kAllFixtures),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           std::replace(n.begin(), n.end(), '-', '_');
-                           return n;
-                         });
+                         test::ParamName());
 
 }  // namespace
 }  // namespace m2

@@ -47,11 +47,7 @@ TEST_P(NoAllocation, DecodeStepsAfterWarmUp) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, NoAllocation, ::testing::Values("small-bf16", "small-nvfp4-ct", "small-mxfp4-ct"),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           std::replace(n.begin(), n.end(), '-', '_');
-                           return n;
-                         });
+                         test::ParamName());
 
 }  // namespace
 }  // namespace m2

@@ -83,12 +83,7 @@ TEST_P(AgainstJinja2, EveryConversationRendersIdentically) {
 INSTANTIATE_TEST_SUITE_P(Templates, AgainstJinja2,
                          ::testing::Values("MiniMax-M2.jinja", "qwen3.jinja", "llama3-style.jinja", "mistral-style.jinja",
                                            "features.jinja"),
-                         [](const auto& info) {
-                           std::string n = info.param.substr(0, info.param.find('.'));
-                           for (auto& c : n)
-                             if (!std::isalnum((unsigned char)c)) c = '_';
-                           return n;
-                         });
+                         test::ParamName());
 
 TEST(ChatTemplate, ErrorsNameTheTemplateLine) {
   try {

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "text/jinja/ast.h"
+#include "text/utf8.h"
 
 namespace m2::jinja {
 
@@ -175,13 +176,13 @@ class Lexer {
               case 'u': {
                 uint32_t cp = uint32_t(std::stoul(s_.substr(q + 1, 4), nullptr, 16));
                 q += 4;
-                append_cp(out, cp);
+                append_utf8(out, cp);
                 break;
               }
               case 'x': {
                 uint32_t cp = uint32_t(std::stoul(s_.substr(q + 1, 2), nullptr, 16));
                 q += 2;
-                append_cp(out, cp);
+                append_utf8(out, cp);
                 break;
               }
               case '\n': break;
@@ -213,18 +214,6 @@ class Lexer {
       }
     }
   }
-  static void append_cp(std::string& out, uint32_t cp) {
-    if (cp < 0x80) out += char(cp);
-    else if (cp < 0x800) {
-      out += char(0xC0 | (cp >> 6));
-      out += char(0x80 | (cp & 0x3F));
-    } else {
-      out += char(0xE0 | (cp >> 12));
-      out += char(0x80 | ((cp >> 6) & 0x3F));
-      out += char(0x80 | (cp & 0x3F));
-    }
-  }
-
   const std::string& s_;
   const std::string& where_;
   std::vector<Token> tokens_;
