@@ -71,7 +71,7 @@ Runner add_detokenize(CLI::App& app) {
 
 Runner add_template(CLI::App& app) {
   struct Opts {
-    std::string model_dir, messages, tools;
+    std::string model_dir, messages, tools, kwargs;
     bool add_generation_prompt = false;
   };
   auto o = std::make_shared<Opts>();
@@ -79,12 +79,22 @@ Runner add_template(CLI::App& app) {
   app.add_option("--messages", o->messages, "JSON file: a list of messages")->required();
   app.add_option("--tools", o->tools, "JSON file: a list of OpenAI tools");
   app.add_flag("--add-generation-prompt", o->add_generation_prompt, "End with the assistant turn's opening");
+  app.add_option("--kwargs", o->kwargs, "Extra template variables as a JSON object, e.g. '{\"model_identity\": \"...\"}'");
   return [o] {
     ChatFormat chat = ChatFormat::load(o->model_dir);
     auto messages = read_json_arg(o->messages, "--messages");
     if (messages.is_object() && messages.contains("messages")) messages = messages["messages"];
     nlohmann::ordered_json tools = o->tools.empty() ? nlohmann::ordered_json() : read_json_arg(o->tools, "--tools");
-    fmt::print("{}", chat.render(messages, tools, o->add_generation_prompt));
+    nlohmann::ordered_json extra = nlohmann::ordered_json::object();
+    if (!o->kwargs.empty()) {
+      try {
+        extra = nlohmann::ordered_json::parse(o->kwargs);
+      } catch (const nlohmann::json::parse_error& e) {
+        fail<InvalidArgument>("--kwargs: malformed JSON: {}", e.what());
+      }
+      if (!extra.is_object()) fail<InvalidArgument>("--kwargs: expected a JSON object");
+    }
+    fmt::print("{}", chat.render(messages, tools, o->add_generation_prompt, extra));
     return 0;
   };
 }

@@ -108,6 +108,9 @@ TEST(Cli, TemplateRendersTheShippedTemplate) {
   EXPECT_EQ(r.out.rfind("]~!b[]~b]system\nYou are a helpful assistant.", 0), 0u) << r.out;
   EXPECT_NE(r.out.find("<tool>{\"name\": \"f\", \"parameters\": {}}</tool>"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("]~b]user\nhi[e~[\n]~b]ai\n<think>\n"), std::string::npos) << r.out;
+  r = m2("template " + test::kDemo.string() + " --messages " + (tmp.path / "m.json").string() +
+         " --kwargs '{\"model_identity\": \"I am m2.\"}'");
+  EXPECT_EQ(r.out.rfind("]~!b[]~b]system\nI am m2.[e~[", 0), 0u) << r.out;
   std::ofstream(tmp.path / "bad.json") << "[{";
   r = m2("template " + test::kDemo.string() + " --messages " + (tmp.path / "bad.json").string());
   EXPECT_EQ(r.code, 1);
