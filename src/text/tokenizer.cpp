@@ -739,6 +739,11 @@ bool Tokenizer::is_special(int32_t id) const {
   return id >= 0 && size_t(id) < impl_->special.size() && impl_->special[size_t(id)];
 }
 
+void Tokenizer::clear_cache() const {
+  std::unique_lock lock(impl_->cache_mutex);
+  impl_->cache.clear();
+}
+
 IncrementalDecoder::IncrementalDecoder(const Tokenizer& tok, bool skip_special_tokens)
     : tok_(tok), skip_special_(skip_special_tokens) {}
 

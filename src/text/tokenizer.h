@@ -32,6 +32,8 @@ class Tokenizer {
   std::optional<int32_t> token_to_id(std::string_view token) const;
   std::string id_to_token(int32_t id) const;  // "" when unknown
   bool is_special(int32_t id) const;
+  // Drops the word → ids cache (it is rebuilt as text is encoded; bounded at 200k words).
+  void clear_cache() const;
 
  private:
   Tokenizer();
