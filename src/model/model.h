@@ -41,11 +41,26 @@ class Model {
   const ModelWeights& w_;
   Backend& be_;
   std::vector<float> inv_freq_;  // [rotary_dim / 2], fp32 as HF computes it
-  // Workspace, [capacity rows, width]:
+  // Workspace for up to cap_tokens_ = M rows; K = experts_per_token.
   int64_t cap_tokens_ = 0;
-  std::vector<float> h_, x_, q_, k_, v_, att_, proj_, router_, cos_, sin_, route_w_, final_;
-  std::vector<int32_t> ids_, route_ids_, expert_count_, expert_offset_, expert_rows_;
-  std::vector<float> xe_, ge_, ue_, de_, expert_w_;
+  std::vector<float> h_;         // [M, hidden] residual stream
+  std::vector<float> x_;         // [M, hidden] normed input of a block
+  std::vector<float> q_;         // [M, heads * head_dim]
+  std::vector<float> k_, v_;     // [M, kv_heads * head_dim]
+  std::vector<float> att_;       // [M, heads * head_dim] attention output
+  std::vector<float> proj_;      // [M, hidden] o_proj output
+  std::vector<float> router_;    // [M, experts] router logits (fp32)
+  std::vector<float> cos_, sin_; // [M, rotary_dim / 2] RoPE tables of each row's position
+  std::vector<float> route_w_;   // [M, K] renormalised expert weights
+  std::vector<float> final_;     // [logit rows, hidden] final-norm output
+  std::vector<int32_t> ids_;           // [M] token ids
+  std::vector<int32_t> route_ids_;     // [M, K] selected experts
+  std::vector<int32_t> expert_count_;  // [experts] routed rows per expert
+  std::vector<int32_t> expert_offset_; // [experts + 1] first slot of each expert
+  std::vector<int32_t> expert_rows_;   // [M * K] token row of each slot (grouped by expert)
+  std::vector<float> expert_w_;        // [M * K] routing weight of each slot
+  std::vector<float> xe_, de_;         // [M * K, hidden] expert inputs / outputs, grouped by expert
+  std::vector<float> ge_, ue_;         // [M * K, intermediate] gate / up projections
   std::vector<AttentionSequence> seqs_;
   std::vector<int64_t> logits_rows_;
 };
