@@ -72,6 +72,14 @@ bool QuantScheme::Pattern::matches(const std::string& module) const {
 }
 
 QuantScheme QuantScheme::detect(const fs::path& dir, const json& config) {
+  try {
+    return detect_checked(dir, config);
+  } catch (const json::exception& e) {  // a field of the wrong JSON type
+    fail<ModelError>("{}: unexpected quantization config structure: {}", (dir / "config.json").string(), e.what());
+  }
+}
+
+QuantScheme QuantScheme::detect_checked(const fs::path& dir, const json& config) {
   QuantScheme s;
   const std::string cfg_where = (dir / "config.json").string();
   const json* qc = nullptr;

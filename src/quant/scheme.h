@@ -40,6 +40,7 @@ class QuantScheme {
   std::pair<int, int> fp8_block() const { return fp8_block_; }
 
  private:
+  static QuantScheme detect_checked(const std::filesystem::path& dir, const nlohmann::json& config);
   struct Pattern {
     enum Kind { Glob, Exact, Regex, Substring, ClassName } kind;
     std::string text;

@@ -33,8 +33,12 @@ ChatFormat ChatFormat::load(const fs::path& model_dir) {
         source = it->get<std::string>();
       } else if (it->is_array()) {  // [{name, template}], "default" wins
         for (const auto& t : *it)
-          if (t.is_object() && t.value("name", "") == "default") source = t.value("template", "");
-        if (source.empty() && !it->empty()) source = (*it)[0].value("template", "");
+          if (t.is_object() && t.contains("name") && t["name"] == "default" && t.contains("template") &&
+              t["template"].is_string())
+            source = t["template"].get<std::string>();
+        if (source.empty() && !it->empty() && (*it)[0].is_object() && (*it)[0].contains("template") &&
+            (*it)[0]["template"].is_string())
+          source = (*it)[0]["template"].get<std::string>();
       } else {
         fail<FormatError>("{}: chat_template must be a string or a list of {{name, template}}", cfg.string());
       }

@@ -547,6 +547,14 @@ Tokenizer Tokenizer::load(const fs::path& path) {
 }
 
 Tokenizer Tokenizer::from_json(const json& j, const std::string& where) {
+  try {
+    return from_json_checked(j, where);
+  } catch (const json::exception& e) {  // a field of the wrong JSON type or missing
+    fail<FormatError>("{}: unexpected tokenizer.json structure: {}", where, e.what());
+  }
+}
+
+Tokenizer Tokenizer::from_json_checked(const json& j, const std::string& where) {
   Tokenizer t;
   Impl& I = *t.impl_;
   I.where = where;

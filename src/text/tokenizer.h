@@ -37,6 +37,7 @@ class Tokenizer {
 
  private:
   Tokenizer();
+  static Tokenizer from_json_checked(const nlohmann::json& j, const std::string& where);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -83,6 +83,8 @@ TEST(QuantScheme, UnknownMethodsAreRejectedByName) {
     return std::string("no error");
   };
   EXPECT_NE(err({{"quant_method", "gptq"}}).find("quant_method = 'gptq' is not supported"), std::string::npos);
+  EXPECT_NE(err({{"quant_method", "modelopt"}, {"quant_algo", 5}}).find("unexpected quantization config structure"),
+            std::string::npos);
   EXPECT_NE(err({{"quant_method", "modelopt"}, {"quant_algo", "W4A8_AWQ"}}).find("'W4A8_AWQ'"), std::string::npos);
   EXPECT_NE(err({{"quant_method", "compressed-tensors"},
                  {"config_groups", {{"g", {{"targets", {"Linear"}}, {"format", "pack-quantized"}}}}}})

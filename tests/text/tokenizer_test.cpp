@@ -87,6 +87,15 @@ TEST(Tokenizer, BadInputIsAnError) {
   EXPECT_THROW(tok.decode({1, 99999}), InvalidArgument);
   EXPECT_THROW(Tokenizer::from_json(nlohmann::json{{"model", {{"type", "Unigram"}}}}, "t.json"), FormatError);
   EXPECT_THROW(Tokenizer::load(test::kFixtures / "nonexistent.json"), IoError);
+  // Wrong JSON types anywhere are a FormatError naming the file, not a stray exception.
+  auto bad = nlohmann::json::parse(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [],
+                                       "ignore_merges": false}, "added_tokens": [{"id": "zero", "content": "x"}]})");
+  try {
+    Tokenizer::from_json(bad, "t.json");
+    FAIL();
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("t.json"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

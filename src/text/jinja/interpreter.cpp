@@ -492,7 +492,13 @@ std::string ChatTemplate::render(const nlohmann::ordered_json& variables) const 
     for (auto it = variables.begin(); it != variables.end(); ++it) globals->set(it.key(), jinja::from_json(*it));
   ctx.frames = {globals, std::make_shared<jinja::Dict>()};
   std::string out;
-  jinja::exec(impl_->body, ctx, out);
+  try {
+    jinja::exec(impl_->body, ctx, out);
+  } catch (const TemplateError&) {
+    throw;
+  } catch (const std::exception& e) {  // anything else a builtin raised: still a template error
+    throw TemplateError(impl_->where + ": " + e.what());
+  }
   return out;
 }
 
