@@ -105,6 +105,12 @@ TEST(ChatTemplate, ErrorsNameTheTemplateLine) {
   } catch (const TemplateError& e) {
     EXPECT_NE(std::string(e.what()).find("undef.jinja line 2"), std::string::npos) << e.what();
   }
+  EXPECT_THROW(ChatTemplate("{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}", "deep.jinja"), TemplateError);
+  std::string nested;
+  for (int i = 0; i < 1000; ++i) nested += "{% if true %}";
+  EXPECT_THROW(ChatTemplate(nested, "nested.jinja"), TemplateError);
+  ChatTemplate rec("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "rec.jinja");
+  EXPECT_THROW(rec.render(ojson::object()), TemplateError);
   ChatTemplate r("{{ raise_exception('custom failure') }}", "r.jinja");
   EXPECT_THROW(r.render(ojson::object()), TemplateError);
 }

@@ -280,6 +280,12 @@ Value make_macro(const Node& n, Context& def_ctx) {
   auto root = def_ctx.frames;  // globals and the defining scopes, shared (live) with the template
   std::string where = def_ctx.where;
   return Value(Function([node, root, where](Args& args, Context& caller_ctx) -> Value {
+    thread_local int depth = 0;  // macros may recurse, but not without bound
+    struct Guard {
+      Guard() { ++depth; }
+      ~Guard() { --depth; }
+    } guard;
+    if (depth > 100) caller_ctx.error(node->line, fmt::format("macro '{}' recursed more than 100 deep", node->name));
     Context ctx{where, root};
     auto frame = std::make_shared<Dict>();
     List varargs;
@@ -303,7 +309,6 @@ Value make_macro(const Node& n, Context& def_ctx) {
     frame->set("kwargs", Value(std::move(kwargs)));
     std::string out;
     exec(node->body, ctx, out);
-    (void)caller_ctx;
     return Value(out);
   }));
 }

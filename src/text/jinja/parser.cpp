@@ -253,6 +253,11 @@ class Parser {
 
   // Parses nodes until a block tag whose keyword is in `stop` (left unconsumed, at BlockBegin).
   Body parse_body(std::initializer_list<const char*> stop) {
+    if (++body_depth_ > 200) error("blocks nested too deeply");
+    struct Leave {
+      int& d;
+      ~Leave() { --d; }
+    } leave{body_depth_};
     Body body;
     for (;;) {
       const Token& tk = peek();
@@ -442,6 +447,13 @@ class Parser {
   }
 
   ExprPtr parse_expr() {
+    // Nesting is bounded so a hostile template cannot exhaust the stack.
+    struct Depth {
+      int& d;
+      explicit Depth(int& x) : d(++x) {}
+      ~Depth() { --d; }
+    } guard(depth_);
+    if (depth_ > 200) error("expression nested too deeply");
     ExprPtr e = parse_or();
     while (is_name("if")) {
       const int line = peek().line;
@@ -754,6 +766,7 @@ class Parser {
 
   std::vector<Token> t_;
   size_t pos_ = 0;
+  int depth_ = 0, body_depth_ = 0;
   const std::string& where_;
 };
 
