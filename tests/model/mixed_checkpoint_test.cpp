@@ -89,3 +89,42 @@ TEST(MixedCheckpoint, TwoCompressedTensorsGroups) {
 
 }  // namespace
 }  // namespace m2
+
+namespace m2 {
+namespace {
+
+// The same BF16 fixture stored as F16 and as F32: dense weights in every float dtype load and match.
+class DenseDtypes : public ::testing::TestWithParam<DType> {};
+
+TEST_P(DenseDtypes, ConvertedCheckpointMatchesReference) {
+  const auto src = test::kFixtures / "tiny-bf16";
+  test::EditableCheckpoint c("tiny-bf16");
+  const DType to = GetParam();
+  for (auto& [name, t] : c.tensors) {
+    if (t.dtype != DType::BF16) continue;
+    const size_t n = t.bytes.size() / 2;
+    std::vector<uint8_t> out(n * dtype_size(to));
+    for (size_t i = 0; i < n; ++i) {
+      uint16_t b;
+      std::memcpy(&b, t.bytes.data() + 2 * i, 2);
+      float f = bf16_to_f32(b);
+      if (to == DType::F32) std::memcpy(out.data() + 4 * i, &f, 4);
+      else {
+        uint16_t h = f32_to_f16(f);
+        std::memcpy(out.data() + 2 * i, &h, 2);
+      }
+    }
+    c.storage.push_back(std::move(out));
+    t = {name, to, t.shape, c.storage.back()};
+  }
+  c.write();
+  auto m = ModelWeights::load(c.dir.path);
+  EXPECT_EQ(m.layers[0].q.dtype, to);
+  EXPECT_LE(max_logit_error(c.dir.path, src), 1e-3);
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, DenseDtypes, ::testing::Values(DType::F16, DType::F32),
+                         [](const auto& info) { return std::string(dtype_name(info.param)); });
+
+}  // namespace
+}  // namespace m2
