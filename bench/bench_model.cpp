@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
   fmt::print("memcpy           {:.2f} GB/s (bytes copied per second, all threads)\n", copy_bw / 1e9);
   fmt::print("decode           {:.2f} tok/s, {:.1f} MB of weights per token, {:.2f} GB/s = {:.1f}% of memcpy\n", tok_s,
              bytes_per_token / 1e6, bytes_per_token * tok_s / 1e9, 100.0 * bytes_per_token * tok_s / copy_bw);
-  fmt::print("fma peak         {:.1f} GFLOP/s (fp32 AVX2 FMA, all threads)\n", fma_peak / 1e9);
+  fmt::print("fma peak         {:.1f} GFLOP/s (fp32 FMA at the widest vector width, all threads)\n", fma_peak / 1e9);
   fmt::print("prefill          {} tokens in {:.2f} s: {:.1f} tok/s, {:.1f} GFLOP/s = {:.1f}% of fma peak\n", prompt,
              prefill_s, prompt / prefill_s, prefill_flops / prefill_s / 1e9, 100.0 * prefill_flops / prefill_s / fma_peak);
   fmt::print("peak RSS         {:.1f} MB (weights mmap'd {:.1f} MB, KV cache {:.1f} MB)\n", ru.ru_maxrss / 1024.0,

@@ -2,15 +2,33 @@
 
 #include <chrono>
 
+#include "backend/cpu/cpu_features.h"
+
 #if defined(__x86_64__)
-#pragma GCC target("avx2,fma")
 #include <immintrin.h>
 #endif
 
 namespace m2::bench {
 
 namespace {
+#if defined(__x86_64__)
+// Ten independent 16-wide FMA chains (AVX-512 machines).
+__attribute__((target("avx512f"))) double fma_loop_512(int64_t iterations) {
+  __m512 a[10];
+  for (int i = 0; i < 10; ++i) a[i] = _mm512_set1_ps(float(i) * 1e-3f);
+  const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+  for (int64_t n = 0; n < iterations; ++n)
+    for (int i = 0; i < 10; ++i) a[i] = _mm512_fmadd_ps(a[i], m, c);
+  __m512 s = a[0];
+  for (int i = 1; i < 10; ++i) s = _mm512_add_ps(s, a[i]);
+  return double(_mm512_reduce_add_ps(s));
+}
+#endif
+
 // Ten independent 8-wide FMA chains: enough to cover FMA latency × throughput on current cores.
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma")))
+#endif
 double fma_loop(int64_t iterations) {
 #if defined(__x86_64__)
   __m256 a[10];
@@ -36,12 +54,25 @@ double fma_loop(int64_t iterations) {
 double fma_peak_flops(ThreadPool& pool) {
   const int64_t iterations = 50'000'000;
   volatile double sink = 0;
+#if defined(__x86_64__)
+  const bool wide = cpu_features().avx512;
+#else
+  const bool wide = false;
+#endif
   auto t0 = std::chrono::steady_clock::now();
   pool.parallel_for(pool.size(), [&](int64_t b, int64_t e, int) {
-    for (int64_t i = b; i < e; ++i) sink = sink + fma_loop(iterations);
+    for (int64_t i = b; i < e; ++i) {
+#if defined(__x86_64__)
+      if (wide) {
+        sink = sink + fma_loop_512(iterations);
+        continue;
+      }
+#endif
+      sink = sink + fma_loop(iterations);
+    }
   });
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return double(pool.size()) * double(iterations) * 10 * 8 * 2 / s;
+  return double(pool.size()) * double(iterations) * 10 * (wide ? 16 : 8) * 2 / s;
 }
 
 }  // namespace m2::bench

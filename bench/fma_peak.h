@@ -1,5 +1,5 @@
-// The fp32 FMA peak of this machine (AVX2 FMA on every thread of the pool): the compute limit that
-// prefill GFLOP/s is reported against.
+// The fp32 FMA peak of this machine (AVX-512 FMA where the CPU has it, else AVX2, on every thread of
+// the pool): the compute limit that prefill GFLOP/s is reported against.
 #pragma once
 #include "core/thread_pool.h"
 

@@ -35,6 +35,7 @@ void linear(const WeightView& w, const float* x, float* y, int64_t tokens, Threa
   if (path == LinearPath::Avx512) {
     if (!cpu.avx512) fail<InvalidArgument>("linear {}: AVX-512 path requested on a CPU without AVX-512", w.name);
     if (detail::gemv_avx512_supports(w, tokens)) return detail::gemv_avx512(w, x, y, tokens, pool);
+    if (tokens > 4) return detail::gemm_avx512(w, x, y, tokens, pool);
     path = LinearPath::Avx2;
   }
   if (path == LinearPath::Avx2) {

@@ -25,9 +25,13 @@ namespace detail {
 // The AVX2 kernels (linear_avx2.cpp); only called when cpu_features().avx2_fma_f16c.
 void linear_avx2(const WeightView& w, const float* x, float* y, int64_t tokens, ThreadPool& pool);
 void dequant_row_avx2(const WeightView& w, int64_t r, float* out);
+// Decodes W[r0 .. r0+tile_rows) × [k0 .. k0+kc) into tile[k][tile_rows], zero rows past the end.
+void decode_tile_avx2(const WeightView& w, int64_t r0, int tile_rows, int64_t k0, int64_t kc, float* tile);
 // The AVX-512 gemv (linear_avx512.cpp); only called when cpu_features().avx512.
 bool gemv_avx512_supports(const WeightView& w, int64_t tokens);
 void gemv_avx512(const WeightView& w, const float* x, float* y, int64_t tokens, ThreadPool& pool);
+// The AVX-512 gemm (5+ tokens): 32-row tiles, 8-token × 32-row register blocks.
+void gemm_avx512(const WeightView& w, const float* x, float* y, int64_t tokens, ThreadPool& pool);
 }  // namespace detail
 
 }  // namespace m2

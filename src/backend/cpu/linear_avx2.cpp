@@ -148,27 +148,64 @@ void gemv_rows(const WeightView& w, const float* x, float* y, int64_t r0, int64_
 
 constexpr int kTileRows = 16, kTileCols = 256, kMr = 6;
 
-// Decodes W[r0 .. r0+16) × [k0 .. k0+kc) into tile[k][16] (rows past N are zero).
-void decode_tile(const WeightView& w, int64_t r0, int64_t k0, int64_t kc, float* tile) {
-  const Decoder dec{w};
-  const int64_t Ks = simd_cols(w);
-  alignas(32) float rowbuf[kChunk];
-  for (int i = 0; i < kTileRows; ++i) {
-    const int64_t r = r0 + i;
-    if (r >= w.rows) {
-      for (int64_t k = 0; k < kc; ++k) tile[k * kTileRows + i] = 0.0f;
-      continue;
-    }
-    int64_t k = 0;
-    for (; k + kChunk <= kc && k0 + k + kChunk <= Ks; k += kChunk) {
-      __m256 wv[4];
-      dec.decode(r, k0 + k, wv);
-      for (int j = 0; j < 4; ++j) _mm256_store_ps(rowbuf + 8 * j, wv[j]);
-      for (int j = 0; j < kChunk; ++j) tile[(k + j) * kTileRows + i] = rowbuf[j];
-    }
-    for (; k < kc; ++k) tile[k * kTileRows + i] = weight_element_ref(w, r, k0 + k);
+// In-register 8×8 transpose of r[0..7] (rows) into columns.
+inline void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {  // rows 0-3 and 4-7
+    __m256 a = t[4 * h], b = t[4 * h + 1], cc = t[4 * h + 2], d = t[4 * h + 3];
+    u[4 * h] = _mm256_shuffle_ps(a, cc, _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * h + 1] = _mm256_shuffle_ps(a, cc, _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * h + 2] = _mm256_shuffle_ps(b, d, _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * h + 3] = _mm256_shuffle_ps(b, d, _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
   }
 }
+
+}  // namespace
+
+// Decodes W[r0 .. r0+tile_rows) × [k0 .. k0+kc) into tile[k][tile_rows] (rows past N are zero).
+// Groups of 8 rows are decoded 32 columns at a time and transposed in registers.
+void decode_tile_avx2(const WeightView& w, int64_t r0, int tile_rows, int64_t k0, int64_t kc, float* tile) {
+  const Decoder dec{w};
+  const int64_t Ks = simd_cols(w);
+  // Columns [0, ksimd) go through SIMD decode + transpose; the rest element by element.
+  int64_t ksimd = 0;
+  while (ksimd + kChunk <= kc && k0 + ksimd + kChunk <= Ks) ksimd += kChunk;
+  alignas(32) float rows8[8][kChunk];
+  for (int i0 = 0; i0 < tile_rows; i0 += 8) {
+    for (int64_t k = 0; k < ksimd; k += kChunk) {
+      for (int i = 0; i < 8; ++i) {
+        const int64_t r = r0 + i0 + i;
+        if (r >= w.rows) {
+          for (int j = 0; j < 4; ++j) _mm256_store_ps(rows8[i] + 8 * j, _mm256_setzero_ps());
+          continue;
+        }
+        __m256 wv[4];
+        dec.decode(r, k0 + k, wv);
+        for (int j = 0; j < 4; ++j) _mm256_store_ps(rows8[i] + 8 * j, wv[j]);
+      }
+      for (int j = 0; j < 4; ++j) {
+        __m256 v[8];
+        for (int i = 0; i < 8; ++i) v[i] = _mm256_load_ps(rows8[i] + 8 * j);
+        transpose8(v);
+        for (int cidx = 0; cidx < 8; ++cidx) _mm256_storeu_ps(tile + (k + 8 * j + cidx) * tile_rows + i0, v[cidx]);
+      }
+    }
+    for (int i = 0; i < 8; ++i) {
+      const int64_t r = r0 + i0 + i;
+      for (int64_t k = ksimd; k < kc; ++k) tile[k * tile_rows + i0 + i] = r < w.rows ? weight_element_ref(w, r, k0 + k) : 0.0f;
+    }
+  }
+}
+
+namespace {
 
 // acc[m][16] += x[m rows, kc] · tile[kc][16]; then y rows get acc (store on first chunk, add after).
 template <int M>
@@ -204,7 +241,7 @@ void gemm_tiles(const WeightView& w, const float* x, float* y, int64_t tokens, i
     const int rows = int(std::min<int64_t>(kTileRows, N - r0));
     for (int64_t k0 = 0; k0 < K; k0 += kTileCols) {
       const int64_t kc = std::min<int64_t>(kTileCols, K - k0);
-      decode_tile(w, r0, k0, kc, tile);
+      decode_tile_avx2(w, r0, kTileRows, k0, kc, tile);
       int64_t t = 0;
       for (; t + kMr <= tokens; t += kMr) micro_kernel<kMr>(x + t * K + k0, K, tile, kc, y + t * N + r0, N, rows, k0 == 0);
       switch (tokens - t) {

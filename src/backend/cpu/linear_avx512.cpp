@@ -10,6 +10,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 false positive inside avx512fintrin.h
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -114,7 +115,69 @@ void dispatch_rows(const WeightView& w, const float* x, const float* xd, float* 
   else gemv_fp8_rows<T>(w, x, y, r0, r1);
 }
 
+constexpr int kTileRows = 32, kTileCols = 256, kMr = 8;
+
+// acc[m][32] += x[m tokens, kc] · tile[kc][32]; stored into y on the first K chunk, added after.
+template <int M>
+void micro_kernel(const float* x, int64_t ldx, const float* tile, int64_t kc, float* y, int64_t ldy, int rows,
+                  bool first) {
+  __m512 acc[M][2];
+  for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 w0 = _mm512_load_ps(tile + k * kTileRows), w1 = _mm512_load_ps(tile + k * kTileRows + 16);
+    for (int m = 0; m < M; ++m) {
+      const __m512 xb = _mm512_set1_ps(x[m * ldx + k]);
+      acc[m][0] = _mm512_fmadd_ps(xb, w0, acc[m][0]);
+      acc[m][1] = _mm512_fmadd_ps(xb, w1, acc[m][1]);
+    }
+  }
+  const __mmask16 lo = rows >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rows) - 1);
+  const __mmask16 hi = rows >= 32 ? __mmask16(0xFFFF) : rows <= 16 ? __mmask16(0) : __mmask16((1u << (rows - 16)) - 1);
+  for (int m = 0; m < M; ++m) {
+    float* yr = y + m * ldy;
+    if (!first) {
+      acc[m][0] = _mm512_add_ps(acc[m][0], _mm512_maskz_loadu_ps(lo, yr));
+      acc[m][1] = _mm512_add_ps(acc[m][1], _mm512_maskz_loadu_ps(hi, yr + 16));
+    }
+    _mm512_mask_storeu_ps(yr, lo, acc[m][0]);
+    _mm512_mask_storeu_ps(yr + 16, hi, acc[m][1]);
+  }
+}
+
+void gemm_tiles(const WeightView& w, const float* x, float* y, int64_t tokens, int64_t tile0, int64_t tile1) {
+  alignas(64) float tile[kTileCols * kTileRows];
+  const int64_t K = w.cols, N = w.rows;
+  for (int64_t tt = tile0; tt < tile1; ++tt) {
+    const int64_t r0 = tt * kTileRows;
+    const int rows = int(std::min<int64_t>(kTileRows, N - r0));
+    for (int64_t k0 = 0; k0 < K; k0 += kTileCols) {
+      const int64_t kc = std::min<int64_t>(kTileCols, K - k0);
+      decode_tile_avx2(w, r0, kTileRows, k0, kc, tile);
+      const bool first = k0 == 0;
+      int64_t t = 0;
+      for (; t + kMr <= tokens; t += kMr) micro_kernel<kMr>(x + t * K + k0, K, tile, kc, y + t * N + r0, N, rows, first);
+      const float* xt = x + t * K + k0;
+      float* yt = y + t * N + r0;
+      switch (tokens - t) {
+        case 7: micro_kernel<7>(xt, K, tile, kc, yt, N, rows, first); break;
+        case 6: micro_kernel<6>(xt, K, tile, kc, yt, N, rows, first); break;
+        case 5: micro_kernel<5>(xt, K, tile, kc, yt, N, rows, first); break;
+        case 4: micro_kernel<4>(xt, K, tile, kc, yt, N, rows, first); break;
+        case 3: micro_kernel<3>(xt, K, tile, kc, yt, N, rows, first); break;
+        case 2: micro_kernel<2>(xt, K, tile, kc, yt, N, rows, first); break;
+        case 1: micro_kernel<1>(xt, K, tile, kc, yt, N, rows, first); break;
+        default: break;
+      }
+    }
+  }
+}
+
 }  // namespace
+
+void gemm_avx512(const WeightView& w, const float* x, float* y, int64_t tokens, ThreadPool& pool) {
+  const int64_t tiles = (w.rows + kTileRows - 1) / kTileRows;
+  pool.parallel_for(tiles, [&](int64_t t0, int64_t t1, int) { gemm_tiles(w, x, y, tokens, t0, t1); });
+}
 
 bool gemv_avx512_supports(const WeightView& w, int64_t tokens) {
   if (tokens < 1 || tokens > 4) return false;
@@ -146,6 +209,9 @@ void gemv_avx512(const WeightView& w, const float* x, float* y, int64_t tokens, 
 #include "core/error.h"
 namespace m2::detail {
 bool gemv_avx512_supports(const WeightView&, int64_t) { return false; }
+void gemm_avx512(const WeightView& w, const float*, float*, int64_t, ThreadPool&) {
+  fail("linear {}: the AVX-512 path is not compiled for this architecture", w.name);
+}
 void gemv_avx512(const WeightView& w, const float*, float*, int64_t, ThreadPool&) {
   fail("linear {}: the AVX-512 path is not compiled for this architecture", w.name);
 }
