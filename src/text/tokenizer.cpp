@@ -215,36 +215,48 @@ struct PreTokenizer {
       for (size_t pos = s.find(literal); pos != std::string::npos; pos = s.find(literal, pos + literal.size()))
         on_match(pos, pos + literal.size());
     if (last < s.size()) spans.push_back({s.size(), invert});
+    // Merging rules of HF tokenizers' split(): a delimiter merges with its non-delimiter neighbour
+    // only; runs of delimiters merge with each other only under Contiguous.
+    std::vector<std::pair<std::string, bool>> parts;
     size_t begin = 0;
-    std::string pending;  // MergedWithNext: delimiter waiting for the next piece
-    bool prev_delim = false;
     for (auto [end, delim] : spans) {
-      std::string piece = s.substr(begin, end - begin);
+      parts.emplace_back(s.substr(begin, end - begin), delim);
       begin = end;
-      switch (behavior) {
-        case SplitBehavior::Removed:
-          if (!delim) out.push_back(std::move(piece));
-          break;
-        case SplitBehavior::Isolated: out.push_back(std::move(piece)); break;
-        case SplitBehavior::MergedWithPrevious:
-          if (delim && !out.empty() && !prev_delim && !out.empty()) out.back() += piece;
-          else out.push_back(std::move(piece));
-          break;
-        case SplitBehavior::MergedWithNext:
-          if (delim) pending += piece;
-          else {
-            out.push_back(pending + piece);
-            pending.clear();
-          }
-          break;
-        case SplitBehavior::Contiguous:
-          if (delim && prev_delim && !out.empty()) out.back() += piece;
-          else out.push_back(std::move(piece));
-          break;
-      }
-      prev_delim = delim;
     }
-    if (!pending.empty()) out.push_back(pending);
+    std::vector<std::string> merged;
+    bool prev = false;
+    switch (behavior) {
+      case SplitBehavior::Removed:
+        for (auto& [p, d] : parts)
+          if (!d) out.push_back(std::move(p));
+        return;
+      case SplitBehavior::Isolated:
+        for (auto& [p, d] : parts) out.push_back(std::move(p));
+        return;
+      case SplitBehavior::MergedWithPrevious:
+        for (auto& [p, d] : parts) {
+          if (d && !prev && !merged.empty()) merged.back() += p;
+          else merged.push_back(std::move(p));
+          prev = d;
+        }
+        break;
+      case SplitBehavior::MergedWithNext:
+        for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
+          if (it->second && !prev && !merged.empty()) merged.back() = it->first + merged.back();
+          else merged.push_back(std::move(it->first));
+          prev = it->second;
+        }
+        std::reverse(merged.begin(), merged.end());
+        break;
+      case SplitBehavior::Contiguous:
+        for (auto& [p, d] : parts) {
+          if (d == prev && !merged.empty()) merged.back() += p;
+          else merged.push_back(std::move(p));
+          prev = d;
+        }
+        break;
+    }
+    for (auto& p : merged) out.push_back(std::move(p));
   }
 
   void digits(const std::string& s, Pieces& out) const {

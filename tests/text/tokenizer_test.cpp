@@ -81,6 +81,50 @@ TEST(Tokenizer, SpecialTokensAreAtomicAndSkippable) {
   EXPECT_EQ(tok.token_to_id("<think>"), 3);
 }
 
+// A small tokenizer.json where piece boundaries are visible in the ids: "a-", "-b" and "--" merge only
+// when they end up in the same pre-token.
+nlohmann::json synthetic(const nlohmann::json& pre_tokenizer, const nlohmann::json& added = nlohmann::json::array()) {
+  return {{"model", {{"type", "BPE"}, {"unk_token", "<unk>"},
+                     {"vocab", {{"a", 0}, {"b", 1}, {" ", 2}, {"-", 3}, {"a-", 4}, {"-b", 5}, {"--", 6}, {"<unk>", 8}}},
+                     {"merges", {"a -", "- b", "- -"}}}},
+          {"pre_tokenizer", pre_tokenizer},
+          {"added_tokens", added}};
+}
+
+TEST(Tokenizer, SplitBehaviorsFollowHfTokenizers) {
+  auto split = [](const char* behavior, bool invert = false) {
+    return nlohmann::json{{"type", "Split"}, {"pattern", {{"String", "-"}}}, {"behavior", behavior}, {"invert", invert}};
+  };
+  auto ids = [&](const nlohmann::json& pre, const char* text) {
+    return Tokenizer::from_json(synthetic(pre), "synthetic").encode(text);
+  };
+  using V = std::vector<int32_t>;
+  EXPECT_EQ(ids(split("Isolated"), "a--b"), (V{0, 3, 3, 1}));
+  EXPECT_EQ(ids(split("Removed"), "a--b"), (V{0, 1}));
+  EXPECT_EQ(ids(split("MergedWithPrevious"), "a--b"), (V{4, 3, 1}));
+  EXPECT_EQ(ids(split("MergedWithNext"), "a--b"), (V{0, 3, 5}));
+  EXPECT_EQ(ids(split("Contiguous"), "a--b"), (V{0, 6, 1}));
+  EXPECT_EQ(ids(nullptr, "a--b"), (V{4, 5}));  // no pre-tokenizer: one word, merges by rank
+  EXPECT_EQ(ids(split("Removed", true), "a-b"), (V{3}));  // inverted: the gaps are the delimiters
+  nlohmann::json seq = {{"type", "Sequence"}, {"pretokenizers", {split("Isolated"), {{"type", "Digits"}}}}};
+  EXPECT_EQ(ids(seq, "a-b"), (V{0, 3, 1}));
+}
+
+TEST(Tokenizer, AddedTokenStripAndSingleWord) {
+  auto tok = [](bool lstrip, bool rstrip, bool single_word) {
+    nlohmann::json added = {{{"id", 7}, {"content", "<m>"}, {"special", true}, {"lstrip", lstrip}, {"rstrip", rstrip},
+                             {"single_word", single_word}, {"normalized", false}}};
+    return Tokenizer::from_json(synthetic(nullptr, added), "synthetic");
+  };
+  using V = std::vector<int32_t>;
+  EXPECT_EQ(tok(false, false, false).encode("a <m> b"), (V{0, 2, 7, 2, 1}));
+  EXPECT_EQ(tok(true, false, false).encode("a <m> b"), (V{0, 7, 2, 1}));  // absorbs the space before
+  EXPECT_EQ(tok(false, true, false).encode("a <m> b"), (V{0, 2, 7, 1}));  // absorbs the space after
+  EXPECT_EQ(tok(false, false, true).encode("a<m>b"), (V{0, 8, 8, 8, 1})); // inside a word: not the token
+  EXPECT_EQ(tok(false, false, true).encode("a <m> b"), (V{0, 2, 7, 2, 1}));
+  EXPECT_EQ(tok(false, false, false).decode({0, 7, 1}, true), "a b");
+}
+
 TEST(Tokenizer, BadInputIsAnError) {
   const Tokenizer& tok = cached("tiny-demo");
   EXPECT_THROW(tok.encode("abc\xff"), InvalidArgument);
