@@ -277,7 +277,8 @@ namespace {
 
 Value make_macro(const Node& n, Context& def_ctx) {
   const Node* node = &n;
-  auto root = def_ctx.frames;  // globals and the defining scopes, shared (live) with the template
+  // The defining scopes, seen live; held weakly because the macro itself is stored in one of them.
+  std::vector<std::weak_ptr<Dict>> root(def_ctx.frames.begin(), def_ctx.frames.end());
   std::string where = def_ctx.where;
   return Value(Function([node, root, where](Args& args, Context& caller_ctx) -> Value {
     thread_local int depth = 0;  // macros may recurse, but not without bound
@@ -286,7 +287,12 @@ Value make_macro(const Node& n, Context& def_ctx) {
       ~Guard() { --depth; }
     } guard;
     if (depth > 100) caller_ctx.error(node->line, fmt::format("macro '{}' recursed more than 100 deep", node->name));
-    Context ctx{where, root};
+    Context ctx{where, {}};
+    for (const auto& f : root) {
+      auto frame = f.lock();
+      if (!frame) caller_ctx.error(node->line, fmt::format("macro '{}' called after its template finished", node->name));
+      ctx.frames.push_back(std::move(frame));
+    }
     auto frame = std::make_shared<Dict>();
     List varargs;
     for (size_t i = 0; i < args.positional.size(); ++i) {
@@ -422,10 +428,12 @@ Flow exec(const Body& body, Context& ctx, std::string& out) {
       case Node::Macro: ctx.set(n.name, make_macro(n, ctx)); break;
       case Node::CallBlock: {
         const Node* node = &n;
-        auto frames = ctx.frames;
+        std::vector<std::weak_ptr<Dict>> frames(ctx.frames.begin(), ctx.frames.end());
         std::string where = ctx.where;
         Value caller(Function([node, frames, where](Args& args, Context&) -> Value {
-          Context c{where, frames};
+          Context c{where, {}};
+          for (const auto& f : frames)
+            if (auto frame = f.lock()) c.frames.push_back(std::move(frame));
           auto frame = std::make_shared<Dict>();
           for (size_t i = 0; i < node->params.size(); ++i) {
             if (i < args.positional.size()) frame->set(node->params[i], args.positional[i]);
