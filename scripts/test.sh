@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# The test command: set up, build, run every test.
+# The test command: set up, build, run every test; then build with AddressSanitizer + UBSan and run
+# every test again (bad input must never corrupt memory). `scripts/test.sh --quick` skips the second pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/fetch_tokenizers.sh
 scripts/build.sh
 ctest --test-dir build/release -j"$(nproc)" --output-on-failure
+if [ "${1:-}" != "--quick" ]; then
+  cmake --preset asan >/dev/null
+  cmake --build build/asan -j"$(nproc)"
+  ctest --test-dir build/asan -j"$(nproc)" --output-on-failure
+fi
