@@ -159,7 +159,10 @@ int run(const RunOptions& o) {
   ChatFormat chat = ChatFormat::load(o.model_dir);
   const std::string prompt = chat.render(messages, tools, true);
   ChatOutputParser parser(reasoning_mode(o.reasoning, prompt), nlohmann::json::parse(tools.dump()));
-  IncrementalDecoder dec(tok, true);
+  // Special tokens stay in the text: <think>, </think> and <minimax:tool_call> are what the parsers read.
+  // The end-of-turn token is not output.
+  IncrementalDecoder dec(tok, false);
+  const int32_t eos = weights.config.eos_token_id;
   std::string reasoning, content;
   std::vector<ToolCall> calls;
   auto take = [&](const ChatDelta& d) {
@@ -170,8 +173,9 @@ int run(const RunOptions& o) {
       calls[size_t(c.index)].arguments += c.arguments;
     }
   };
-  gen.run(tok.encode(prompt, false), o.max_tokens, o.stop_at_eos, o.logits_out,
-          [&](int32_t id) { take(parser.push(dec.push(id))); });
+  gen.run(tok.encode(prompt, false), o.max_tokens, o.stop_at_eos, o.logits_out, [&](int32_t id) {
+    if (id != eos) take(parser.push(dec.push(id)));
+  });
   take(parser.push(dec.flush()));
   take(parser.finish());
   nlohmann::ordered_json msg = {{"role", "assistant"}, {"content", content.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(content)}};

@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 
 #include "test_util.h"
+#include "text/chat.h"
 #include "text/reasoning_parser.h"
+#include "text/tokenizer.h"
 #include "text/tool_parser.h"
 
 namespace m2 {
@@ -205,6 +207,46 @@ TEST(Reasoning, EverySplitPointGivesTheSameResult) {
         EXPECT_EQ(content, whole.content) << out << " @" << i << "," << j;
       }
   }
+}
+
+}  // namespace
+}  // namespace m2
+
+namespace m2 {
+namespace {
+
+// Model output as the server sees it: token ids (the tags are single special tokens of the demo
+// tokenizer), detokenized incrementally and parsed delta by delta, equals the non-streaming parse.
+TEST(ChatOutput, TokenByTokenThroughTheTokenizer) {
+  const Tokenizer tok = Tokenizer::load(test::kDemo);
+  const std::string output =
+      "The user wants the weather. 天气 ☀️\n</think>\n\nLet me check.\n<minimax:tool_call>\n"
+      "<invoke name=\"get_weather\">\n<parameter name=\"city\">São Paulo</parameter>\n"
+      "<parameter name=\"days\">2</parameter>\n</invoke>\n</minimax:tool_call>";
+  const auto ids = tok.encode(output);
+  ASSERT_NE(std::find(ids.begin(), ids.end(), *tok.token_to_id("<minimax:tool_call>")), ids.end());
+  ChatOutputParser parser(ReasoningMode::PromptOpened, kTools, counter_ids());
+  IncrementalDecoder dec(tok, false);
+  std::string reasoning, content;
+  std::vector<ToolCall> calls;
+  auto take = [&](const ChatDelta& d) {
+    reasoning += d.reasoning;
+    content += d.content;
+    for (const auto& c : d.tool_calls) {
+      if (!c.id.empty()) calls.push_back({c.id, c.name, ""});
+      calls.at(size_t(c.index)).arguments += c.arguments;
+    }
+  };
+  for (int32_t id : ids) take(parser.push(dec.push(id)));
+  take(parser.push(dec.flush()));
+  take(parser.finish());
+  EXPECT_EQ(reasoning, "The user wants the weather. 天气 ☀️\n");
+  EXPECT_EQ(content, "\n\nLet me check.\n");
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0].name, "get_weather");
+  EXPECT_EQ(json::parse(calls[0].arguments), json({{"city", "São Paulo"}, {"days", 2}}));
+  EXPECT_EQ(ChatOutputParser::mode_for_prompt("]~b]ai\n<think>\n"), ReasoningMode::PromptOpened);
+  EXPECT_EQ(ChatOutputParser::mode_for_prompt("]~b]ai\n"), ReasoningMode::ModelOpens);
 }
 
 }  // namespace
