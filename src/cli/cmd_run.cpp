@@ -163,21 +163,16 @@ int run(const RunOptions& o) {
   // The end-of-turn token is not output.
   IncrementalDecoder dec(tok, false);
   const int32_t eos = weights.config.eos_token_id;
-  std::string reasoning, content;
-  std::vector<ToolCall> calls;
-  auto take = [&](const ChatDelta& d) {
-    reasoning += d.reasoning;
-    content += d.content;
-    for (const auto& c : d.tool_calls) {
-      if (!c.id.empty()) calls.push_back({c.id, c.name, ""});
-      calls[size_t(c.index)].arguments += c.arguments;
-    }
-  };
+  ChatAccumulator acc;
+  auto take = [&](const ChatDelta& d) { acc.add(d); };
   gen.run(tok.encode(prompt, false), o.max_tokens, o.stop_at_eos, o.logits_out, [&](int32_t id) {
     if (id != eos) take(parser.push(dec.push(id)));
   });
   take(parser.push(dec.flush()));
   take(parser.finish());
+  const std::string& reasoning = acc.reasoning;
+  const std::string& content = acc.content;
+  const std::vector<ToolCall>& calls = acc.tool_calls;
   nlohmann::ordered_json msg = {{"role", "assistant"}, {"content", content.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(content)}};
   if (!reasoning.empty()) msg["reasoning_content"] = reasoning;
   if (!calls.empty()) {

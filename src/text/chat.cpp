@@ -89,6 +89,16 @@ ChatDelta ChatOutputParser::finish() {
   return d;
 }
 
+void ChatAccumulator::add(const ChatDelta& d) {
+  reasoning += d.reasoning;
+  content += d.content;
+  for (const auto& c : d.tool_calls) {
+    if (!c.id.empty()) tool_calls.push_back({c.id, c.name, ""});
+    if (size_t(c.index) >= tool_calls.size()) fail<Error>("tool call delta {} arrived before its header", c.index);
+    tool_calls[size_t(c.index)].arguments += c.arguments;
+  }
+}
+
 ReasoningMode ChatOutputParser::mode_for_prompt(const std::string& prompt) {
   size_t end = prompt.find_last_not_of(" \t\r\n");
   std::string_view p = end == std::string::npos ? std::string_view() : std::string_view(prompt).substr(0, end + 1);

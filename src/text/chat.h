@@ -35,6 +35,13 @@ struct ChatDelta {
   std::vector<ToolCallDelta> tool_calls;
 };
 
+// Collects a stream of ChatDeltas into the final message (what a non-streaming response returns).
+struct ChatAccumulator {
+  std::string reasoning, content;
+  std::vector<ToolCall> tool_calls;
+  void add(const ChatDelta& d);
+};
+
 class ChatOutputParser {
  public:
   ChatOutputParser(ReasoningMode mode, const nlohmann::json& tools, std::function<std::string()> new_id = {});

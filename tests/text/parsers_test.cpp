@@ -227,19 +227,11 @@ TEST(ChatOutput, TokenByTokenThroughTheTokenizer) {
   ASSERT_NE(std::find(ids.begin(), ids.end(), *tok.token_to_id("<minimax:tool_call>")), ids.end());
   ChatOutputParser parser(ReasoningMode::PromptOpened, kTools, counter_ids());
   IncrementalDecoder dec(tok, false);
-  std::string reasoning, content;
-  std::vector<ToolCall> calls;
-  auto take = [&](const ChatDelta& d) {
-    reasoning += d.reasoning;
-    content += d.content;
-    for (const auto& c : d.tool_calls) {
-      if (!c.id.empty()) calls.push_back({c.id, c.name, ""});
-      calls.at(size_t(c.index)).arguments += c.arguments;
-    }
-  };
-  for (int32_t id : ids) take(parser.push(dec.push(id)));
-  take(parser.push(dec.flush()));
-  take(parser.finish());
+  ChatAccumulator acc;
+  for (int32_t id : ids) acc.add(parser.push(dec.push(id)));
+  acc.add(parser.push(dec.flush()));
+  acc.add(parser.finish());
+  const auto& [reasoning, content, calls] = acc;
   EXPECT_EQ(reasoning, "The user wants the weather. 天气 ☀️\n");
   EXPECT_EQ(content, "\n\nLet me check.\n");
   ASSERT_EQ(calls.size(), 1u);
