@@ -341,15 +341,60 @@ struct Decoder {
   }
 };
 
+bool is_ws(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+
 struct AddedToken {
   int32_t id;
   std::string content;
   bool special, lstrip, rstrip, single_word, normalized;
+  std::string match;  // what is looked for: content, or for normalized tokens the normalized content
+};
+
+// Added tokens of one kind (raw or normalized), bucketed by first byte, longest first.
+struct AddedIndex {
+  std::array<std::vector<const AddedToken*>, 256> by_first;
+
+  // Splits text at leftmost-longest occurrences: on_text(segment) for the text between (possibly
+  // empty), on_token(id) for each token; lstrip/rstrip absorb adjacent whitespace, single_word tokens
+  // match only between non-word characters.
+  template <typename OnText, typename OnToken>
+  void split(std::string_view text, OnText&& on_text, OnToken&& on_token) const {
+    size_t start = 0, i = 0;
+    while (i < text.size()) {
+      const AddedToken* hit = nullptr;
+      for (const AddedToken* a : by_first[(unsigned char)text[i]]) {
+        if (text.compare(i, a->match.size(), a->match) != 0) continue;
+        if (a->single_word) {
+          auto word_char = [](unsigned char c) { return std::isalnum(c) || c == '_' || c >= 0x80; };
+          bool left_ok = i == 0 || !word_char((unsigned char)text[i - 1]);
+          size_t e = i + a->match.size();
+          bool right_ok = e == text.size() || !word_char((unsigned char)text[e]);
+          if (!left_ok || !right_ok) continue;
+        }
+        hit = a;
+        break;
+      }
+      if (!hit) {
+        ++i;
+        continue;
+      }
+      size_t seg_end = i, next = i + hit->match.size();
+      if (hit->lstrip)
+        while (seg_end > start && is_ws((unsigned char)text[seg_end - 1])) --seg_end;
+      if (hit->rstrip)
+        while (next < text.size() && is_ws((unsigned char)text[next])) ++next;
+      on_text(text.substr(start, seg_end - start));
+      on_token(hit->id);
+      start = i = next;
+    }
+    on_text(text.substr(start));
+  }
+  bool empty() const {
+    return std::all_of(by_first.begin(), by_first.end(), [](const auto& v) { return v.empty(); });
+  }
 };
 
 uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
-
-bool is_ws(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
 
 }  // namespace
 
@@ -369,7 +414,8 @@ struct Tokenizer::Impl {
   bool ignore_merges = false, byte_fallback = false, fuse_unk = false;
   std::optional<int32_t> unk;
   std::vector<AddedToken> added;
-  std::array<std::vector<size_t>, 256> added_by_first;  // first byte → indices into added, longest first
+  AddedIndex raw_added;         // normalized: false — matched on the input text
+  AddedIndex normalized_added;  // normalized: true — matched on the normalized text
   std::vector<bool> special;
   std::optional<Normalizer> normalizer;
   std::optional<PreTokenizer> pre_tokenizer;
@@ -441,7 +487,8 @@ struct Tokenizer::Impl {
     cache.emplace(std::string(word), std::move(sym));
   }
 
-  void encode_plain(std::string_view text, std::vector<int32_t>& out) const {
+  // Text between raw added tokens: normalize, split at normalized added tokens, then the model.
+  void encode_segment(std::string_view text, std::vector<int32_t>& out) const {
     if (text.empty()) return;
     std::string normalized;
     if (normalizer) {
@@ -449,6 +496,13 @@ struct Tokenizer::Impl {
       normalizer->apply(normalized);
       text = normalized;
     }
+    if (normalized_added.empty()) return encode_normalized(text, out);
+    normalized_added.split(text, [&](std::string_view seg) { encode_normalized(seg, out); },
+                           [&](int32_t id) { out.push_back(id); });
+  }
+
+  void encode_normalized(std::string_view text, std::vector<int32_t>& out) const {
+    if (text.empty()) return;
     if (!pre_tokenizer) {
       bpe(std::string(text), out);
       return;
@@ -638,14 +692,22 @@ Tokenizer Tokenizer::from_json_checked(const json& j, const std::string& where) 
       I.special[size_t(tok.id)] = tok.special;
       I.added.push_back(tok);
     }
-    for (size_t i = 0; i < I.added.size(); ++i) I.added_by_first[(unsigned char)I.added[i].content[0]].push_back(i);
-    for (auto& v : I.added_by_first)
-      std::stable_sort(v.begin(), v.end(), [&](size_t a, size_t b) { return I.added[a].content.size() > I.added[b].content.size(); });
+    // (indexed after the normalizer is parsed, below)
   }
   if (j.contains("normalizer") && !j["normalizer"].is_null()) I.normalizer = parse_normalizer(j["normalizer"], where);
   if (j.contains("pre_tokenizer") && !j["pre_tokenizer"].is_null())
     I.pre_tokenizer = parse_pre_tokenizer(j["pre_tokenizer"], where);
   if (j.contains("decoder") && !j["decoder"].is_null()) I.decoder = parse_decoder(j["decoder"], where);
+  for (auto& a : I.added) {
+    a.match = a.content;
+    if (a.normalized && I.normalizer) I.normalizer->apply(a.match);
+    if (a.match.empty()) continue;
+    AddedIndex& index = a.normalized ? I.normalized_added : I.raw_added;
+    index.by_first[(unsigned char)a.match[0]].push_back(&a);
+  }
+  for (AddedIndex* index : {&I.raw_added, &I.normalized_added})
+    for (auto& v : index->by_first)
+      std::stable_sort(v.begin(), v.end(), [](const AddedToken* a, const AddedToken* b) { return a->match.size() > b->match.size(); });
   if (j.contains("post_processor") && !j["post_processor"].is_null()) {
     const json& pp = j["post_processor"];
     const std::string type = str(pp, "type", where);
@@ -678,36 +740,8 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_t
     fail<InvalidArgument>("tokenize: text is not valid UTF-8 at byte {}", bad);
   std::vector<int32_t> out;
   // Added tokens are matched first, leftmost-longest; the text between them goes through the model.
-  size_t start = 0, i = 0;
-  while (i < text.size()) {
-    const AddedToken* hit = nullptr;
-    for (size_t k : I.added_by_first[(unsigned char)text[i]]) {
-      const AddedToken& a = I.added[k];
-      if (text.compare(i, a.content.size(), a.content) != 0) continue;
-      if (a.single_word) {
-        auto word_char = [](unsigned char c) { return std::isalnum(c) || c == '_' || c >= 0x80; };
-        bool left_ok = i == 0 || !word_char((unsigned char)text[i - 1]);
-        size_t e = i + a.content.size();
-        bool right_ok = e == text.size() || !word_char((unsigned char)text[e]);
-        if (!left_ok || !right_ok) continue;
-      }
-      hit = &a;
-      break;
-    }
-    if (!hit) {
-      ++i;
-      continue;
-    }
-    size_t seg_end = i, next = i + hit->content.size();
-    if (hit->lstrip)
-      while (seg_end > start && is_ws((unsigned char)text[seg_end - 1])) --seg_end;
-    if (hit->rstrip)
-      while (next < text.size() && is_ws((unsigned char)text[next])) ++next;
-    I.encode_plain(text.substr(start, seg_end - start), out);
-    out.push_back(hit->id);
-    start = i = next;
-  }
-  I.encode_plain(text.substr(start), out);
+  I.raw_added.split(text, [&](std::string_view seg) { I.encode_segment(seg, out); },
+                    [&](int32_t id) { out.push_back(id); });
   if (add_special_tokens && !I.template_single.empty()) {
     std::vector<int32_t> with;
     for (auto [seq, id] : I.template_single) {

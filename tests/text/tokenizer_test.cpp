@@ -125,6 +125,20 @@ TEST(Tokenizer, AddedTokenStripAndSingleWord) {
   EXPECT_EQ(tok(false, false, false).decode({0, 7, 1}, true), "a b");
 }
 
+TEST(Tokenizer, NormalizedAddedTokensMatchTheNormalizedText) {
+  nlohmann::json added = {
+      {{"id", 7}, {"content", "<M>"}, {"special", false}, {"normalized", true}},   // looked for as "<m>"
+      {{"id", 9}, {"content", "<X>"}, {"special", true}, {"normalized", false}}};  // looked for in the raw text
+  nlohmann::json j = synthetic(nullptr, added);
+  j["normalizer"] = {{"type", "Lowercase"}};
+  Tokenizer tok = Tokenizer::from_json(j, "synthetic");
+  using V = std::vector<int32_t>;
+  EXPECT_EQ(tok.encode("A <M> B"), (V{0, 2, 7, 2, 1}));
+  EXPECT_EQ(tok.encode("a <m> b"), (V{0, 2, 7, 2, 1}));
+  EXPECT_EQ(tok.encode("A<X>B"), (V{0, 9, 1}));
+  EXPECT_EQ(tok.encode("a<x>b"), (V{0, 8, 8, 8, 1}));  // the raw token does not match its lowercase form
+}
+
 TEST(Tokenizer, BadInputIsAnError) {
   const Tokenizer& tok = cached("tiny-demo");
   EXPECT_THROW(tok.encode("abc\xff"), InvalidArgument);
