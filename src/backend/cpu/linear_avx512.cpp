@@ -14,6 +14,7 @@
 #include <cstring>
 #include <vector>
 
+#include "backend/cpu/gemm_driver.h"
 #include "backend/cpu/linear.h"
 
 namespace m2::detail {
@@ -147,29 +148,12 @@ void micro_kernel(const float* x, int64_t ldx, const float* tile, int64_t kc, fl
 void gemm_tiles(const WeightView& w, const float* x, float* y, int64_t tokens, int64_t tile0, int64_t tile1) {
   alignas(64) float tile[kTileCols * kTileRows];
   const int64_t K = w.cols, N = w.rows;
-  for (int64_t tt = tile0; tt < tile1; ++tt) {
-    const int64_t r0 = tt * kTileRows;
-    const int rows = int(std::min<int64_t>(kTileRows, N - r0));
-    for (int64_t k0 = 0; k0 < K; k0 += kTileCols) {
-      const int64_t kc = std::min<int64_t>(kTileCols, K - k0);
-      decode_tile_avx2(w, r0, kTileRows, k0, kc, tile);
-      const bool first = k0 == 0;
-      int64_t t = 0;
-      for (; t + kMr <= tokens; t += kMr) micro_kernel<kMr>(x + t * K + k0, K, tile, kc, y + t * N + r0, N, rows, first);
-      const float* xt = x + t * K + k0;
-      float* yt = y + t * N + r0;
-      switch (tokens - t) {
-        case 7: micro_kernel<7>(xt, K, tile, kc, yt, N, rows, first); break;
-        case 6: micro_kernel<6>(xt, K, tile, kc, yt, N, rows, first); break;
-        case 5: micro_kernel<5>(xt, K, tile, kc, yt, N, rows, first); break;
-        case 4: micro_kernel<4>(xt, K, tile, kc, yt, N, rows, first); break;
-        case 3: micro_kernel<3>(xt, K, tile, kc, yt, N, rows, first); break;
-        case 2: micro_kernel<2>(xt, K, tile, kc, yt, N, rows, first); break;
-        case 1: micro_kernel<1>(xt, K, tile, kc, yt, N, rows, first); break;
-        default: break;
-      }
-    }
-  }
+  gemm_tile_loop<kTileRows, kTileCols, kMr>(
+      w, x, y, tokens, tile0, tile1, tile,
+      [&](int64_t r0, int64_t k0, int64_t kc, float* t) { decode_tile_avx2(w, r0, kTileRows, k0, kc, t); },
+      [&](auto m, const float* xt, const float* t, int64_t kc, float* yt, int rows, bool first) {
+        micro_kernel<decltype(m)::value>(xt, K, t, kc, yt, N, rows, first);
+      });
 }
 
 }  // namespace
