@@ -151,8 +151,7 @@ struct PreTokenizer {
       emit(std::string_view(buf));
     } else {
       Pieces ps{std::string(s)};
-      PreTokenizer copy = *this;
-      copy.apply(ps);
+      apply(ps);
       for (const auto& p : ps) emit(std::string_view(p));
     }
   }
@@ -389,9 +388,8 @@ struct AddedIndex {
     }
     on_text(text.substr(start));
   }
-  bool empty() const {
-    return std::all_of(by_first.begin(), by_first.end(), [](const auto& v) { return v.empty(); });
-  }
+  bool empty() const { return count == 0; }
+  size_t count = 0;
 };
 
 uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
@@ -648,6 +646,8 @@ Tokenizer Tokenizer::from_json_checked(const json& j, const std::string& where) 
   const json* added = j.contains("added_tokens") && j["added_tokens"].is_array() ? &j["added_tokens"] : nullptr;
   if (added)
     for (const auto& a : *added) max_id = std::max(max_id, a.at("id").get<int32_t>());
+  if (max_id >= (1 << 24))  // ids index dense tables; no real vocabulary comes near this
+    fail<FormatError>("{}: token id {} is implausibly large (limit {})", where, max_id, 1 << 24);
   I.id_to_token.assign(size_t(max_id + 1), std::string());
   I.special.assign(size_t(max_id + 1), false);
   for (const auto& [s, id] : I.vocab) {
@@ -686,7 +686,8 @@ Tokenizer Tokenizer::from_json_checked(const json& j, const std::string& where) 
     for (const auto& a : *added) {
       AddedToken tok{a.at("id").get<int32_t>(), a.at("content").get<std::string>(), flag(a, "special", false),
                      flag(a, "lstrip", false),  flag(a, "rstrip", false),          flag(a, "single_word", false),
-                     flag(a, "normalized", false)};
+                     flag(a, "normalized", false), {}};
+      if (tok.id < 0) fail<FormatError>("{}: added token '{}' has negative id {}", where, tok.content, tok.id);
       if (tok.content.empty()) fail<FormatError>("{}: added token {} has empty content", where, tok.id);
       I.id_to_token[size_t(tok.id)] = tok.content;
       I.special[size_t(tok.id)] = tok.special;
@@ -704,6 +705,7 @@ Tokenizer Tokenizer::from_json_checked(const json& j, const std::string& where) 
     if (a.match.empty()) continue;
     AddedIndex& index = a.normalized ? I.normalized_added : I.raw_added;
     index.by_first[(unsigned char)a.match[0]].push_back(&a);
+    ++index.count;
   }
   for (AddedIndex* index : {&I.raw_added, &I.normalized_added})
     for (auto& v : index->by_first)

@@ -145,6 +145,11 @@ TEST(Tokenizer, BadInputIsAnError) {
   EXPECT_THROW(tok.decode({1, 99999}), InvalidArgument);
   EXPECT_THROW(Tokenizer::from_json(nlohmann::json{{"model", {{"type", "Unigram"}}}}, "t.json"), FormatError);
   EXPECT_THROW(Tokenizer::load(test::kFixtures / "nonexistent.json"), IoError);
+  auto negative = nlohmann::json::parse(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+                                            "added_tokens": [{"id": -5, "content": "x"}]})");
+  EXPECT_THROW(Tokenizer::from_json(negative, "t.json"), FormatError);
+  negative["added_tokens"][0]["id"] = 2000000000;
+  EXPECT_THROW(Tokenizer::from_json(negative, "t.json"), FormatError);
   // Wrong JSON types anywhere are a FormatError naming the file, not a stray exception.
   auto bad = nlohmann::json::parse(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [],
                                        "ignore_merges": false}, "added_tokens": [{"id": "zero", "content": "x"}]})");

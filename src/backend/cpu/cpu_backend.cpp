@@ -115,6 +115,8 @@ void CpuBackend::attention(const float* q, float* out, const AttentionSequence* 
 
 void CpuBackend::route(const float* logits, const float* bias, int64_t tokens, int experts, int k, int32_t* ids,
                        float* weights) {
+  if (int(kept_scores_.size()) < k) kept_scores_.resize(size_t(k));
+  float* kept = kept_scores_.data();  // [k] selection scores of id[0..n), descending
   for (int64_t t = 0; t < tokens; ++t) {
     const float* lg = logits + t * experts;
     int32_t* id = ids + t * k;
@@ -124,14 +126,14 @@ void CpuBackend::route(const float* logits, const float* bias, int64_t tokens, i
     for (int e = 0; e < experts; ++e) {
       const float sel = 1.0f / (1.0f + std::exp(-lg[e])) + bias[e];
       int pos = n;
-      while (pos > 0) {
-        const float prev = 1.0f / (1.0f + std::exp(-lg[id[pos - 1]])) + bias[id[pos - 1]];
-        if (prev >= sel) break;
-        --pos;
-      }
+      while (pos > 0 && kept[pos - 1] < sel) --pos;
       if (pos >= k) continue;
-      for (int j = std::min(n, k - 1); j > pos; --j) id[j] = id[j - 1];
+      for (int j = std::min(n, k - 1); j > pos; --j) {
+        id[j] = id[j - 1];
+        kept[j] = kept[j - 1];
+      }
       id[pos] = e;
+      kept[pos] = sel;
       n = std::min(n + 1, k);
     }
     double sum = 0;

@@ -31,6 +31,7 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   LinearPath path_;
   std::vector<std::vector<float>> scores_;  // per thread: [context] attention scores
+  std::vector<float> kept_scores_;          // [experts_per_token] router selection scores
 };
 
 }  // namespace m2

@@ -23,7 +23,10 @@ bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' |
 
 class Lexer {
  public:
-  Lexer(const std::string& src, const std::string& where) : s_(src), where_(where) {}
+  Lexer(const std::string& src, const std::string& where) : s_(src), where_(where) {
+    for (size_t i = 0; i < s_.size(); ++i)
+      if (s_[i] == '\n') newlines_.push_back(i);
+  }
 
   std::vector<Token> run() {
     size_t i = 0;
@@ -105,7 +108,9 @@ class Lexer {
       if (k + 1 < s_.size() && (s_[k + 1] == '{' || s_[k + 1] == '%' || s_[k + 1] == '#')) return k;
     return std::string::npos;
   }
-  int line_at(size_t pos) const { return 1 + int(std::count(s_.begin(), s_.begin() + long(std::min(pos, s_.size())), '\n')); }
+  int line_at(size_t pos) const {  // 1-based line of byte offset pos
+    return 1 + int(std::lower_bound(newlines_.begin(), newlines_.end(), pos) - newlines_.begin());
+  }
   void emit_text(const std::string& t, size_t at) {
     if (!t.empty()) tokens_.push_back({Tok::Text, t, line_at(at)});
   }
@@ -216,6 +221,7 @@ class Lexer {
   }
   const std::string& s_;
   const std::string& where_;
+  std::vector<size_t> newlines_;  // offsets of '\n' in s_
   std::vector<Token> tokens_;
 };
 
