@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <fstream>
 
 #include "core/error.h"
@@ -139,8 +141,20 @@ TEST(Safetensors, OpeningIsLazy) {
     out << header;
   }
   fs::resize_file(p, 8 + header.size() + n);  // sparse: nothing written
+  auto resident_bytes = [] {
+    long pages = 0, resident = 0;
+    std::ifstream("/proc/self/statm") >> pages >> resident;
+    return resident * sysconf(_SC_PAGESIZE);
+  };
+  const long before = resident_bytes();
   SafetensorsFile f(p);
+  const long after = resident_bytes();
   EXPECT_EQ(f.tensors().at("w").nbytes, n);
+  EXPECT_LT(after - before, 16l << 20) << "opening paged in the tensor data";
+  // Touching the data does page it in, which is what the check above would have caught.
+  volatile uint8_t sink = 0;
+  for (size_t i = 0; i < n; i += 4096) sink = sink + f.tensors().at("w").data[i];
+  EXPECT_GT(resident_bytes() - before, 128l << 20);
 }
 
 }  // namespace
