@@ -1,7 +1,12 @@
-// Whole-model CPU benchmark: batch-1 decode (tokens/s, weight bytes per token, GB/s against the
-// memory-copy bandwidth measured in the same run), prefill of a long prompt (tokens/s, GFLOP/s),
-// and peak resident memory.
-//   bench_model MODEL_DIR [--prompt 512] [--decode 32] [--threads 0]
+// Whole-model CPU benchmark through the engine (as `m2 run` and `m2 serve` drive it):
+//   - prefill of a long prompt (tokens/s, GFLOP/s against the fp32 FMA peak measured in the same run);
+//   - batch-1 decode (tokens/s, weight bytes per token, GB/s against the read bandwidth of a
+//     multi-stream read kernel and against memcpy, both measured in the same run);
+//   - batched decode at several batch sizes: tokens/s and the share of the read bandwidth taken by
+//     the bytes each step actually reads (the union of the experts the step routed to, attention,
+//     router, lm_head, the batch's embedding rows and its KV cache);
+//   - peak resident memory.
+//   bench_model MODEL_DIR [--prompt 512] [--decode 32] [--threads 0] [--batches 1,8,32,64]
 #include <fmt/format.h>
 #include <sys/resource.h>
 
@@ -13,7 +18,8 @@
 #include "backend/cpu/cpu_features.h"
 #include "fma_peak.h"
 #include "memory_bandwidth.h"
-#include "model/model.h"
+#include "read_bandwidth.h"
+#include "runtime/engine.h"
 
 using namespace m2;
 using Clock = std::chrono::steady_clock;
@@ -41,66 +47,136 @@ double macs_per_token(const ModelConfig& c) {
                          c.experts_per_token * 3.0 * H * I);
 }
 
+std::vector<int32_t> random_prompt(std::mt19937& rng, int n, int vocab) {
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& t : ids) t = int32_t(rng() % uint32_t(vocab));
+  return ids;
+}
+
+Request greedy_request(std::vector<int32_t> prompt, int max_tokens) {
+  Request r;
+  r.prompt = std::move(prompt);
+  r.params.temperature = 0;
+  r.params.ignore_eos = true;
+  r.params.max_tokens = max_tokens;
+  return r;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"m2 whole-model CPU benchmark"};
-  std::string dir;
-  int prompt = 512, decode = 32, threads = 0;
+  std::string dir, kv_dtype = "fp32";
+  int prompt = 512, decode = 32, threads = 0, batch_prompt = 32, batch_steps = 16;
+  std::vector<int> batches = {1, 8, 32, 64};
   app.add_option("model_dir", dir)->required();
   app.add_option("--prompt", prompt, "prefill length")->capture_default_str();
-  app.add_option("--decode", decode, "decoded tokens")->capture_default_str();
+  app.add_option("--decode", decode, "decoded tokens at batch 1")->capture_default_str();
   app.add_option("--threads", threads, "threads (0 = all)")->capture_default_str();
+  app.add_option("--batches", batches, "batched-decode sizes (empty: skip)")->delimiter(',');
+  app.add_option("--batch-prompt", batch_prompt, "prompt length of each batched request")->capture_default_str();
+  app.add_option("--batch-steps", batch_steps, "timed decode steps per batch size")->capture_default_str();
+  app.add_option("--kv-cache-dtype", kv_dtype, "fp32 | bf16 | fp8")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   CpuBackend backend(threads);
   const double copy_bw = bench::copy_bandwidth(backend.pool());
+  const double read_bw = bench::read_bandwidth(backend.pool());
   const double fma_peak = bench::fma_peak_flops(backend.pool());
   ModelWeights w = ModelWeights::load(dir);
   const ModelConfig& c = w.config;
   auto t0 = Clock::now();
   size_t touched = prefault(w);
   const double prefault_s = seconds_since(t0);
-  Model model(w, backend);
-  KvCache cache(c, prompt + decode + 1);
-  std::mt19937 rng(1);
-  std::vector<int32_t> ids(static_cast<size_t>(prompt));
-  for (auto& t : ids) t = int32_t(rng() % uint32_t(c.vocab_size));
-  std::vector<float> logits(static_cast<size_t>(c.vocab_size));
+  int max_batch = 1;
+  for (int b : batches) max_batch = std::max(max_batch, b);
 
-  // Prefill: last-token logits only, as a server does.
+  EngineOptions eo;
+  eo.max_num_seqs = max_batch;
+  eo.max_num_batched_tokens = std::max(prompt, 512);
+  eo.max_model_len = std::max(prompt + decode + 4, batch_prompt + batch_steps + 8);
+  eo.kv.dtype = parse_kv_cache_dtype(kv_dtype);
+  eo.kv.num_blocks = (eo.max_model_len / 16 + 2) * max_batch + 64;
+  eo.kv.enable_prefix_caching = false;  // random prompts: nothing to share, and no hashing cost
+  Engine engine(w, backend, eo);
+  std::mt19937 rng(1);
+
+  // Prefill (last-token logits, as a server does), then batch-1 decode.
+  engine.add_request(greedy_request(random_prompt(rng, prompt, c.vocab_size), decode + 2));
   t0 = Clock::now();
-  SequenceInput in{&cache, ids};
-  model.forward({&in, 1}, LogitsFor::LastToken, logits.data());
+  engine.step();
   const double prefill_s = seconds_since(t0);
   const double attn_macs = double(c.num_layers) * c.num_heads * c.head_dim * 2.0 * (double(prompt) * (prompt + 1) / 2);
   const double prefill_flops = 2.0 * (macs_per_token(c) * prompt + attn_macs + double(c.vocab_size) * c.hidden_size);
-
-  // Decode: one token at a time, greedy.
-  int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-  SequenceInput step{&cache, {&next, 1}};
-  model.forward({&step, 1}, LogitsFor::LastToken, logits.data());  // warm-up
+  engine.step();  // warm-up
   t0 = Clock::now();
-  for (int i = 0; i < decode; ++i) {
-    next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    model.forward({&step, 1}, LogitsFor::LastToken, logits.data());
-  }
+  for (int i = 0; i < decode; ++i) engine.step();
   const double decode_s = seconds_since(t0);
+  while (engine.has_work()) engine.step();
   const double bytes_per_token = double(w.active_weight_bytes_per_token());
   const double tok_s = decode / decode_s;
-  struct rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
 
   fmt::print("model            {} ({})\n", dir, w.scheme.description());
   fmt::print("cpu              {} threads, kernels {}\n", backend.pool().size(), cpu_features().describe());
   fmt::print("weights          {:.3f} GB on disk, prefaulted in {:.2f} s\n", touched / 1e9, prefault_s);
+  fmt::print("read bandwidth   {:.2f} GB/s (multi-stream read kernel, all threads)\n", read_bw / 1e9);
   fmt::print("memcpy           {:.2f} GB/s (bytes copied per second, all threads)\n", copy_bw / 1e9);
-  fmt::print("decode           {:.2f} tok/s, {:.1f} MB of weights per token, {:.2f} GB/s = {:.1f}% of memcpy\n", tok_s,
-             bytes_per_token / 1e6, bytes_per_token * tok_s / 1e9, 100.0 * bytes_per_token * tok_s / copy_bw);
+  fmt::print("decode           {:.2f} tok/s, {:.1f} MB of weights per token, {:.2f} GB/s = {:.1f}% of read, {:.1f}% of memcpy\n",
+             tok_s, bytes_per_token / 1e6, bytes_per_token * tok_s / 1e9, 100.0 * bytes_per_token * tok_s / read_bw,
+             100.0 * bytes_per_token * tok_s / copy_bw);
   fmt::print("fma peak         {:.1f} GFLOP/s (fp32 FMA at the widest vector width, all threads)\n", fma_peak / 1e9);
   fmt::print("prefill          {} tokens in {:.2f} s: {:.1f} tok/s, {:.1f} GFLOP/s = {:.1f}% of fma peak\n", prompt,
              prefill_s, prompt / prefill_s, prefill_flops / prefill_s / 1e9, 100.0 * prefill_flops / prefill_s / fma_peak);
-  fmt::print("peak RSS         {:.1f} MB (weights mmap'd {:.1f} MB, KV cache {:.1f} MB)\n", ru.ru_maxrss / 1024.0,
-             w.weight_bytes() / 1e6, cache.bytes() / 1e6);
+
+  // Batched decode: bytes actually read per step = union of routed experts + dense weights + KV.
+  const auto& L0 = engine.model().weights().layers[0];
+  const double expert_bytes = double(L0.gate_up.bytes_per_expert() + L0.down.bytes_per_expert());
+  double dense_bytes = double(w.lm_head.bytes());
+  for (const auto& L : engine.model().weights().layers)
+    dense_bytes += double(L.q.bytes() + L.k.bytes() + L.v.bytes() + L.o.bytes() + L.gate.bytes());
+  const double kv_bytes_per_token = double(c.num_layers) * 2.0 * c.kv_dim() * double(dtype_size(eo.kv.dtype));
+  std::vector<std::vector<uint8_t>> used(size_t(c.num_layers), std::vector<uint8_t>(size_t(c.num_experts)));
+  engine.model().routing_hook = [&](int layer, const TensorView& ids) {
+    const int32_t* p = ids.ptr<int32_t>();
+    for (int64_t i = 0; i < ids.numel(); ++i) used[size_t(layer)][size_t(p[i])] = 1;
+  };
+  if (!batches.empty())
+    fmt::print("\n| batch | decode tok/s | step ms | experts read / layer | MB read / step | GB/s | % of read bw |\n"
+               "|---|---|---|---|---|---|---|\n");
+  for (int B : batches) {
+    std::vector<uint64_t> ids;
+    for (int b = 0; b < B; ++b)
+      ids.push_back(engine.add_request(greedy_request(random_prompt(rng, batch_prompt, c.vocab_size), batch_steps + 4)));
+    // Until every request has its first token (all prefills done).
+    for (bool all = false; !all;) {
+      engine.step();
+      all = true;
+      for (uint64_t id : ids) all = all && engine.find(id)->num_generated() > 0;
+    }
+    double step_s = 0, bytes = 0, experts = 0;
+    for (int s = 0; s < batch_steps; ++s) {
+      for (auto& u : used) std::fill(u.begin(), u.end(), 0);
+      int64_t context = 0;
+      for (uint64_t id : ids) context += engine.find(id)->num_tokens();
+      t0 = Clock::now();
+      engine.step();
+      step_s += seconds_since(t0);
+      double n = 0;
+      for (const auto& u : used)
+        for (uint8_t x : u) n += x;
+      experts += n / c.num_layers;
+      bytes += n * expert_bytes + dense_bytes + double(B) * double(w.embed.row_bytes) + double(context) * kv_bytes_per_token;
+    }
+    for (uint64_t id : ids) engine.abort(id);
+    while (engine.has_work()) engine.step();
+    const double per_step = step_s / batch_steps, per_bytes = bytes / batch_steps;
+    fmt::print("| {} | {:.1f} | {:.2f} | {:.1f} of {} | {:.1f} | {:.2f} | {:.0f}% |\n", B, B / per_step, per_step * 1e3,
+               experts / batch_steps, c.num_experts, per_bytes / 1e6, per_bytes / per_step / 1e9,
+               100.0 * per_bytes / per_step / read_bw);
+  }
+  struct rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  fmt::print("\npeak RSS         {:.1f} MB (weights mmap'd {:.1f} MB, KV cache {:.1f} MB)\n", ru.ru_maxrss / 1024.0,
+             w.weight_bytes() / 1e6, engine.kv_cache().bytes() / 1e6);
   return 0;
 }

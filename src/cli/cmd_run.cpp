@@ -1,4 +1,5 @@
-// m2 run MODEL_DIR (--ids 5,17,3 | --prompt TEXT | --chat [FILE]): greedy generation.
+// m2 run MODEL_DIR (--ids 5,17,3 | --prompt TEXT | --chat [FILE]): generation through the engine
+// (greedy unless --temperature > 0; the other sampling defaults come from generation_config.json).
 //   --ids     prints the continuation as ids (and --logits-out writes the prompt's logits);
 //   --prompt  streams the continuation as text;
 //   --chat    renders a conversation with the model's chat template, generates, and prints the
@@ -8,6 +9,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <optional>
 #include <iostream>
 #include <sstream>
 
@@ -15,8 +17,10 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "io/safetensors.h"
-#include "model/model.h"
+#include "model/weights.h"
+#include "runtime/engine.h"
 #include "text/chat.h"
+#include "text/detokenizer.h"
 #include "text/tokenizer.h"
 
 namespace m2::cli {
@@ -31,6 +35,12 @@ struct RunOptions {
   int threads = 0;
   bool stop_at_eos = true;
   std::string reasoning = "auto";
+  double temperature = 0.0;  // greedy unless asked
+  std::optional<double> top_p, min_p, repetition_penalty;
+  std::optional<int> top_k;
+  std::optional<uint64_t> seed;
+  std::string kv_cache_dtype = "auto";
+  int ngram = 0;
   CLI::Option *ids_opt = nullptr, *prompt_opt = nullptr, *chat_opt = nullptr;  // which was given
 };
 
@@ -71,45 +81,87 @@ std::string read_input(const std::string& path) {
   return s.str();
 }
 
-// Greedy decoding: calls on_token(id) for each generated token; stops at EOS unless told not to.
+// One request through the engine, on the CPU backend: calls on_output for every step's output.
 class Generator {
  public:
-  Generator(const ModelWeights& w, int threads) : backend_(threads), model_(w, backend_), w_(w) {}
+  Generator(const RunOptions& o, const ModelWeights& w, const Tokenizer* tok) : o_(o), w_(w), backend_(o.threads) {
+    gen_ = GenerationConfig::load(o.model_dir, w.config);
+    tok_ = tok;
+  }
 
-  void run(const std::vector<int32_t>& prompt, int max_tokens, bool stop_at_eos, const std::string& logits_out,
-           const std::function<void(int32_t)>& on_token) {
+  SamplingParams params() const {
+    SamplingParams p = gen_.defaults;
+    p.temperature = float(o_.temperature);
+    if (o_.top_p) p.top_p = float(*o_.top_p);
+    if (o_.top_k) p.top_k = *o_.top_k;
+    if (o_.min_p) p.min_p = float(*o_.min_p);
+    if (o_.repetition_penalty) p.repetition_penalty = float(*o_.repetition_penalty);
+    if (o_.seed) p.seed = *o_.seed;
+    p.max_tokens = o_.max_tokens;
+    p.ignore_eos = !o_.stop_at_eos;
+    return p;
+  }
+
+  // Runs `prompt`; returns the finished sequence's generated ids.
+  std::vector<int32_t> run(std::vector<int32_t> prompt, SamplingParams p, bool skip_special,
+                           const std::function<void(const std::string&)>& on_text) {
+    if (o_.max_tokens < 0) fail<InvalidArgument>("--max-tokens must be >= 0, found {}", o_.max_tokens);
     const ModelConfig& c = w_.config;
     for (size_t i = 0; i < prompt.size(); ++i)
       if (prompt[i] < 0 || prompt[i] >= c.vocab_size)
         fail<InvalidArgument>("prompt token {} at position {} is outside the vocabulary [0, {})", prompt[i], i, c.vocab_size);
-    if (max_tokens < 0) fail<InvalidArgument>("--max-tokens must be >= 0, found {}", max_tokens);
-    if (int64_t(prompt.size()) + max_tokens > c.max_position_embeddings)
+    const int64_t len = int64_t(prompt.size()) + o_.max_tokens;
+    if (len > c.max_position_embeddings)
       fail<InvalidArgument>("prompt ({} tokens) + --max-tokens {} exceeds max_position_embeddings = {}", prompt.size(),
-                            max_tokens, c.max_position_embeddings);
-    KvCache cache(c, int64_t(prompt.size()) + max_tokens + 1);
-    const int64_t V = c.vocab_size, T = int64_t(prompt.size());
-    const bool all = !logits_out.empty();
-    std::vector<float> logits(size_t((all ? T : 1) * V));
-    SequenceInput in{&cache, prompt};
-    model_.forward({&in, 1}, all ? LogitsFor::AllTokens : LogitsFor::LastToken, logits.data());
-    if (all)
-      write_safetensors(logits_out, {{"logits", DType::F32, {T, V},
-                                      {reinterpret_cast<const uint8_t*>(logits.data()), logits.size() * 4}}});
-    const float* last = logits.data() + (all ? (T - 1) * V : 0);
-    int32_t next = int32_t(std::max_element(last, last + V) - last);
-    for (int i = 0; i < max_tokens; ++i) {
-      on_token(next);
-      if ((stop_at_eos && next == c.eos_token_id) || i + 1 == max_tokens) break;
-      SequenceInput step{&cache, {&next, 1}};
-      model_.forward({&step, 1}, LogitsFor::LastToken, logits.data());
-      next = int32_t(std::max_element(logits.data(), logits.data() + V) - logits.data());
+                            o_.max_tokens, c.max_position_embeddings);
+    EngineOptions eo;
+    eo.max_num_seqs = 1;
+    eo.max_num_batched_tokens = 512;
+    eo.max_model_len = std::max<int64_t>(1, len);
+    eo.kv.dtype = parse_kv_cache_dtype(o_.kv_cache_dtype);
+    eo.kv.block_size = 16;
+    eo.kv.num_blocks = (eo.max_model_len + o_.ngram + 16) / 16 + 1;
+    eo.ngram.k = o_.ngram;
+    eo.eos_token_ids = gen_.eos_token_ids;
+    eo.checkpoint = o_.model_dir;
+    const bool logits = !o_.logits_out.empty();
+    if (logits) eo.max_prompt_logit_rows = std::min<int64_t>(int64_t(prompt.size()), eo.max_num_batched_tokens);
+    if (tok_) {
+      eo.text_decoder = text_decoder_factory(*tok_);
+      p.skip_special_tokens = skip_special;
     }
+    Engine engine(w_, backend_, eo);
+    for (const auto& n : engine.notices()) fmt::print(stderr, "{}\n", n);
+    const int64_t T = int64_t(prompt.size());
+    Request r{0, std::move(prompt), std::move(p), logits};
+    const uint64_t id = engine.add_request(std::move(r));
+    std::vector<int32_t> out;
+    while (engine.has_work()) {
+      for (const StepOutput& s : engine.step()) {
+        if (s.id() != id) continue;
+        for (int32_t t : s.new_tokens()) out.push_back(t);
+        if (on_text && !s.text.empty()) on_text(s.text);
+        if (s.finished && logits) {
+          const auto& l = s.seq->prompt_logits;
+          write_safetensors(o_.logits_out, {{"logits", DType::F32, {T, int64_t(c.vocab_size)},
+                                             {reinterpret_cast<const uint8_t*>(l.data()), l.size() * 4}}});
+        }
+      }
+    }
+    if (o_.ngram > 0) {
+      const EngineStats st = engine.stats();
+      fmt::print(stderr, "speculative n-gram: {} drafted, {} accepted ({:.0f}%)\n", st.spec_drafted, st.spec_accepted,
+                 st.spec_drafted ? 100.0 * double(st.spec_accepted) / double(st.spec_drafted) : 0.0);
+    }
+    return out;
   }
 
  private:
-  CpuBackend backend_;
-  Model model_;
+  const RunOptions& o_;
   const ModelWeights& w_;
+  CpuBackend backend_;
+  GenerationConfig gen_;
+  const Tokenizer* tok_ = nullptr;
 };
 
 ReasoningMode reasoning_mode(const std::string& name, const std::string& prompt) {
@@ -128,22 +180,21 @@ int run(const RunOptions& o) {
   if (modes != 1) fail<InvalidArgument>("give exactly one of --ids, --prompt or --chat");
   ModelWeights weights = ModelWeights::load(o.model_dir);
   for (const auto& n : weights.notices) fmt::print(stderr, "notice: {}\n", n);
-  Generator gen(weights, o.threads);
 
   if (by_ids) {
-    std::vector<int32_t> out;
-    gen.run(parse_ids(o.ids), o.max_tokens, o.stop_at_eos, o.logits_out, [&](int32_t id) { out.push_back(id); });
+    Generator gen(o, weights, nullptr);
+    auto out = gen.run(parse_ids(o.ids), gen.params(), true, {});
     fmt::print("{}\n", fmt::join(out, ","));
     return 0;
   }
   Tokenizer tok = Tokenizer::load(o.model_dir);
+  Generator gen(o, weights, &tok);
   if (by_prompt) {
-    IncrementalDecoder dec(tok, true);
-    gen.run(tok.encode(o.prompt, true), o.max_tokens, o.stop_at_eos, o.logits_out, [&](int32_t id) {
-      fmt::print("{}", dec.push(id));
+    gen.run(tok.encode(o.prompt, true), gen.params(), true, [](const std::string& t) {
+      fmt::print("{}", t);
       std::fflush(stdout);
     });
-    fmt::print("{}\n", dec.flush());
+    fmt::print("\n");
     return 0;
   }
   // --chat: {"messages": [...], "tools": [...]} or a bare list of messages.
@@ -160,16 +211,10 @@ int run(const RunOptions& o) {
   const std::string prompt = chat.render(messages, tools, true);
   ChatOutputParser parser(reasoning_mode(o.reasoning, prompt), nlohmann::json::parse(tools.dump()));
   // Special tokens stay in the text: <think>, </think> and <minimax:tool_call> are what the parsers read.
-  // The end-of-turn token is not output.
-  IncrementalDecoder dec(tok, false);
-  const int32_t eos = weights.config.eos_token_id;
+  // The end-of-turn token ends generation and is not output.
   ChatAccumulator acc;
-  auto take = [&](const ChatDelta& d) { acc.add(d); };
-  gen.run(tok.encode(prompt, false), o.max_tokens, o.stop_at_eos, o.logits_out, [&](int32_t id) {
-    if (id != eos) take(parser.push(dec.push(id)));
-  });
-  take(parser.push(dec.flush()));
-  take(parser.finish());
+  gen.run(tok.encode(prompt, false), gen.params(), false, [&](const std::string& t) { acc.add(parser.push(t)); });
+  acc.add(parser.finish());
   const std::string& reasoning = acc.reasoning;
   const std::string& content = acc.content;
   const std::vector<ToolCall>& calls = acc.tool_calls;
@@ -201,6 +246,15 @@ Runner add_run(CLI::App& app) {
   app.add_option("--reasoning-parser", o->reasoning,
                  "auto | minimax_m2 | model_opens | minimax_m2_append_think | none")->capture_default_str();
   app.add_flag("!--no-stop", o->stop_at_eos, "Do not stop at the EOS token");
+  app.add_option("--temperature", o->temperature, "Sampling temperature (0 = greedy)")->capture_default_str();
+  app.add_option("--top-p", o->top_p, "Nucleus sampling mass (default: generation_config.json, else 1)");
+  app.add_option("--top-k", o->top_k, "Sample among the k most likely tokens (0 = all)");
+  app.add_option("--min-p", o->min_p, "Drop tokens below min_p x the top probability");
+  app.add_option("--repetition-penalty", o->repetition_penalty, "HF repetition penalty (1 = off)");
+  app.add_option("--seed", o->seed, "Seed of the request's sampler");
+  app.add_option("--kv-cache-dtype", o->kv_cache_dtype, "auto (fp32 on the CPU) | fp32 | bf16 | fp8")->capture_default_str();
+  app.add_option("--speculative-ngram", o->ngram, "Draft up to K tokens by n-gram lookup in the context (0 = off)")
+      ->capture_default_str();
   return [o] { return run(*o); };
 }
 

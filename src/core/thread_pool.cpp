@@ -45,6 +45,7 @@ void ThreadPool::run(int64_t n, int64_t grain, void* ctx, Trampoline call) {
     call(ctx, 0, n, 0);
     return;
   }
+  error_ = nullptr;
   job_ctx_ = ctx;
   job_call_ = call;
   job_n_ = n;
@@ -56,10 +57,24 @@ void ThreadPool::run(int64_t n, int64_t grain, void* ctx, Trampoline call) {
   }
   start_cv_.notify_all();
   auto [b, e] = slice(n, grain, size(), 0);
-  if (b < e) call(ctx, b, e, 0);
+  if (b < e) run_slice(ctx, call, b, e, 0);
   for (int i = 0; pending_.load(std::memory_order_acquire) != 0; ++i) {
     cpu_relax();
     if ((i & 255) == 255) std::this_thread::yield();  // an oversubscribed machine: let the worker run
+  }
+  if (error_) {
+    std::exception_ptr e = error_;
+    error_ = nullptr;
+    std::rethrow_exception(e);
+  }
+}
+
+void ThreadPool::run_slice(void* ctx, Trampoline call, int64_t b, int64_t e, int thread) {
+  try {
+    call(ctx, b, e, thread);
+  } catch (...) {
+    std::lock_guard lock(error_mutex_);
+    if (!error_) error_ = std::current_exception();
   }
 }
 
@@ -84,7 +99,7 @@ void ThreadPool::worker_loop(int index) {
     if (stop_.load()) return;
     seen = generation_.load(std::memory_order_acquire);
     auto [b, e] = slice(job_n_, job_grain_, size(), index);
-    if (b < e) job_call_(job_ctx_, b, e, index);
+    if (b < e) run_slice(job_ctx_, job_call_, b, e, index);
     pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }

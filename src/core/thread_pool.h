@@ -1,10 +1,13 @@
 // A fixed pool of worker threads for data-parallel loops. The caller thread takes part, so a pool of
 // n threads runs n-way parallel work with n-1 workers. Between jobs, workers spin briefly (the decode
 // loop issues thousands of small jobs per token) and then sleep on a condition variable.
+// Exceptions: a throw in any slice (caller's or a worker's) is captured; parallel_for returns only
+// after every worker has left the job, then rethrows the first one caught, once.
 #pragma once
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -22,7 +25,8 @@ class ThreadPool {
   int size() const { return int(workers_.size()) + 1; }
 
   // Calls fn(begin, end, thread_index) on contiguous slices of [0, n), one slice per thread, and
-  // returns when all are done. Slices are rounded to multiples of `grain`. Does not allocate.
+  // returns when all are done. Slices are rounded to multiples of `grain`. Does not allocate (unless
+  // a slice throws). Not reentrant: fn must not call parallel_for on the same pool.
   template <typename F>
   void parallel_for(int64_t n, F&& fn, int64_t grain = 1) {
     auto call = [](void* ctx, int64_t b, int64_t e, int t) { (*static_cast<std::remove_reference_t<F>*>(ctx))(b, e, t); };
@@ -33,6 +37,7 @@ class ThreadPool {
   using Trampoline = void (*)(void*, int64_t, int64_t, int);
   void run(int64_t n, int64_t grain, void* ctx, Trampoline call);
   void worker_loop(int index);
+  void run_slice(void* ctx, Trampoline call, int64_t b, int64_t e, int thread);
 
   std::vector<std::thread> workers_;
   std::mutex mutex_;
@@ -44,6 +49,9 @@ class ThreadPool {
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};
+  // The first exception thrown by a slice of the current job (guarded by error_mutex_).
+  std::mutex error_mutex_;
+  std::exception_ptr error_;
 };
 
 }  // namespace m2

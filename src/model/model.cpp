@@ -6,164 +6,241 @@
 
 namespace m2 {
 
-Model::Model(const ModelWeights& weights, Backend& backend) : w_(weights), be_(backend) {
-  const auto& c = w_.config;
-  inv_freq_.resize(size_t(c.rotary_dim / 2));
-  for (int i = 0; i < c.rotary_dim / 2; ++i)
-    inv_freq_[size_t(i)] = float(1.0 / std::pow(c.rope_theta, double(2 * i) / double(c.rotary_dim)));
-}
+namespace {
 
-void Model::ensure_workspace(int64_t M, int64_t logits_rows) {
-  const auto& c = w_.config;
-  if (M > cap_tokens_) {
-    cap_tokens_ = M;
-    const size_t m = size_t(M);
-    h_.resize(m * size_t(c.hidden_size));
-    x_.resize(m * size_t(c.hidden_size));
-    proj_.resize(m * size_t(c.hidden_size));
-    q_.resize(m * size_t(c.q_dim()));
-    att_.resize(m * size_t(c.q_dim()));
-    k_.resize(m * size_t(c.kv_dim()));
-    v_.resize(m * size_t(c.kv_dim()));
-    router_.resize(m * size_t(c.num_experts));
-    cos_.resize(m * size_t(c.rotary_dim / 2));
-    sin_.resize(m * size_t(c.rotary_dim / 2));
-    route_ids_.resize(m * size_t(c.experts_per_token));
-    route_w_.resize(m * size_t(c.experts_per_token));
-    const size_t routed = m * size_t(c.experts_per_token);
-    expert_rows_.resize(routed);
-    expert_w_.resize(routed);
-    xe_.resize(routed * size_t(c.hidden_size));
-    de_.resize(routed * size_t(c.hidden_size));
-    ge_.resize(routed * size_t(c.intermediate_size));
-    ue_.resize(routed * size_t(c.intermediate_size));
-    expert_count_.resize(size_t(c.num_experts));
-    expert_offset_.resize(size_t(c.num_experts) + 1);
-  }
-  if (int64_t(final_.size()) < logits_rows * c.hidden_size) final_.resize(size_t(logits_rows * c.hidden_size));
-}
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-void Model::forward(std::span<const SequenceInput> batch, LogitsFor which, float* logits) {
-  const auto& c = w_.config;
-  const int64_t H = c.hidden_size, QD = c.q_dim(), KVD = c.kv_dim();
-  int64_t M = 0;
-  for (size_t s = 0; s < batch.size(); ++s) {
-    const auto& in = batch[s];
-    if (!in.cache) fail<InvalidArgument>("forward: sequence {} has no KV cache", s);
-    if (in.tokens.empty()) fail<InvalidArgument>("forward: sequence {} has no new tokens", s);
-    if (in.cache->length() + int64_t(in.tokens.size()) > in.cache->capacity())
-      fail<InvalidArgument>("forward: sequence {} needs {} positions but its KV cache holds {}", s,
-                            in.cache->length() + int64_t(in.tokens.size()), in.cache->capacity());
-    for (size_t i = 0; i < in.tokens.size(); ++i)
-      if (in.tokens[i] < 0 || in.tokens[i] >= c.vocab_size)
-        fail<InvalidArgument>("forward: sequence {} token {} has id {}, outside the vocabulary [0, {})", s, i,
-                              in.tokens[i], c.vocab_size);
-    M += int64_t(in.tokens.size());
-  }
-  const int64_t out_rows = which == LogitsFor::AllTokens ? M : int64_t(batch.size());
-  ensure_workspace(M, out_rows);
-  int64_t max_capacity = 0;
-  for (const auto& in : batch) max_capacity = std::max(max_capacity, in.cache->capacity());
-  be_.reserve(M, max_capacity);
-  if (ids_.size() < size_t(M)) ids_.resize(size_t(M));
-  if (seqs_.size() < batch.size()) seqs_.resize(batch.size());
-  if (logits_rows_.size() < size_t(out_rows)) logits_rows_.resize(size_t(out_rows));
+}  // namespace
 
-  // Token ids, positions (RoPE tables), and the per-sequence attention layout.
+Model::Model(const ModelWeights& weights, Backend& backend, const ModelLimits& limits, int kv_block_size,
+             const ShardSpec& shard)
+    : cfg_(weights.config), be_(backend), limits_(limits), block_size_(kv_block_size) {
+  const auto& c = cfg_;
+  if (block_size_ <= 0) fail<InvalidArgument>("KV block size must be positive, found {}", block_size_);
+  if (limits_.max_tokens <= 0 || limits_.max_seqs <= 0 || limits_.max_logit_rows <= 0 || limits_.max_context <= 0)
+    fail<InvalidArgument>("model limits must be positive: max_tokens {}, max_seqs {}, max_logit_rows {}, max_context {}",
+                          limits_.max_tokens, limits_.max_seqs, limits_.max_logit_rows, limits_.max_context);
+  if (limits_.max_context > c.max_position_embeddings)
+    fail<InvalidArgument>("max context {} exceeds the model's max_position_embeddings = {}", limits_.max_context,
+                          c.max_position_embeddings);
+  if (limits_.max_block_entries <= 0)
+    limits_.max_block_entries = limits_.max_seqs * ceil_div(limits_.max_context, block_size_);
+  w_ = be_.prepare(weights, shard);
+
   const int half = c.rotary_dim / 2;
-  int64_t row = 0, out = 0;
-  for (size_t s = 0; s < batch.size(); ++s) {
-    const auto& in = batch[s];
-    seqs_[s] = AttentionSequence{row, int64_t(in.tokens.size()), in.cache->length(), nullptr, nullptr};
-    for (size_t i = 0; i < in.tokens.size(); ++i, ++row) {
-      ids_[size_t(row)] = in.tokens[i];
-      const float pos = float(in.cache->length() + int64_t(i));
-      for (int j = 0; j < half; ++j) {
-        const float theta = pos * inv_freq_[size_t(j)];  // fp32 angle, as HF computes it
-        cos_[size_t(row * half + j)] = float(std::cos(double(theta)));
-        sin_[size_t(row * half + j)] = float(std::sin(double(theta)));
-      }
-      if (which == LogitsFor::AllTokens || i + 1 == in.tokens.size()) logits_rows_[size_t(out++)] = row;
-    }
-  }
+  std::vector<float> inv_freq(static_cast<size_t>(half));
+  for (int i = 0; i < half; ++i)
+    inv_freq[size_t(i)] = float(1.0 / std::pow(c.rope_theta, double(2 * i) / double(c.rotary_dim)));
+  inv_freq_ = Buffer(be_, inv_freq.size() * 4);
+  be_.upload(inv_freq_.view(DType::F32, {half}), inv_freq.data(), inv_freq.size() * 4);
 
-  float* h = h_.data();  // [M, H] residual stream
-  be_.embed(w_.embed, ids_.data(), M, h);
-  if (hidden_hook) hidden_hook(0, h, M);
-
-  for (int l = 0; l < c.num_layers; ++l) {
-    const LayerWeights& L = w_.layers[size_t(l)];
-    // Attention block.
-    be_.rmsnorm(h, L.input_norm.data(), x_.data(), M, H, float(c.rms_norm_eps));
-    be_.linear(L.q, x_.data(), q_.data(), M);  // [M, QD]
-    be_.linear(L.k, x_.data(), k_.data(), M);  // [M, KVD]
-    be_.linear(L.v, x_.data(), v_.data(), M);  // [M, KVD]
-    be_.rmsnorm(q_.data(), L.q_norm.data(), q_.data(), M, QD, float(c.rms_norm_eps));  // over all heads
-    be_.rmsnorm(k_.data(), L.k_norm.data(), k_.data(), M, KVD, float(c.rms_norm_eps));
-    be_.rope(q_.data(), M, c.num_heads, c.head_dim, c.rotary_dim, cos_.data(), sin_.data());
-    be_.rope(k_.data(), M, c.num_kv_heads, c.head_dim, c.rotary_dim, cos_.data(), sin_.data());
-    for (size_t s = 0; s < batch.size(); ++s) {
-      KvCache& cache = *batch[s].cache;
-      const int64_t past = cache.length(), n = seqs_[s].tokens, r0 = seqs_[s].token_begin;
-      std::copy_n(k_.data() + r0 * KVD, n * KVD, cache.keys(l) + past * KVD);
-      std::copy_n(v_.data() + r0 * KVD, n * KVD, cache.values(l) + past * KVD);
-      seqs_[s].k_cache = cache.keys(l);
-      seqs_[s].v_cache = cache.values(l);
-    }
-    be_.attention(q_.data(), att_.data(), seqs_.data(), int64_t(batch.size()), c.num_heads, c.num_kv_heads, c.head_dim);
-    be_.linear(L.o, att_.data(), proj_.data(), M);  // [M, H]
-    for (int64_t i = 0; i < M * H; ++i) h[i] += proj_[size_t(i)];
-    // MoE block.
-    be_.rmsnorm(h, L.post_norm.data(), x_.data(), M, H, float(c.rms_norm_eps));
-    moe(L, M);
-    if (hidden_hook) hidden_hook(l + 1, h, M);
-  }
-  for (auto& in : batch) in.cache->advance(int64_t(in.tokens.size()));
-
-  // Final norm on the rows whose logits are wanted, then lm_head.
-  for (int64_t i = 0; i < out_rows; ++i)
-    std::copy_n(h + logits_rows_[size_t(i)] * H, H, final_.data() + i * H);
-  be_.rmsnorm(final_.data(), w_.final_norm.data(), final_.data(), out_rows, H, float(c.rms_norm_eps));
-  if (hidden_hook && which == LogitsFor::AllTokens) hidden_hook(c.num_layers + 1, final_.data(), out_rows);
-  be_.linear(w_.lm_head, final_.data(), logits, out_rows);
+  const int64_t M = limits_.max_tokens, S = limits_.max_seqs, R = limits_.max_logit_rows;
+  const int64_t H = c.hidden_size, K = c.experts_per_token, E = c.num_experts, I = c.intermediate_size;
+  auto f32 = [&](int64_t n) { return Buffer(be_, size_t(n) * 4); };
+  ws_.ids = f32(M);
+  ws_.positions = f32(M);
+  ws_.slots = Buffer(be_, size_t(M) * 8);
+  ws_.seqs = f32(S * 4);
+  ws_.block_tables = f32(limits_.max_block_entries);
+  ws_.logit_rows = f32(R);
+  ws_.h = f32(M * H);
+  ws_.x = f32(M * H);
+  ws_.q = f32(M * c.q_dim());
+  ws_.att = f32(M * c.q_dim());
+  ws_.k = f32(M * c.kv_dim());
+  ws_.v = f32(M * c.kv_dim());
+  ws_.proj = f32(M * H);
+  ws_.cos = f32(M * half);
+  ws_.sin = f32(M * half);
+  ws_.router = f32(M * E);
+  ws_.route_ids = f32(M * K);
+  ws_.route_w = f32(M * K);
+  ws_.offsets = f32(E + 1);
+  ws_.slot_of = f32(M * K);
+  ws_.x_perm = f32(M * K * H);
+  ws_.y_perm = f32(M * K * H);
+  ws_.gate_up = f32(M * K * 2 * I);
+  ws_.act = f32(M * K * I);
+  ws_.final_rows = f32(R * H);
+  if (be_.device() != Device::Cpu) ws_.logits = f32(R * c.vocab_size);
+  host_.ids.resize(size_t(M));
+  host_.positions.resize(size_t(M));
+  host_.slots.resize(size_t(M));
+  host_.seqs.resize(size_t(S));
+  host_.block_tables.resize(size_t(limits_.max_block_entries));
+  host_.logit_rows.resize(size_t(R));
+  be_.reserve(M, limits_.max_context);
 }
 
-// Routes every token, groups the (token, expert) pairs by expert, and runs each expert once over
-// its tokens as a matrix-matrix product; adds the weighted outputs into the residual stream.
-void Model::moe(const LayerWeights& L, int64_t M) {
-  const auto& c = w_.config;
-  const int64_t H = c.hidden_size, I = c.intermediate_size, K = c.experts_per_token, E = c.num_experts;
-  be_.linear(L.gate, x_.data(), router_.data(), M);  // [M, E] fp32 logits
-  be_.route(router_.data(), L.router_bias.data(), M, int(E), int(K), route_ids_.data(), route_w_.data());
-
-  std::fill(expert_count_.begin(), expert_count_.end(), 0);
-  for (int64_t i = 0; i < M * K; ++i) ++expert_count_[size_t(route_ids_[size_t(i)])];
-  expert_offset_[0] = 0;
-  for (int64_t e = 0; e < E; ++e) expert_offset_[size_t(e + 1)] = expert_offset_[size_t(e)] + expert_count_[size_t(e)];
-  std::fill(expert_count_.begin(), expert_count_.end(), 0);
-  for (int64_t t = 0; t < M; ++t)
-    for (int64_t j = 0; j < K; ++j) {
-      const int32_t e = route_ids_[size_t(t * K + j)];
-      const int64_t slot = expert_offset_[size_t(e)] + expert_count_[size_t(e)]++;
-      expert_rows_[size_t(slot)] = int32_t(t);
-      expert_w_[size_t(slot)] = route_w_[size_t(t * K + j)];
-      std::copy_n(x_.data() + t * H, H, xe_.data() + slot * H);
+void Model::validate(const ForwardBatch& b, const PagedKv& kv) const {
+  const int64_t T = int64_t(b.tokens.size());
+  if (T == 0) fail<InvalidArgument>("forward: the batch has no tokens");
+  if (T > limits_.max_tokens)
+    fail<InvalidArgument>("forward: {} tokens exceed the model's limit of {} per step", T, limits_.max_tokens);
+  if (int64_t(b.positions.size()) != T || int64_t(b.slots.size()) != T)
+    fail<InvalidArgument>("forward: {} tokens but {} positions and {} slots", T, b.positions.size(), b.slots.size());
+  if (int64_t(b.seqs.size()) > limits_.max_seqs)
+    fail<InvalidArgument>("forward: {} sequences exceed the model's limit of {} per step", b.seqs.size(),
+                          limits_.max_seqs);
+  if (b.logit_rows() > limits_.max_logit_rows)
+    fail<InvalidArgument>("forward: {} logit rows exceed the model's limit of {} per step", b.logit_rows(),
+                          limits_.max_logit_rows);
+  if (kv.block_size != block_size_ || int64_t(kv.layers.size()) != cfg_.num_layers || kv.kv_dim != cfg_.kv_dim())
+    fail<InvalidArgument>("forward: KV cache of {} layers × {} dims in blocks of {}, expected {} × {} in blocks of {}",
+                          kv.layers.size(), kv.kv_dim, kv.block_size, cfg_.num_layers, cfg_.kv_dim(), block_size_);
+  int64_t row = 0, entries = 0;
+  for (size_t s = 0; s < b.seqs.size(); ++s) {
+    const SequenceStep& q = b.seqs[s];
+    if (q.tokens <= 0) fail<InvalidArgument>("forward: sequence {} has no new tokens", s);
+    if (q.context < q.tokens || q.context > limits_.max_context)
+      fail<InvalidArgument>("forward: sequence {} has context {} for {} new tokens; the limit is {}", s, q.context,
+                            q.tokens, limits_.max_context);
+    const int64_t blocks = ceil_div(q.context, block_size_);
+    if (int64_t(q.block_table.size()) < blocks)
+      fail<InvalidArgument>("forward: sequence {} needs {} KV blocks for {} positions, its table lists {}", s, blocks,
+                            q.context, q.block_table.size());
+    for (int64_t i = 0; i < blocks; ++i)
+      if (q.block_table[size_t(i)] < 0 || q.block_table[size_t(i)] >= kv.num_blocks)
+        fail<InvalidArgument>("forward: sequence {} block-table entry {} is block {}, outside the cache's {} blocks", s,
+                              i, q.block_table[size_t(i)], kv.num_blocks);
+    entries += blocks;
+    for (int64_t i = 0; i < q.tokens; ++i, ++row) {
+      if (row >= T) fail<InvalidArgument>("forward: the sequences list more tokens than the batch's {}", T);
+      const int32_t id = b.tokens[size_t(row)];
+      if (id < 0 || id >= cfg_.vocab_size)
+        fail<InvalidArgument>("forward: sequence {} token {} has id {}, outside the vocabulary [0, {})", s, i, id,
+                              cfg_.vocab_size);
+      const int64_t pos = q.context - q.tokens + i;
+      const int64_t slot = int64_t(q.block_table[size_t(pos / block_size_)]) * block_size_ + pos % block_size_;
+      if (b.positions[size_t(row)] != pos || b.slots[size_t(row)] != slot)
+        fail<InvalidArgument>("forward: sequence {} token {} has position {} and slot {}, its block table gives {} and {}",
+                              s, i, b.positions[size_t(row)], b.slots[size_t(row)], pos, slot);
     }
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t n = expert_count_[size_t(e)], s0 = expert_offset_[size_t(e)];
-    if (n == 0) continue;
-    be_.linear(L.w1[size_t(e)], xe_.data() + s0 * H, ge_.data() + s0 * I, n);  // [n, I]
-    be_.linear(L.w3[size_t(e)], xe_.data() + s0 * H, ue_.data() + s0 * I, n);  // [n, I]
-    be_.silu_mul(ge_.data() + s0 * I, ue_.data() + s0 * I, ge_.data() + s0 * I, n * I);
-    be_.linear(L.w2[size_t(e)], ge_.data() + s0 * I, de_.data() + s0 * H, n);  // [n, H]
   }
-  float* h = h_.data();
-  for (int64_t slot = 0; slot < M * K; ++slot) {
-    const float wgt = expert_w_[size_t(slot)];
-    float* hr = h + int64_t(expert_rows_[size_t(slot)]) * H;
-    const float* d = de_.data() + slot * H;
-    for (int64_t i = 0; i < H; ++i) hr[i] += wgt * d[i];
+  if (row != T) fail<InvalidArgument>("forward: the sequences list {} tokens, the batch has {}", row, T);
+  if (entries > limits_.max_block_entries)
+    fail<InvalidArgument>("forward: {} block-table entries exceed the model's limit of {}", entries,
+                          limits_.max_block_entries);
+}
+
+void Model::stage_metadata(const ForwardBatch& b) {
+  const int64_t T = int64_t(b.tokens.size()), S = int64_t(b.seqs.size());
+  std::copy(b.tokens.begin(), b.tokens.end(), host_.ids.begin());
+  std::copy(b.positions.begin(), b.positions.end(), host_.positions.begin());
+  std::copy(b.slots.begin(), b.slots.end(), host_.slots.begin());
+  int64_t row = 0, entries = 0, out = 0;
+  attn_.max_context = 0;
+  for (int64_t s = 0; s < S; ++s) {
+    const SequenceStep& q = b.seqs[size_t(s)];
+    const int64_t blocks = ceil_div(q.context, block_size_);
+    host_.seqs[size_t(s)] = {int32_t(row), int32_t(q.tokens), int32_t(q.context), int32_t(entries)};
+    std::copy_n(q.block_table.begin(), blocks, host_.block_tables.begin() + entries);
+    if (q.logits == LogitsFor::All)
+      for (int64_t i = 0; i < q.tokens; ++i) host_.logit_rows[size_t(out++)] = int32_t(row + i);
+    else if (q.logits == LogitsFor::Last)
+      host_.logit_rows[size_t(out++)] = int32_t(row + q.tokens - 1);
+    attn_.max_context = std::max(attn_.max_context, q.context);
+    row += q.tokens;
+    entries += blocks;
   }
+  be_.upload(ws_.ids.view(DType::I32, {T}), host_.ids.data(), size_t(T) * 4);
+  be_.upload(ws_.positions.view(DType::I32, {T}), host_.positions.data(), size_t(T) * 4);
+  be_.upload(ws_.slots.view(DType::I64, {T}), host_.slots.data(), size_t(T) * 8);
+  attn_.seqs = ws_.seqs.view(DType::I32, {S, 4});
+  be_.upload(attn_.seqs, host_.seqs.data(), size_t(S) * sizeof(AttentionSeq));
+  attn_.block_tables = ws_.block_tables.view(DType::I32, {entries});
+  be_.upload(attn_.block_tables, host_.block_tables.data(), size_t(entries) * 4);
+  if (out > 0) be_.upload(ws_.logit_rows.view(DType::I32, {out}), host_.logit_rows.data(), size_t(out) * 4);
+}
+
+void Model::forward(const ForwardBatch& b, const PagedKv& kv, float* logits) {
+  validate(b, kv);
+  stage_metadata(b);
+  const auto& c = cfg_;
+  const int64_t M = int64_t(b.tokens.size()), H = c.hidden_size, R = b.logit_rows();
+  const int half = c.rotary_dim / 2;
+
+  const TensorView h = ws_.h.view(DType::F32, {M, H});  // [M, H] residual stream
+  be_.embed(w_.embed, ws_.ids.view(DType::I32, {M}), h);
+  if (hidden_hook) hidden_hook(0, h);
+  be_.rope_table(ws_.positions.view(DType::I32, {M}), inv_freq_.view(DType::F32, {half}),
+                 ws_.cos.view(DType::F32, {M, half}), ws_.sin.view(DType::F32, {M, half}));
+  for (int l = 0; l < c.num_layers; ++l) {
+    attention_block(l, M, kv);
+    moe_block(l, M);
+    if (hidden_hook) hidden_hook(l + 1, h);
+  }
+  if (R == 0) return;
+  // Final norm on the rows whose logits are wanted, then lm_head.
+  const TensorView fin = ws_.final_rows.view(DType::F32, {R, H});  // [R, H]
+  be_.gather_rows(h, ws_.logit_rows.view(DType::I32, {R}), fin);
+  be_.rmsnorm(fin, w_.final_norm, fin, float(c.rms_norm_eps));
+  if (hidden_hook) hidden_hook(c.num_layers + 1, fin);
+  if (be_.device() == Device::Cpu) {
+    be_.linear(w_.lm_head, fin, TensorView(logits, DType::F32, {R, c.vocab_size}));
+  } else {
+    const TensorView out = ws_.logits.view(DType::F32, {R, c.vocab_size});
+    be_.linear(w_.lm_head, fin, out);
+    be_.download(logits, out, out.nbytes());
+  }
+}
+
+void Model::attention_block(int l, int64_t M, const PagedKv& kv) {
+  const auto& c = cfg_;
+  const BackendLayer& L = w_.layers[size_t(l)];
+  const int64_t H = c.hidden_size, QD = c.q_dim(), KVD = c.kv_dim();
+  const int half = c.rotary_dim / 2;
+  const float eps = float(c.rms_norm_eps);
+  const TensorView h = ws_.h.view(DType::F32, {M, H});         // [M, H]
+  const TensorView x = ws_.x.view(DType::F32, {M, H});         // [M, H]
+  const TensorView q = ws_.q.view(DType::F32, {M, QD});        // [M, heads * head_dim]
+  const TensorView k = ws_.k.view(DType::F32, {M, KVD});       // [M, kv_heads * head_dim]
+  const TensorView v = ws_.v.view(DType::F32, {M, KVD});       // [M, kv_heads * head_dim]
+  const TensorView att = ws_.att.view(DType::F32, {M, QD});    // [M, heads * head_dim]
+  const TensorView proj = ws_.proj.view(DType::F32, {M, H});   // [M, H]
+  const TensorView cos = ws_.cos.view(DType::F32, {M, half});  // [M, rotary_dim / 2]
+  const TensorView sin = ws_.sin.view(DType::F32, {M, half});  // [M, rotary_dim / 2]
+  be_.rmsnorm(h, L.input_norm, x, eps);
+  be_.linear(L.q, x, q);
+  be_.linear(L.k, x, k);
+  be_.linear(L.v, x, v);
+  be_.rmsnorm(q, L.q_norm, q, eps);  // over all heads
+  be_.rmsnorm(k, L.k_norm, k, eps);
+  be_.rope(q, c.num_heads, c.head_dim, c.rotary_dim, cos, sin);
+  be_.rope(k, c.num_kv_heads, c.head_dim, c.rotary_dim, cos, sin);
+  be_.kv_store(kv, l, k, v, ws_.slots.view(DType::I64, {M}));
+  be_.paged_attention(kv, l, q, att, attn_, c.num_heads, c.num_kv_heads, c.head_dim);
+  be_.linear(L.o, att, proj);
+  be_.add(h, proj);
+}
+
+// Routes every token, groups the (token, expert) pairs by expert, runs every expert of the step in
+// one grouped call per projection, and adds the weighted outputs into the residual stream.
+void Model::moe_block(int l, int64_t M) {
+  const auto& c = cfg_;
+  const BackendLayer& L = w_.layers[size_t(l)];
+  const int64_t H = c.hidden_size, I = c.intermediate_size, K = c.experts_per_token, E = c.num_experts;
+  const int64_t S = M * K;
+  const TensorView h = ws_.h.view(DType::F32, {M, H});               // [M, H]
+  const TensorView x = ws_.x.view(DType::F32, {M, H});               // [M, H]
+  const TensorView router = ws_.router.view(DType::F32, {M, E});     // [M, E]
+  const TensorView ids = ws_.route_ids.view(DType::I32, {M, K});     // [M, K]
+  const TensorView wts = ws_.route_w.view(DType::F32, {M, K});       // [M, K]
+  const TensorView offsets = ws_.offsets.view(DType::I32, {E + 1});  // [E + 1]
+  const TensorView slot_of = ws_.slot_of.view(DType::I32, {S});      // [M * K]
+  const TensorView x_perm = ws_.x_perm.view(DType::F32, {S, H});     // [M * K, H]
+  const TensorView gu = ws_.gate_up.view(DType::F32, {S, 2 * I});    // [M * K, 2I]
+  const TensorView act = ws_.act.view(DType::F32, {S, I});           // [M * K, I]
+  const TensorView y_perm = ws_.y_perm.view(DType::F32, {S, H});     // [M * K, H]
+  be_.rmsnorm(h, L.post_norm, x, float(c.rms_norm_eps));
+  be_.linear(L.gate, x, router);  // fp32 router logits
+  be_.route(router, L.router_bias, ids, wts);
+  if (routing_hook) routing_hook(l, ids);
+  be_.moe_permute(x, ids, x_perm, offsets, slot_of);
+  be_.grouped_linear(L.gate_up, x_perm, offsets, gu);
+  be_.swiglu(gu, act);
+  be_.grouped_linear(L.down, act, offsets, y_perm);
+  be_.moe_unpermute(y_perm, slot_of, wts, h);
 }
 
 }  // namespace m2

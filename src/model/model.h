@@ -1,68 +1,95 @@
-// MiniMax-M2 forward pass (spec §1.5), written once against the Backend op interface.
+// MiniMax-M2 forward pass (spec §1.5), written once against the Backend op interface. The model
+// holds the backend's weights and a workspace sized once from its limits; the KV cache it reads and
+// writes is paged and owned by the runtime.
 #pragma once
 #include <functional>
-#include <span>
 #include <vector>
 
 #include "backend/backend.h"
-#include "model/kv_cache.h"
+#include "model/forward_batch.h"
 #include "model/weights.h"
 
 namespace m2 {
 
-// One sequence's new tokens in a batch; its cache receives them.
-struct SequenceInput {
-  KvCache* cache = nullptr;
-  std::span<const int32_t> tokens;
+// The largest step the model is asked to run: its workspace is sized for these once.
+struct ModelLimits {
+  int64_t max_tokens = 512;        // new tokens of one step (all sequences)
+  int64_t max_seqs = 64;           // sequences of one step
+  int64_t max_logit_rows = 64;     // rows of logits one step returns
+  int64_t max_context = 4096;      // positions one sequence may hold (≤ max_position_embeddings)
+  int64_t max_block_entries = 0;   // block-table entries of one step; 0 = max_seqs × blocks of max_context
 };
-
-enum class LogitsFor { AllTokens, LastToken };
 
 class Model {
  public:
-  Model(const ModelWeights& weights, Backend& backend);
+  Model(const ModelWeights& weights, Backend& backend, const ModelLimits& limits, int kv_block_size,
+        const ShardSpec& shard = {});
 
-  const ModelConfig& config() const { return w_.config; }
-  const ModelWeights& weights() const { return w_; }
+  const ModelConfig& config() const { return cfg_; }
+  const ModelLimits& limits() const { return limits_; }
+  Backend& backend() { return be_; }
+  const BackendWeights& weights() const { return w_; }
+  int kv_block_size() const { return block_size_; }
 
-  // Runs every sequence's new tokens as one batch (prefill and decode alike) and appends them to the
-  // caches. logits: AllTokens → [Σ tokens, vocab] in batch order; LastToken → [sequences, vocab].
-  // Reuses its workspace: after the first call of a given size it does not allocate.
-  void forward(std::span<const SequenceInput> batch, LogitsFor which, float* logits);
+  // Runs one step: the K/V of every new token is written to its slot of `kv`, and the logits of the
+  // rows the batch asks for are written to `logits` (host memory, [batch.logit_rows(), vocab], in
+  // batch order). Checks the batch against the limits and the cache (InvalidArgument naming the
+  // sequence and value) before touching anything. Does not allocate.
+  void forward(const ForwardBatch& batch, const PagedKv& kv, float* logits);
 
-  // Called after the embedding (index 0), after each layer l (index l + 1) and after the final norm
-  // (index num_layers + 1) with the [tokens, hidden] hidden state. For tests and `m2 eval`.
-  std::function<void(int index, const float* hidden, int64_t tokens)> hidden_hook;
+  // Called after the embedding (index 0), after each layer l (index l + 1), and after the final norm
+  // (index num_layers + 1, the logit rows only) with the hidden state (backend memory, F32 [rows,
+  // hidden]). For tests and `m2 eval`.
+  std::function<void(int index, const TensorView& hidden)> hidden_hook;
+  // Called after each layer's routing with the chosen experts (backend memory, I32 [rows, k]): for
+  // benchmarks (bytes actually read) and per-expert statistics.
+  std::function<void(int layer, const TensorView& expert_ids)> routing_hook;
 
  private:
-  void ensure_workspace(int64_t tokens, int64_t logits_rows);
-  void moe(const LayerWeights& L, int64_t M);
+  void validate(const ForwardBatch& batch, const PagedKv& kv) const;
+  void stage_metadata(const ForwardBatch& batch);
+  void attention_block(int layer, int64_t M, const PagedKv& kv);
+  void moe_block(int layer, int64_t M);
 
-  const ModelWeights& w_;
+  const ModelConfig cfg_;
   Backend& be_;
-  std::vector<float> inv_freq_;  // [rotary_dim / 2], fp32 as HF computes it
-  // Workspace for up to cap_tokens_ = M rows; K = experts_per_token.
-  int64_t cap_tokens_ = 0;
-  std::vector<float> h_;         // [M, hidden] residual stream
-  std::vector<float> x_;         // [M, hidden] normed input of a block
-  std::vector<float> q_;         // [M, heads * head_dim]
-  std::vector<float> k_, v_;     // [M, kv_heads * head_dim]
-  std::vector<float> att_;       // [M, heads * head_dim] attention output
-  std::vector<float> proj_;      // [M, hidden] o_proj output
-  std::vector<float> router_;    // [M, experts] router logits (fp32)
-  std::vector<float> cos_, sin_; // [M, rotary_dim / 2] RoPE tables of each row's position
-  std::vector<float> route_w_;   // [M, K] renormalised expert weights
-  std::vector<float> final_;     // [logit rows, hidden] final-norm output
-  std::vector<int32_t> ids_;           // [M] token ids
-  std::vector<int32_t> route_ids_;     // [M, K] selected experts
-  std::vector<int32_t> expert_count_;  // [experts] routed rows per expert
-  std::vector<int32_t> expert_offset_; // [experts + 1] first slot of each expert
-  std::vector<int32_t> expert_rows_;   // [M * K] token row of each slot (grouped by expert)
-  std::vector<float> expert_w_;        // [M * K] routing weight of each slot
-  std::vector<float> xe_, de_;         // [M * K, hidden] expert inputs / outputs, grouped by expert
-  std::vector<float> ge_, ue_;         // [M * K, intermediate] gate / up projections
-  std::vector<AttentionSequence> seqs_;
-  std::vector<int64_t> logits_rows_;
+  ModelLimits limits_;
+  int block_size_;
+  BackendWeights w_;
+  Buffer inv_freq_;  // F32 [rotary_dim / 2], fp32 as HF computes it
+
+  // Host staging of the step's metadata, uploaded once per step.
+  struct Staging {
+    std::vector<int32_t> ids, positions;      // [T]
+    std::vector<int64_t> slots;               // [T]
+    std::vector<AttentionSeq> seqs;           // [S]
+    std::vector<int32_t> block_tables;        // [Σ blocks]
+    std::vector<int32_t> logit_rows;          // [R] row of each logit
+  } host_;
+  // Device copies of the metadata and the activations, sized for the limits. M = new tokens of the
+  // step, K = experts per token, E = experts, R = logit rows.
+  struct Workspace {
+    Buffer ids, positions, slots;   // I32 [M], I32 [M], I64 [M]
+    Buffer seqs, block_tables;      // I32 [S, 4], I32 [Σ blocks]
+    Buffer logit_rows;              // I32 [R]
+    Buffer h;                       // F32 [M, hidden] residual stream
+    Buffer x;                       // F32 [M, hidden] normed input of a block
+    Buffer q, att;                  // F32 [M, heads * head_dim]
+    Buffer k, v;                    // F32 [M, kv_heads * head_dim]
+    Buffer proj;                    // F32 [M, hidden] o_proj output
+    Buffer cos, sin;                // F32 [M, rotary_dim / 2]
+    Buffer router;                  // F32 [M, E] router logits
+    Buffer route_ids;               // I32 [M, K]
+    Buffer route_w;                 // F32 [M, K]
+    Buffer offsets;                 // I32 [E + 1] first slot of each expert
+    Buffer slot_of;                 // I32 [M * K] slot of each (token, choice)
+    Buffer x_perm, y_perm;          // F32 [M * K, hidden] expert inputs / outputs grouped by expert
+    Buffer gate_up;                 // F32 [M * K, 2 * intermediate]
+    Buffer act;                     // F32 [M * K, intermediate]
+    Buffer final_rows;              // F32 [R, hidden] final-norm output of the logit rows
+    Buffer logits;                  // F32 [R, vocab] (device backends; the CPU writes to the caller's)
+  } ws_;
+  AttentionBatch attn_;
 };
 
 }  // namespace m2

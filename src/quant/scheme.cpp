@@ -328,7 +328,7 @@ WeightView bind_linear(const Checkpoint& ckpt, const QuantScheme& scheme, const 
       w.data = t.data;
       w.row_bytes = cols;
       w.scales = sc.data;
-      w.scale_cols = (cols + bc - 1) / bc;
+      w.scale_stride = (cols + bc - 1) / bc;
       w.block_rows = int(br);
       w.block_cols = int(bc);
       break;
@@ -348,7 +348,7 @@ WeightView bind_linear(const Checkpoint& ckpt, const QuantScheme& scheme, const 
       w.data = t.data;
       w.row_bytes = cols / 2;
       w.scales = sc.data;
-      w.scale_cols = cols / 16;
+      w.scale_stride = cols / 16;
       w.block_cols = 16;
       // ModelOpt weight_scale_2 multiplies; compressed-tensors weight_global_scale divides (spec §4).
       w.global_scale = mo ? g : 1.0f / g;
@@ -365,7 +365,7 @@ WeightView bind_linear(const Checkpoint& ckpt, const QuantScheme& scheme, const 
       w.data = t.data;
       w.row_bytes = cols / 2;
       w.scales = sc.data;
-      w.scale_cols = cols / 32;
+      w.scale_stride = cols / 32;
       w.block_cols = 32;
       break;
     }

@@ -63,7 +63,7 @@ TEST(Linear, Fp8RaggedEdgeBlocksAndSmallBlocks) {
     linear_ref(w.view, x.data(), ref.data(), 3);
     // The reference itself: element (r, c) uses scale [r / block, c / block].
     float s;
-    std::memcpy(&s, w.view.scales + 4 * ((199 / block) * w.view.scale_cols + 299 / block), 4);
+    std::memcpy(&s, w.view.scales + 4 * ((199 / block) * w.view.scale_stride + 299 / block), 4);
     EXPECT_EQ(weight_element_ref(w.view, 199, 299), e4m3_to_f32(w.view.data[199 * 300 + 299]) * s);
     linear(w.view, x.data(), got.data(), 3, pool);
     EXPECT_LE(test::rel_err(got.data(), ref.data(), got.size()), 2e-6) << "block " << block;

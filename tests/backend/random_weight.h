@@ -51,8 +51,8 @@ inline OwnedWeight random_weight(WeightFormat format, DType dtype, int64_t rows,
     case WeightFormat::Fp8Block: {
       v.row_bytes = cols;
       v.block_rows = v.block_cols = fp8_block;
-      v.scale_cols = (cols + fp8_block - 1) / fp8_block;
-      const int64_t grid = ((rows + fp8_block - 1) / fp8_block) * v.scale_cols;
+      v.scale_stride = (cols + fp8_block - 1) / fp8_block;
+      const int64_t grid = ((rows + fp8_block - 1) / fp8_block) * v.scale_stride;
       w.data.resize(size_t(rows * cols));
       for (auto& b : w.data) {
         float x = 100.0f * normal(rng);
@@ -69,11 +69,11 @@ inline OwnedWeight random_weight(WeightFormat format, DType dtype, int64_t rows,
     case WeightFormat::Mxfp4: {
       const int group = format == WeightFormat::Nvfp4 ? 16 : 32;
       v.row_bytes = cols / 2;
-      v.scale_cols = cols / group;
+      v.scale_stride = cols / group;
       v.block_cols = group;
       w.data.resize(size_t(rows * cols / 2));
       for (auto& b : w.data) b = uint8_t(rng());
-      w.scales.resize(size_t(rows * v.scale_cols));
+      w.scales.resize(size_t(rows * v.scale_stride));
       for (auto& s : w.scales)
         s = format == WeightFormat::Nvfp4 ? f32_to_e4m3(16.0f * spread(rng)) : uint8_t(120 + rng() % 6);
       v.global_scale = format == WeightFormat::Nvfp4 ? 1.0f / 64.0f : 1.0f;

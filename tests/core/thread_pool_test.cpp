@@ -1,6 +1,10 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <stdexcept>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "core/thread_pool.h"
@@ -33,6 +37,49 @@ TEST(ThreadPool, ReusableManyTimes) {
       for (int64_t i = b; i < e; ++i) sum += i;
     });
   EXPECT_EQ(sum.load(), 2000 * 45);
+}
+
+// A throw in any slice reaches the caller exactly once, after every worker has left the job; the pool
+// keeps working afterwards.
+TEST(ThreadPool, ExceptionFromAnySliceReachesTheCallerOnce) {
+  for (int threads : {1, 2, 4}) {
+    ThreadPool pool(threads);
+    for (int thrower = 0; thrower < threads; ++thrower) {
+      std::atomic<int> active{0}, finished{0};
+      int caught = 0;
+      try {
+        pool.parallel_for(threads, [&](int64_t b, int64_t e, int t) {
+          active++;
+          if (t == thrower) {
+            active--;
+            throw std::runtime_error("slice " + std::to_string(b));
+          }
+          // The others take a while, so the caller would return early if it did not wait for them.
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+          finished++;
+          active--;
+        });
+      } catch (const std::runtime_error& err) {
+        ++caught;
+        EXPECT_EQ(active.load(), 0) << "a worker was still inside the job when the error reached the caller";
+        EXPECT_EQ(finished.load(), threads - 1);
+      }
+      EXPECT_EQ(caught, 1) << threads << " threads, thrower " << thrower;
+    }
+    // Every slice throwing: still one exception.
+    int caught = 0;
+    try {
+      pool.parallel_for(64, [&](int64_t, int64_t, int) { throw std::logic_error("all"); });
+    } catch (const std::logic_error&) {
+      ++caught;
+    }
+    EXPECT_EQ(caught, 1);
+    std::atomic<int64_t> sum{0};
+    pool.parallel_for(100, [&](int64_t b, int64_t e, int) {
+      for (int64_t i = b; i < e; ++i) sum += i;
+    });
+    EXPECT_EQ(sum.load(), 4950);
+  }
 }
 
 }  // namespace

@@ -24,17 +24,44 @@ TEST_P(Consistency, TokenByTokenDecodeEqualsPrefill) {
   auto ids = random_ids(rng, 23, int(V));
   auto full = m.prefill(ids);
   // Prefill a prefix of 9, then decode one token at a time.
-  KvCache cache(m.weights.config, 23);
-  std::vector<float> logits(size_t(9 * V));
-  SequenceInput in{&cache, {ids.data(), 9}};
-  m.model->forward({&in, 1}, LogitsFor::AllTokens, logits.data());
+  test::KvSeq seq;
+  auto logits = m.step(seq, std::span<const int32_t>(ids.data(), 9), LogitsFor::All);
   EXPECT_LE(test::rel_err(logits.data(), full.data(), size_t(9 * V)), kTolerance);
   for (int t = 9; t < 23; ++t) {
-    SequenceInput step{&cache, {ids.data() + t, 1}};
-    m.model->forward({&step, 1}, LogitsFor::LastToken, logits.data());
+    logits = m.step(seq, std::span<const int32_t>(ids.data() + t, 1), LogitsFor::Last);
     EXPECT_LE(test::rel_err(logits.data(), full.data() + t * V, size_t(V)), kTolerance) << "position " << t;
   }
-  EXPECT_EQ(cache.length(), 23);
+  EXPECT_EQ(seq.length, 23);
+}
+
+// Chunked prefill (chunks of 1, 7 and 64 tokens, and block sizes that the chunks do not divide) gives
+// the logits of one prefill.
+TEST_P(Consistency, ChunkedPrefillEqualsOnePrefill) {
+  std::mt19937_64 rng(test::fresh_seed());
+  for (int block_size : {5, 16}) {
+    test::LoadOptions o;
+    o.block_size = block_size;
+    o.num_blocks = 1024 / block_size;
+    test::Loaded m(test::kFixtures / GetParam(), o);
+    const int64_t V = m.weights.config.vocab_size;
+    auto ids = random_ids(rng, 150, int(V));
+    auto full = m.prefill(ids);
+    for (int chunk : {1, 7, 64}) {
+      test::KvSeq seq;
+      std::vector<float> all;
+      for (size_t at = 0; at < ids.size(); at += size_t(chunk)) {
+        const size_t n = std::min(size_t(chunk), ids.size() - at);
+        auto l = m.step(seq, std::span<const int32_t>(ids.data() + at, n), LogitsFor::All);
+        all.insert(all.end(), l.begin(), l.end());
+      }
+      m.release(seq);
+      ASSERT_EQ(all.size(), full.size());
+      EXPECT_LE(test::rel_err(all.data(), full.data(), all.size()), kTolerance) << "chunk " << chunk << ", block " << block_size;
+      EXPECT_LE(test::rel_err(all.data() + (ids.size() - 1) * V, full.data() + (ids.size() - 1) * V, size_t(V)), kTolerance)
+          << "last token, chunk " << chunk;
+    }
+    EXPECT_EQ(m.kv->blocks().num_used(), 0);
+  }
 }
 
 TEST_P(Consistency, BatchOfDifferentLengthsEqualsEachAlone) {
@@ -50,12 +77,10 @@ TEST_P(Consistency, BatchOfDifferentLengthsEqualsEachAlone) {
     alone.push_back(m.prefill(prompts.back()));
   }
   // Step 1: all prompts as one prefill batch (all-token logits).
-  std::vector<KvCache> caches;
-  for (int n : lengths) caches.emplace_back(cfg, n + 2);
-  std::vector<SequenceInput> batch;
-  for (size_t s = 0; s < prompts.size(); ++s) batch.push_back({&caches[s], prompts[s]});
-  std::vector<float> logits(size_t(53 * V));
-  m.model->forward(batch, LogitsFor::AllTokens, logits.data());
+  std::vector<test::KvSeq> seqs(prompts.size());
+  std::vector<std::pair<test::KvSeq*, std::span<const int32_t>>> batch;
+  for (size_t s = 0; s < prompts.size(); ++s) batch.push_back({&seqs[s], prompts[s]});
+  auto logits = m.step(batch, LogitsFor::All);
   size_t row = 0;
   for (size_t s = 0; s < prompts.size(); ++s) {
     EXPECT_LE(test::rel_err(logits.data() + row * V, alone[s].data(), alone[s].size()), kTolerance) << "sequence " << s;
@@ -64,8 +89,8 @@ TEST_P(Consistency, BatchOfDifferentLengthsEqualsEachAlone) {
   // Step 2: one decode token for every sequence in one batch, against each sequence extended alone.
   std::vector<int32_t> next = random_ids(rng, 4, int(V));
   batch.clear();
-  for (size_t s = 0; s < prompts.size(); ++s) batch.push_back({&caches[s], {&next[s], 1}});
-  m.model->forward(batch, LogitsFor::LastToken, logits.data());
+  for (size_t s = 0; s < prompts.size(); ++s) batch.push_back({&seqs[s], std::span<const int32_t>(&next[s], 1)});
+  logits = m.step(batch, LogitsFor::Last);
   for (size_t s = 0; s < prompts.size(); ++s) {
     auto extended = prompts[s];
     extended.push_back(next[s]);
@@ -77,30 +102,41 @@ TEST_P(Consistency, BatchOfDifferentLengthsEqualsEachAlone) {
 
 TEST_P(Consistency, GenericAndSimdPathsAgree) {
   std::mt19937_64 rng(test::fresh_seed());
-  test::Loaded simd(test::kFixtures / GetParam(), LinearPath::Auto);
-  test::Loaded generic(test::kFixtures / GetParam(), LinearPath::Generic);
+  test::Loaded simd(test::kFixtures / GetParam());
+  test::Loaded generic(test::kFixtures / GetParam(), {LinearPath::Generic});
   auto ids = random_ids(rng, 12, simd.weights.config.vocab_size);
   auto a = simd.prefill(ids), b = generic.prefill(ids);
   EXPECT_LE(test::rel_err(a.data(), b.data(), a.size()), kTolerance);
 }
 
-TEST(Model, RejectsBadInputsWithoutTouchingTheCache) {
+TEST(Model, RejectsBadBatchesWithoutTouchingTheCache) {
   test::Loaded m(test::kFixtures / "tiny-bf16");
-  KvCache cache(m.weights.config, 4);
-  std::vector<float> logits(size_t(8 * m.weights.config.vocab_size));
+  const int64_t V = m.weights.config.vocab_size;
+  test::KvSeq seq;
   std::vector<int32_t> bad = {3, 320};
-  SequenceInput in{&cache, bad};
-  EXPECT_THROW(m.model->forward({&in, 1}, LogitsFor::AllTokens, logits.data()), InvalidArgument);
-  std::vector<int32_t> too_long = {1, 2, 3, 4, 5};
-  in = {&cache, too_long};
-  EXPECT_THROW(m.model->forward({&in, 1}, LogitsFor::AllTokens, logits.data()), InvalidArgument);
-  in = {&cache, {}};
-  EXPECT_THROW(m.model->forward({&in, 1}, LogitsFor::AllTokens, logits.data()), InvalidArgument);
-  EXPECT_EQ(cache.length(), 0);
+  EXPECT_THROW(m.step(seq, bad, LogitsFor::All), InvalidArgument);
   std::vector<int32_t> ok = {3, 4};
-  in = {&cache, ok};
-  m.model->forward({&in, 1}, LogitsFor::AllTokens, logits.data());
-  EXPECT_EQ(cache.length(), 2);
+  ASSERT_TRUE(m.kv->blocks().allocate(1, seq.blocks));
+  // Hand-made batches: every inconsistency is refused before anything runs.
+  std::vector<float> logits(size_t(4 * V));
+  auto run = [&](std::vector<int32_t> tokens, std::vector<int32_t> positions, std::vector<int64_t> slots,
+                 std::vector<SequenceStep> steps) {
+    ForwardBatch fb{tokens, positions, slots, steps};
+    m.model->forward(fb, m.kv->view(), logits.data());
+  };
+  const int64_t b0 = seq.blocks[0] * 16;
+  std::vector<int32_t> far = {int32_t(m.kv->view().num_blocks)};
+  EXPECT_THROW(run(ok, {0, 1}, {b0, b0 + 1}, {{2, 2, far, LogitsFor::Last}}), InvalidArgument);     // block outside the cache
+  EXPECT_THROW(run(ok, {0, 1}, {b0, b0 + 2}, {{2, 2, seq.blocks, LogitsFor::Last}}), InvalidArgument);  // slot not its own
+  EXPECT_THROW(run(ok, {0, 2}, {b0, b0 + 1}, {{2, 2, seq.blocks, LogitsFor::Last}}), InvalidArgument);  // position gap
+  EXPECT_THROW(run(ok, {0, 1}, {b0, b0 + 1}, {{3, 3, seq.blocks, LogitsFor::Last}}), InvalidArgument);  // token count
+  EXPECT_THROW(run(ok, {0, 1}, {b0, b0 + 1}, {{2, 1, seq.blocks, LogitsFor::Last}}), InvalidArgument);  // context < tokens
+  EXPECT_THROW(run({}, {}, {}, {}), InvalidArgument);                                                    // empty
+  std::vector<int32_t> long_ids(1101, 1);
+  EXPECT_THROW(m.step(seq, long_ids, LogitsFor::Last), InvalidArgument);  // beyond the step limit
+  run(ok, {0, 1}, {b0, b0 + 1}, {{2, 2, seq.blocks, LogitsFor::All}});
+  auto want = m.prefill(ok);
+  EXPECT_LE(test::rel_err(logits.data(), want.data(), size_t(2 * V)), kTolerance);
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, Consistency,

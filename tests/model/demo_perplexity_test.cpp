@@ -11,13 +11,10 @@ namespace {
 std::vector<double> windowed_nll(test::Loaded& m, const std::vector<int32_t>& ids) {
   const int64_t V = m.weights.config.vocab_size, W = 1025;
   std::vector<double> nll;
-  std::vector<float> logits(size_t(W * V));
   for (size_t s = 0; s + 1 < ids.size(); s += 1024) {
     const size_t n = std::min<size_t>(size_t(W), ids.size() - s);
     std::vector<int32_t> window(ids.begin() + long(s), ids.begin() + long(s + n));
-    KvCache cache(m.weights.config, int64_t(n));
-    SequenceInput in{&cache, window};
-    m.model->forward({&in, 1}, LogitsFor::AllTokens, logits.data());
+    auto logits = m.prefill(window);
     for (size_t j = 0; j + 1 < n; ++j) {
       const float* l = logits.data() + j * size_t(V);
       double mx = *std::max_element(l, l + V), sum = 0;

@@ -1,54 +1,210 @@
+// CpuBackend: memory, weights, and the element-wise and normalisation ops. Attention and the MoE
+// ops live in attention.cpp and moe.cpp; the linear kernels in linear*.cpp.
 #include "backend/cpu/cpu_backend.h"
 
-#include <algorithm>
 #include <cmath>
-#include <vector>
+#include <cstdlib>
+#include <cstring>
 
 #include "core/error.h"
 
 namespace m2 {
 
-CpuBackend::CpuBackend(int threads, LinearPath path) : pool_(threads), path_(path), scores_(size_t(pool_.size())) {}
+void ShardSpec::validate() const {
+  if (tp_size != 1 || ep_size != 1)
+    fail<InvalidArgument>("tensor-parallel size {} / expert-parallel size {}: this build runs one shard (size 1)",
+                          tp_size, ep_size);
+  if (tp_rank != 0 || ep_rank != 0)
+    fail<InvalidArgument>("shard rank tp {} / ep {} is outside sizes {} / {}", tp_rank, ep_rank, tp_size, ep_size);
+}
+
+size_t ExpertStack::bytes_per_expert() const {
+  size_t n = 0;
+  for (int p = 0; p < parts && !views.empty(); ++p) n += views[size_t(p)].bytes();
+  return n;
+}
+
+CpuBackend::CpuBackend(int threads, LinearPath path)
+    : pool_(threads), path_(resolve_linear_path(path)), scores_(size_t(pool_.size())) {}
+
+void* CpuBackend::allocate(size_t bytes) {
+  const size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) fail<Error>("out of host memory: could not allocate {} bytes", bytes);
+  return p;
+}
+
+void CpuBackend::release(void* ptr, size_t) noexcept { std::free(ptr); }
+
+void CpuBackend::upload(const TensorView& dst, const void* src, size_t bytes) {
+  if (bytes > dst.nbytes()) fail<InvalidArgument>("upload of {} bytes into tensor {}", bytes, dst.str());
+  if (bytes) std::memcpy(dst.data, src, bytes);
+}
+
+void CpuBackend::download(void* dst, const TensorView& src, size_t bytes) {
+  if (bytes > src.nbytes()) fail<InvalidArgument>("download of {} bytes from tensor {}", bytes, src.str());
+  if (bytes) std::memcpy(dst, src.data, bytes);
+}
+
+void CpuBackend::copy(const TensorView& dst, const TensorView& src) {
+  if (dst.nbytes() != src.nbytes()) fail<InvalidArgument>("copy from {} into {}", src.str(), dst.str());
+  if (src.nbytes()) std::memmove(dst.data, src.data, src.nbytes());
+}
+
+namespace {
+
+TensorView host_vector(const std::vector<float>& v) {
+  return TensorView(v.data(), DType::F32, {int64_t(v.size())});
+}
+
+}  // namespace
+
+BackendWeights CpuBackend::prepare(const ModelWeights& w, const ShardSpec& shard) {
+  shard.validate();
+  const ModelConfig& c = w.config;
+  BackendWeights b;
+  b.shard = shard;
+  b.embed = w.embed;
+  b.lm_head = w.lm_head;
+  b.final_norm = host_vector(w.final_norm);
+  b.layers.resize(w.layers.size());
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    const LayerWeights& L = w.layers[l];
+    BackendLayer& B = b.layers[l];
+    B.input_norm = host_vector(L.input_norm);
+    B.post_norm = host_vector(L.post_norm);
+    B.q_norm = host_vector(L.q_norm);
+    B.k_norm = host_vector(L.k_norm);
+    B.router_bias = host_vector(L.router_bias);
+    B.q = L.q;
+    B.k = L.k;
+    B.v = L.v;
+    B.o = L.o;
+    B.gate = L.gate;
+    // Experts stay where the checkpoint stores them: gate_up = [w1; w3] as two parts per expert.
+    B.gate_up = {c.num_experts, 2 * int64_t(c.intermediate_size), c.hidden_size, 2, {}};
+    B.down = {c.num_experts, c.hidden_size, c.intermediate_size, 1, {}};
+    for (int64_t e = 0; e < c.num_experts; ++e) {
+      B.gate_up.views.push_back(L.w1[size_t(e)]);
+      B.gate_up.views.push_back(L.w3[size_t(e)]);
+      B.down.views.push_back(L.w2[size_t(e)]);
+    }
+    B.k_scale = L.k_scale;
+    B.v_scale = L.v_scale;
+  }
+  return b;
+}
 
 void CpuBackend::reserve(int64_t tokens, int64_t context) {
   for (auto& s : scores_)
     if (int64_t(s.size()) < context) s.resize(size_t(context));
 }
 
-void CpuBackend::linear(const WeightView& w, const float* x, float* y, int64_t tokens) {
-  m2::linear(w, x, y, tokens, pool_, path_);
+void CpuBackend::linear(const WeightView& w, const TensorView& x, const TensorView& y) {
+  const int64_t M = x.rank ? x.dim(0) : 0;
+  expect_tensor(x, DType::F32, {M, w.cols}, "linear input", w.name);
+  expect_tensor(y, DType::F32, {M, w.rows}, "linear output", w.name);
+  m2::linear(w, x.ptr<float>(), y.ptr<float>(), M, pool_, path_);
 }
 
-void CpuBackend::embed(const WeightView& table, const int32_t* ids, int64_t n, float* out) {
-  for (int64_t i = 0; i < n; ++i) {
-    if (ids[i] < 0 || ids[i] >= table.rows)
-      fail<InvalidArgument>("token id {} at position {} is out of range [0, {})", ids[i], i, table.rows);
-    dequant_rows(table, ids[i], 1, out + i * table.cols);
-  }
+void CpuBackend::embed(const WeightView& table, const TensorView& ids, const TensorView& out) {
+  const int64_t n = ids.rank ? ids.dim(0) : 0;
+  expect_tensor(ids, DType::I32, {n}, "embed ids");
+  expect_tensor(out, DType::F32, {n, table.cols}, "embed output");
+  const int32_t* id = ids.ptr<int32_t>();
+  for (int64_t i = 0; i < n; ++i)
+    if (id[i] < 0 || id[i] >= table.rows)
+      fail<InvalidArgument>("token id {} at position {} is out of range [0, {})", id[i], i, table.rows);
+  float* o = out.ptr<float>();
+  pool_.parallel_for(n, [&](int64_t i0, int64_t i1, int) {
+    for (int64_t i = i0; i < i1; ++i) dequant_rows(table, id[i], 1, o + i * table.cols);
+  }, 8);
 }
 
-void CpuBackend::rmsnorm(const float* x, const float* weight, float* y, int64_t rows, int64_t dim, float eps) {
+void CpuBackend::rmsnorm(const TensorView& x, const TensorView& weight, const TensorView& y, float eps) {
+  const int64_t rows = x.rank == 2 ? x.dim(0) : 0, dim = x.rank == 2 ? x.dim(1) : 0;
+  expect_tensor(x, DType::F32, {rows, dim}, "rmsnorm input");
+  expect_tensor(weight, DType::F32, {dim}, "rmsnorm weight");
+  expect_tensor(y, DType::F32, {rows, dim}, "rmsnorm output");
+  const float* xp = x.ptr<float>();
+  const float* wp = weight.ptr<float>();
+  float* yp = y.ptr<float>();
   pool_.parallel_for(rows, [&](int64_t r0, int64_t r1, int) {
     for (int64_t r = r0; r < r1; ++r) {
-      const float* xr = x + r * dim;
-      float* yr = y + r * dim;
+      const float* xr = xp + r * dim;
+      float* yr = yp + r * dim;
       double ss = 0;
       for (int64_t i = 0; i < dim; ++i) ss += double(xr[i]) * double(xr[i]);
       const float inv = float(1.0 / std::sqrt(ss / double(dim) + double(eps)));
-      for (int64_t i = 0; i < dim; ++i) yr[i] = weight[i] * (xr[i] * inv);
+      for (int64_t i = 0; i < dim; ++i) yr[i] = wp[i] * (xr[i] * inv);
     }
   }, 4);
 }
 
-void CpuBackend::rope(float* x, int64_t tokens, int heads, int head_dim, int rotary_dim, const float* cos,
-                      const float* sin) {
+void CpuBackend::add(const TensorView& h, const TensorView& a) {
+  if (h.dtype != DType::F32 || a.dtype != DType::F32 || h.numel() != a.numel() || h.rank != a.rank)
+    fail<InvalidArgument>("add: tensors {} and {} differ", h.str(), a.str());
+  float* hp = h.ptr<float>();
+  const float* ap = a.ptr<float>();
+  pool_.parallel_for(h.numel(), [&](int64_t i0, int64_t i1, int) {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) hp[i] += ap[i];
+  }, 4096);
+}
+
+void CpuBackend::gather_rows(const TensorView& x, const TensorView& rows, const TensorView& out) {
+  const int64_t M = x.rank == 2 ? x.dim(0) : 0, D = x.rank == 2 ? x.dim(1) : 0;
+  const int64_t R = rows.rank == 1 ? rows.dim(0) : 0;
+  expect_tensor(x, DType::F32, {M, D}, "gather_rows input");
+  expect_tensor(rows, DType::I32, {R}, "gather_rows indices");
+  expect_tensor(out, DType::F32, {R, D}, "gather_rows output");
+  const int32_t* r = rows.ptr<int32_t>();
+  for (int64_t i = 0; i < R; ++i) {
+    if (r[i] < 0 || r[i] >= M) fail<InvalidArgument>("gather_rows: index {} is row {} of {}", i, r[i], M);
+    std::memcpy(out.ptr<float>() + i * D, x.ptr<float>() + r[i] * D, size_t(D) * 4);
+  }
+}
+
+void CpuBackend::rope_table(const TensorView& positions, const TensorView& inv_freq, const TensorView& cos,
+                            const TensorView& sin) {
+  const int64_t M = positions.rank == 1 ? positions.dim(0) : 0;
+  const int64_t half = inv_freq.rank == 1 ? inv_freq.dim(0) : 0;
+  expect_tensor(positions, DType::I32, {M}, "rope_table positions");
+  expect_tensor(inv_freq, DType::F32, {half}, "rope_table inv_freq");
+  expect_tensor(cos, DType::F32, {M, half}, "rope_table cos");
+  expect_tensor(sin, DType::F32, {M, half}, "rope_table sin");
+  const int32_t* pos = positions.ptr<int32_t>();
+  const float* f = inv_freq.ptr<float>();
+  float* cp = cos.ptr<float>();
+  float* sp = sin.ptr<float>();
+  pool_.parallel_for(M, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t j = 0; j < half; ++j) {
+        const float theta = float(pos[r]) * f[j];  // fp32 angle, as HF computes it
+        cp[r * half + j] = float(std::cos(double(theta)));
+        sp[r * half + j] = float(std::sin(double(theta)));
+      }
+  }, 16);
+}
+
+void CpuBackend::rope(const TensorView& x, int heads, int head_dim, int rotary_dim, const TensorView& cos,
+                      const TensorView& sin) {
+  const int64_t M = x.rank == 2 ? x.dim(0) : 0;
   const int half = rotary_dim / 2;
-  pool_.parallel_for(tokens, [&](int64_t t0, int64_t t1, int) {
+  if (rotary_dim <= 0 || rotary_dim % 2 || rotary_dim > head_dim)
+    fail<InvalidArgument>("rope: rotary_dim {} with head_dim {}", rotary_dim, head_dim);
+  expect_tensor(x, DType::F32, {M, int64_t(heads) * head_dim}, "rope input");
+  expect_tensor(cos, DType::F32, {M, half}, "rope cos");
+  expect_tensor(sin, DType::F32, {M, half}, "rope sin");
+  float* xp = x.ptr<float>();
+  const float* cp = cos.ptr<float>();
+  const float* sp = sin.ptr<float>();
+  pool_.parallel_for(M, [&](int64_t t0, int64_t t1, int) {
     for (int64_t t = t0; t < t1; ++t) {
-      const float* c = cos + t * half;
-      const float* s = sin + t * half;
+      const float* c = cp + t * half;
+      const float* s = sp + t * half;
       for (int h = 0; h < heads; ++h) {
-        float* v = x + (t * heads + h) * head_dim;
+        float* v = xp + (t * heads + h) * head_dim;
         for (int i = 0; i < half; ++i) {
           const float a = v[i], b = v[i + half];
           v[i] = a * c[i] - b * s[i];
@@ -57,96 +213,6 @@ void CpuBackend::rope(float* x, int64_t tokens, int heads, int head_dim, int rot
       }
     }
   }, 8);
-}
-
-void CpuBackend::attention(const float* q, float* out, const AttentionSequence* seqs, int64_t num_seqs, int heads,
-                           int kv_heads, int head_dim) {
-  const int group = heads / kv_heads;
-  const int64_t q_dim = int64_t(heads) * head_dim, kv_dim = int64_t(kv_heads) * head_dim;
-  const float scale = 1.0f / std::sqrt(float(head_dim));
-  // Work items: (sequence, new token, head), flattened.
-  int64_t total_tokens = 0;
-  for (int64_t s = 0; s < num_seqs; ++s) total_tokens += seqs[s].tokens;
-  int64_t max_context = 0;
-  for (int64_t s = 0; s < num_seqs; ++s) max_context = std::max(max_context, seqs[s].past + seqs[s].tokens);
-  reserve(total_tokens, max_context);
-  pool_.parallel_for(total_tokens * heads, [&](int64_t i0, int64_t i1, int thread) {
-    std::vector<float>& scores = scores_[size_t(thread)];
-    int64_t seq = 0, seq_first_item = 0;
-    for (int64_t item = i0; item < i1; ++item) {
-      while (item >= seq_first_item + seqs[seq].tokens * heads) {
-        seq_first_item += seqs[seq].tokens * heads;
-        ++seq;
-      }
-      const AttentionSequence& S = seqs[seq];
-      const int64_t local = item - seq_first_item;
-      const int64_t t = local / heads;
-      const int h = int(local % heads);
-      const int64_t row = S.token_begin + t;
-      const int64_t ctx = S.past + t + 1;  // causal: positions 0 .. past + t
-      const float* qv = q + row * q_dim + int64_t(h) * head_dim;
-      const int64_t kv_off = int64_t(h / group) * head_dim;
-      float mx = -INFINITY;
-      for (int64_t j = 0; j < ctx; ++j) {
-        const float* kv = S.k_cache + j * kv_dim + kv_off;
-        float d = 0;
-#pragma omp simd reduction(+ : d)
-        for (int i = 0; i < head_dim; ++i) d += qv[i] * kv[i];
-        d *= scale;
-        scores[size_t(j)] = d;
-        mx = std::max(mx, d);
-      }
-      double sum = 0;
-      for (int64_t j = 0; j < ctx; ++j) {
-        scores[size_t(j)] = std::exp(scores[size_t(j)] - mx);
-        sum += scores[size_t(j)];
-      }
-      const float inv = float(1.0 / sum);
-      float* o = out + row * q_dim + int64_t(h) * head_dim;
-      for (int i = 0; i < head_dim; ++i) o[i] = 0.0f;
-      for (int64_t j = 0; j < ctx; ++j) {
-        const float p = scores[size_t(j)] * inv;
-        const float* vv = S.v_cache + j * kv_dim + kv_off;
-        for (int i = 0; i < head_dim; ++i) o[i] += p * vv[i];
-      }
-    }
-  });
-}
-
-void CpuBackend::route(const float* logits, const float* bias, int64_t tokens, int experts, int k, int32_t* ids,
-                       float* weights) {
-  if (int(kept_scores_.size()) < k) kept_scores_.resize(size_t(k));
-  float* kept = kept_scores_.data();  // [k] selection scores of id[0..n), descending
-  for (int64_t t = 0; t < tokens; ++t) {
-    const float* lg = logits + t * experts;
-    int32_t* id = ids + t * k;
-    float* wt = weights + t * k;
-    // Selection by sigmoid + bias (ties to the lower index); k is small, so insertion into a sorted list.
-    int n = 0;
-    for (int e = 0; e < experts; ++e) {
-      const float sel = 1.0f / (1.0f + std::exp(-lg[e])) + bias[e];
-      int pos = n;
-      while (pos > 0 && kept[pos - 1] < sel) --pos;
-      if (pos >= k) continue;
-      for (int j = std::min(n, k - 1); j > pos; --j) {
-        id[j] = id[j - 1];
-        kept[j] = kept[j - 1];
-      }
-      id[pos] = e;
-      kept[pos] = sel;
-      n = std::min(n + 1, k);
-    }
-    double sum = 0;
-    for (int j = 0; j < k; ++j) {
-      wt[j] = 1.0f / (1.0f + std::exp(-lg[id[j]]));
-      sum += wt[j];
-    }
-    for (int j = 0; j < k; ++j) wt[j] = float(wt[j] / sum);
-  }
-}
-
-void CpuBackend::silu_mul(const float* gate, const float* up, float* out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
 }  // namespace m2

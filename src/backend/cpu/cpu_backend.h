@@ -1,6 +1,6 @@
-// The CPU implementation of the backend ops (fp32 activations, weights decoded on the fly).
+// The CPU implementation of the backend: host memory, weights read in place from the checkpoint's
+// mmap, fp32 activations, every op parallelised over one thread pool.
 #pragma once
-#include <memory>
 #include <vector>
 
 #include "backend/backend.h"
@@ -13,25 +13,56 @@ class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int threads = 0, LinearPath path = LinearPath::Auto);
   const char* name() const override { return "cpu"; }
+  Device device() const override { return Device::Cpu; }
   ThreadPool& pool() { return pool_; }
+  LinearPath linear_path() const { return path_; }
+
+  void* allocate(size_t bytes) override;
+  void release(void* ptr, size_t bytes) noexcept override;
+  void upload(const TensorView& dst, const void* src, size_t bytes) override;
+  void download(void* dst, const TensorView& src, size_t bytes) override;
+  void copy(const TensorView& dst, const TensorView& src) override;
+  void synchronize() override {}
+
+  WeightView upload_weight(const WeightView& host, std::vector<Buffer>&) override { return host; }
+  BackendWeights prepare(const ModelWeights& w, const ShardSpec& shard) override;
   void reserve(int64_t tokens, int64_t context) override;
 
-  void linear(const WeightView& w, const float* x, float* y, int64_t tokens) override;
-  void embed(const WeightView& table, const int32_t* ids, int64_t n, float* out) override;
-  void rmsnorm(const float* x, const float* weight, float* y, int64_t rows, int64_t dim, float eps) override;
-  void rope(float* x, int64_t tokens, int heads, int head_dim, int rotary_dim, const float* cos,
-            const float* sin) override;
-  void attention(const float* q, float* out, const AttentionSequence* seqs, int64_t num_seqs, int heads, int kv_heads,
-                 int head_dim) override;
-  void route(const float* logits, const float* bias, int64_t tokens, int experts, int k, int32_t* ids,
-             float* weights) override;
-  void silu_mul(const float* gate, const float* up, float* out, int64_t n) override;
+  void linear(const WeightView& w, const TensorView& x, const TensorView& y) override;
+  void embed(const WeightView& table, const TensorView& ids, const TensorView& out) override;
+  void rmsnorm(const TensorView& x, const TensorView& weight, const TensorView& y, float eps) override;
+  void add(const TensorView& h, const TensorView& a) override;
+  void gather_rows(const TensorView& x, const TensorView& rows, const TensorView& out) override;
+  void rope_table(const TensorView& positions, const TensorView& inv_freq, const TensorView& cos,
+                  const TensorView& sin) override;
+  void rope(const TensorView& x, int heads, int head_dim, int rotary_dim, const TensorView& cos,
+            const TensorView& sin) override;
+  void kv_store(const PagedKv& kv, int layer, const TensorView& k, const TensorView& v,
+                const TensorView& slots) override;
+  void paged_attention(const PagedKv& kv, int layer, const TensorView& q, const TensorView& out,
+                       const AttentionBatch& batch, int heads, int kv_heads, int head_dim) override;
+  void route(const TensorView& logits, const TensorView& bias, const TensorView& ids,
+             const TensorView& weights) override;
+  void moe_permute(const TensorView& x, const TensorView& ids, const TensorView& x_perm, const TensorView& offsets,
+                   const TensorView& slot_of) override;
+  void grouped_linear(const ExpertStack& w, const TensorView& x, const TensorView& offsets,
+                      const TensorView& y) override;
+  void swiglu(const TensorView& gu, const TensorView& out) override;
+  void moe_unpermute(const TensorView& y, const TensorView& slot_of, const TensorView& weights,
+                     const TensorView& h) override;
 
  private:
   ThreadPool pool_;
   LinearPath path_;
   std::vector<std::vector<float>> scores_;  // per thread: [context] attention scores
-  std::vector<float> kept_scores_;          // [experts_per_token] router selection scores
+  std::vector<int32_t> expert_fill_;        // [experts] slots filled per expert while permuting
+  std::vector<float> x_deinterleaved_;      // [S, cols] grouped-linear input for the AVX-512 FP4 gemv
+  struct GroupItem {                        // one expert × part of a grouped call
+    LinearJob job;
+    int64_t grain, units;                   // rows per work unit, units
+    double unit_cost;
+  };
+  std::vector<GroupItem> group_items_;
 };
 
 }  // namespace m2

@@ -22,9 +22,10 @@ inline void dispatch_rows(int n, Kernel&& kernel) {
 // For weight tiles [tile0, tile1) of TileRows rows: decode TileCols columns at a time into `tile`
 // ([TileCols][TileRows]) with decode(r0, k0, kc, tile), then run
 // kernel(M, x_rows, tile, kc, y_rows, rows, first) over the tokens, Mr at a time.
+// y has row stride ldy (≥ w.rows).
 template <int TileRows, int TileCols, int Mr, typename Decode, typename Kernel>
-void gemm_tile_loop(const WeightView& w, const float* x, float* y, int64_t tokens, int64_t tile0, int64_t tile1,
-                    float* tile, Decode&& decode, Kernel&& kernel) {
+void gemm_tile_loop(const WeightView& w, const float* x, float* y, int64_t ldy, int64_t tokens, int64_t tile0,
+                    int64_t tile1, float* tile, Decode&& decode, Kernel&& kernel) {
   const int64_t K = w.cols, N = w.rows;
   for (int64_t tt = tile0; tt < tile1; ++tt) {
     const int64_t r0 = tt * TileRows;
@@ -35,10 +36,10 @@ void gemm_tile_loop(const WeightView& w, const float* x, float* y, int64_t token
       const bool first = k0 == 0;
       int64_t t = 0;
       for (; t + Mr <= tokens; t += Mr)
-        kernel(std::integral_constant<int, Mr>{}, x + t * K + k0, tile, kc, y + t * N + r0, rows, first);
+        kernel(std::integral_constant<int, Mr>{}, x + t * K + k0, tile, kc, y + t * ldy + r0, rows, first);
       if (t < tokens)
         dispatch_rows<Mr - 1>(int(tokens - t), [&](auto m) {
-          kernel(m, x + t * K + k0, tile, kc, y + t * N + r0, rows, first);
+          kernel(m, x + t * K + k0, tile, kc, y + t * ldy + r0, rows, first);
         });
     }
   }

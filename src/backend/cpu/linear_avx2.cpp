@@ -66,7 +66,7 @@ struct Decoder {
         return;
       case WeightFormat::Fp8Block: {
         float s;
-        std::memcpy(&s, w.scales + 4 * ((r / w.block_rows) * w.scale_cols + k0 / w.block_cols), 4);
+        std::memcpy(&s, w.scales + 4 * ((r / w.block_rows) * w.scale_stride + k0 / w.block_cols), 4);
         const uint8_t* p = row + k0;
         if (w.dtype == DType::F8_E5M2) {
           const __m256 sv = _mm256_set1_ps(s);
@@ -89,7 +89,7 @@ struct Decoder {
       case WeightFormat::Nvfp4: {
         __m128i a, b;
         fp4_unpack32(row + k0 / 2, a, b);
-        const uint8_t* sc = w.scales + r * w.scale_cols + k0 / 16;
+        const uint8_t* sc = w.scales + r * w.scale_stride + k0 / 16;
         const float g = 0.5f * w.global_scale;
         const __m256 s0 = _mm256_set1_ps(kE4M3ToF32[sc[0]] * g), s1 = _mm256_set1_ps(kE4M3ToF32[sc[1]] * g);
         out[0] = _mm256_mul_ps(i8x8_to_ps(a), s0);
@@ -101,7 +101,7 @@ struct Decoder {
       case WeightFormat::Mxfp4: {
         __m128i a, b;
         fp4_unpack32(row + k0 / 2, a, b);
-        const __m256 s = _mm256_set1_ps(0.5f * e8m0_value(w.scales[r * w.scale_cols + k0 / 32]));
+        const __m256 s = _mm256_set1_ps(0.5f * e8m0_value(w.scales[r * w.scale_stride + k0 / 32]));
         out[0] = _mm256_mul_ps(i8x8_to_ps(a), s);
         out[1] = _mm256_mul_ps(i8x8_to_ps(_mm_srli_si128(a, 8)), s);
         out[2] = _mm256_mul_ps(i8x8_to_ps(b), s);
@@ -127,9 +127,9 @@ inline float hsum(__m256 v) {
 }
 
 template <int T>
-void gemv_rows(const WeightView& w, const float* x, float* y, int64_t r0, int64_t r1) {
+void gemv_rows(const WeightView& w, const float* x, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   const Decoder dec{w};
-  const int64_t K = w.cols, N = w.rows, Ks = simd_cols(w);
+  const int64_t K = w.cols, Ks = simd_cols(w);
   for (int64_t r = r0; r < r1; ++r) {
     __m256 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
@@ -142,12 +142,12 @@ void gemv_rows(const WeightView& w, const float* x, float* y, int64_t r0, int64_
     for (int t = 0; t < T; ++t) {
       float s = hsum(acc[t]);
       for (int64_t k = Ks; k < K; ++k) s += x[t * K + k] * weight_element_ref(w, r, k);
-      y[t * N + r] = s;
+      y[t * ldy + r] = s;
     }
   }
 }
 
-constexpr int kTileRows = 16, kTileCols = 256, kMr = 6;
+constexpr int kTileRows = int(kAvx2TileRows), kTileCols = 256, kMr = 6;
 
 // In-register 8×8 transpose of r[0..7] (rows) into columns.
 inline void transpose8(__m256 r[8]) {
@@ -234,11 +234,12 @@ void micro_kernel(const float* x, int64_t ldx, const float* tile, int64_t kc, fl
   }
 }
 
-void gemm_tiles(const WeightView& w, const float* x, float* y, int64_t tokens, int64_t tile0, int64_t tile1) {
+void gemm_tiles(const WeightView& w, const float* x, float* y, int64_t ldy, int64_t tokens, int64_t tile0,
+                int64_t tile1) {
   alignas(64) float tile[kTileCols * kTileRows];
-  const int64_t K = w.cols, N = w.rows;
+  const int64_t K = w.cols, N = ldy;
   gemm_tile_loop<kTileRows, kTileCols, kMr>(
-      w, x, y, tokens, tile0, tile1, tile,
+      w, x, y, ldy, tokens, tile0, tile1, tile,
       [&](int64_t r0, int64_t k0, int64_t kc, float* t) { decode_tile_avx2(w, r0, kTileRows, k0, kc, t); },
       [&](auto m, const float* xt, const float* t, int64_t kc, float* yt, int rows, bool first) {
         micro_kernel<decltype(m)::value>(xt, K, t, kc, yt, N, rows, first);
@@ -247,22 +248,17 @@ void gemm_tiles(const WeightView& w, const float* x, float* y, int64_t tokens, i
 
 }  // namespace
 
-void linear_avx2(const WeightView& w, const float* x, float* y, int64_t tokens, ThreadPool& pool) {
-  if (tokens <= 4) {
-    // Processing up to 4 tokens per pass over W; rows split across threads in 16-row grains.
-    pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) {
-      switch (tokens) {
-        case 1: gemv_rows<1>(w, x, y, r0, r1); break;
-        case 2: gemv_rows<2>(w, x, y, r0, r1); break;
-        case 3: gemv_rows<3>(w, x, y, r0, r1); break;
-        case 4: gemv_rows<4>(w, x, y, r0, r1); break;
-        default: break;
-      }
-    }, 16);
-    return;
+void rows_avx2(const LinearJob& job, int64_t r0, int64_t r1) {
+  const WeightView& w = *job.w;
+  switch (job.tokens) {
+    case 1: return gemv_rows<1>(w, job.x, job.y, job.ldy, r0, r1);
+    case 2: return gemv_rows<2>(w, job.x, job.y, job.ldy, r0, r1);
+    case 3: return gemv_rows<3>(w, job.x, job.y, job.ldy, r0, r1);
+    case 4: return gemv_rows<4>(w, job.x, job.y, job.ldy, r0, r1);
+    default: break;
   }
-  const int64_t tiles = (w.rows + kTileRows - 1) / kTileRows;
-  pool.parallel_for(tiles, [&](int64_t t0, int64_t t1, int) { gemm_tiles(w, x, y, tokens, t0, t1); });
+  // 5+ tokens: the 16-row tiles covering [r0, r1); r0 is tile-aligned and r1 is too unless it is w.rows.
+  gemm_tiles(w, job.x, job.y, job.ldy, job.tokens, r0 / kTileRows, (r1 + kTileRows - 1) / kTileRows);
 }
 
 void dequant_row_avx2(const WeightView& w, int64_t r, float* out) {
@@ -282,7 +278,10 @@ void dequant_row_avx2(const WeightView& w, int64_t r, float* out) {
 #include "backend/cpu/linear.h"
 #include "core/error.h"
 namespace m2::detail {
-void linear_avx2(const WeightView& w, const float*, float*, int64_t, ThreadPool&) {
+void rows_avx2(const LinearJob& job, int64_t, int64_t) {
+  fail("linear {}: the AVX2 path is not compiled for this architecture", job.w->name);
+}
+void decode_tile_avx2(const WeightView& w, int64_t, int, int64_t, int64_t, float*) {
   fail("linear {}: the AVX2 path is not compiled for this architecture", w.name);
 }
 void dequant_row_avx2(const WeightView& w, int64_t r, float* out) { dequant_row_ref(w, r, out); }

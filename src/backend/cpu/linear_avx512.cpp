@@ -28,25 +28,16 @@ inline float e8m0_value(uint8_t e) {
   return f;
 }
 
-// x [T, K] → per 32-column block: 16 even columns, then 16 odd columns.
-void deinterleave(const float* x, int64_t tokens, int64_t K, float* out) {
-  for (int64_t t = 0; t < tokens; ++t)
-    for (int64_t k0 = 0; k0 + 32 <= K; k0 += 32)
-      for (int i = 0; i < 16; ++i) {
-        out[t * K + k0 + i] = x[t * K + k0 + 2 * i];
-        out[t * K + k0 + 16 + i] = x[t * K + k0 + 2 * i + 1];
-      }
-}
-
 template <int T, bool Nv>
-void gemv_fp4_rows(const WeightView& w, const float* x, const float* xd, float* y, int64_t r0, int64_t r1) {
-  const int64_t K = w.cols, N = w.rows, Ks = K / 32 * 32;
+void gemv_fp4_rows(const WeightView& w, const float* x, const float* xd, float* y, int64_t ldy, int64_t r0,
+                   int64_t r1) {
+  const int64_t K = w.cols, Ks = K / 32 * 32;
   const __m512 lut = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f, -1.0f, -1.5f, -2.0f,
                                     -3.0f, -4.0f, -6.0f);
   const __m512i nib = _mm512_set1_epi32(0x0F);
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = w.data + r * w.row_bytes;
-    const uint8_t* sc = w.scales + r * w.scale_cols;
+    const uint8_t* sc = w.scales + r * w.scale_stride;
     // Two accumulator sets (even and odd chunks) so consecutive FMAs do not wait on each other.
     __m512 acc[2][T];
     for (int t = 0; t < T; ++t) acc[0][t] = acc[1][t] = _mm512_setzero_ps();
@@ -77,18 +68,18 @@ void gemv_fp4_rows(const WeightView& w, const float* x, const float* xd, float* 
     for (int t = 0; t < T; ++t) {
       float s = _mm512_reduce_add_ps(acc[0][t]) * g;
       for (int64_t k = Ks; k < K; ++k) s += x[t * K + k] * weight_element_ref(w, r, k);
-      y[t * N + r] = s;
+      y[t * ldy + r] = s;
     }
   }
 }
 
 template <int T>
-void gemv_fp8_rows(const WeightView& w, const float* x, float* y, int64_t r0, int64_t r1) {
-  const int64_t K = w.cols, N = w.rows, Ks = K / 32 * 32;
+void gemv_fp8_rows(const WeightView& w, const float* x, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  const int64_t K = w.cols, Ks = K / 32 * 32;
   const __m256i sign = _mm256_set1_epi16(0x80), body = _mm256_set1_epi16(0x7F);
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = w.data + r * w.row_bytes;
-    const float* srow = reinterpret_cast<const float*>(w.scales) + (r / w.block_rows) * w.scale_cols;
+    const float* srow = reinterpret_cast<const float*>(w.scales) + (r / w.block_rows) * w.scale_stride;
     __m512 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t k = 0; k < Ks; k += 32) {
@@ -104,19 +95,19 @@ void gemv_fp8_rows(const WeightView& w, const float* x, float* y, int64_t r0, in
     for (int t = 0; t < T; ++t) {
       float s = _mm512_reduce_add_ps(acc[t]);
       for (int64_t k = Ks; k < K; ++k) s += x[t * K + k] * weight_element_ref(w, r, k);
-      y[t * N + r] = s;
+      y[t * ldy + r] = s;
     }
   }
 }
 
 template <int T>
-void dispatch_rows(const WeightView& w, const float* x, const float* xd, float* y, int64_t r0, int64_t r1) {
-  if (w.format == WeightFormat::Nvfp4) gemv_fp4_rows<T, true>(w, x, xd, y, r0, r1);
-  else if (w.format == WeightFormat::Mxfp4) gemv_fp4_rows<T, false>(w, x, xd, y, r0, r1);
-  else gemv_fp8_rows<T>(w, x, y, r0, r1);
+void dispatch_rows(const WeightView& w, const float* x, const float* xd, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  if (w.format == WeightFormat::Nvfp4) gemv_fp4_rows<T, true>(w, x, xd, y, ldy, r0, r1);
+  else if (w.format == WeightFormat::Mxfp4) gemv_fp4_rows<T, false>(w, x, xd, y, ldy, r0, r1);
+  else gemv_fp8_rows<T>(w, x, y, ldy, r0, r1);
 }
 
-constexpr int kTileRows = 32, kTileCols = 256, kMr = 8;
+constexpr int kTileRows = int(kAvx512TileRows), kTileCols = 256, kMr = 8;
 
 // acc[m][32] += x[m tokens, kc] · tile[kc][32]; stored into y on the first K chunk, added after.
 template <int M>
@@ -145,11 +136,12 @@ void micro_kernel(const float* x, int64_t ldx, const float* tile, int64_t kc, fl
   }
 }
 
-void gemm_tiles(const WeightView& w, const float* x, float* y, int64_t tokens, int64_t tile0, int64_t tile1) {
+void gemm_tiles(const WeightView& w, const float* x, float* y, int64_t ldy, int64_t tokens, int64_t tile0,
+                int64_t tile1) {
   alignas(64) float tile[kTileCols * kTileRows];
-  const int64_t K = w.cols, N = w.rows;
+  const int64_t K = w.cols, N = ldy;
   gemm_tile_loop<kTileRows, kTileCols, kMr>(
-      w, x, y, tokens, tile0, tile1, tile,
+      w, x, y, ldy, tokens, tile0, tile1, tile,
       [&](int64_t r0, int64_t k0, int64_t kc, float* t) { decode_tile_avx2(w, r0, kTileRows, k0, kc, t); },
       [&](auto m, const float* xt, const float* t, int64_t kc, float* yt, int rows, bool first) {
         micro_kernel<decltype(m)::value>(xt, K, t, kc, yt, N, rows, first);
@@ -158,33 +150,25 @@ void gemm_tiles(const WeightView& w, const float* x, float* y, int64_t tokens, i
 
 }  // namespace
 
-void gemm_avx512(const WeightView& w, const float* x, float* y, int64_t tokens, ThreadPool& pool) {
-  const int64_t tiles = (w.rows + kTileRows - 1) / kTileRows;
-  pool.parallel_for(tiles, [&](int64_t t0, int64_t t1, int) { gemm_tiles(w, x, y, tokens, t0, t1); });
-}
-
 bool gemv_avx512_supports(const WeightView& w, int64_t tokens) {
   if (tokens < 1 || tokens > 4) return false;
   if (w.format == WeightFormat::Nvfp4 || w.format == WeightFormat::Mxfp4) return true;
   return w.format == WeightFormat::Fp8Block && w.dtype == DType::F8_E4M3 && w.block_cols % 32 == 0;
 }
 
-void gemv_avx512(const WeightView& w, const float* x, float* y, int64_t tokens, ThreadPool& pool) {
-  const float* xd = x;
-  if (w.format != WeightFormat::Fp8Block) {
-    thread_local std::vector<float> buf;  // grows once; the decode loop then reuses it
-    if (int64_t(buf.size()) < tokens * w.cols) buf.resize(size_t(tokens * w.cols));
-    deinterleave(x, tokens, w.cols, buf.data());
-    xd = buf.data();
-  }
-  pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) {
-    switch (tokens) {
-      case 1: dispatch_rows<1>(w, x, xd, y, r0, r1); break;
-      case 2: dispatch_rows<2>(w, x, xd, y, r0, r1); break;
-      case 3: dispatch_rows<3>(w, x, xd, y, r0, r1); break;
-      default: dispatch_rows<4>(w, x, xd, y, r0, r1); break;
+void rows_avx512(const LinearJob& job, int64_t r0, int64_t r1) {
+  const WeightView& w = *job.w;
+  if (gemv_avx512_supports(w, job.tokens)) {
+    switch (job.tokens) {
+      case 1: return dispatch_rows<1>(w, job.x, job.xd, job.y, job.ldy, r0, r1);
+      case 2: return dispatch_rows<2>(w, job.x, job.xd, job.y, job.ldy, r0, r1);
+      case 3: return dispatch_rows<3>(w, job.x, job.xd, job.y, job.ldy, r0, r1);
+      default: return dispatch_rows<4>(w, job.x, job.xd, job.y, job.ldy, r0, r1);
     }
-  }, 16);
+  }
+  if (job.tokens <= 4) return rows_avx2(job, r0, r1);
+  // 5+ tokens: the 32-row tiles covering [r0, r1); r0 is tile-aligned and r1 is too unless it is w.rows.
+  gemm_tiles(w, job.x, job.y, job.ldy, job.tokens, r0 / kTileRows, (r1 + kTileRows - 1) / kTileRows);
 }
 
 }  // namespace m2::detail
@@ -193,11 +177,8 @@ void gemv_avx512(const WeightView& w, const float* x, float* y, int64_t tokens, 
 #include "core/error.h"
 namespace m2::detail {
 bool gemv_avx512_supports(const WeightView&, int64_t) { return false; }
-void gemm_avx512(const WeightView& w, const float*, float*, int64_t, ThreadPool&) {
-  fail("linear {}: the AVX-512 path is not compiled for this architecture", w.name);
-}
-void gemv_avx512(const WeightView& w, const float*, float*, int64_t, ThreadPool&) {
-  fail("linear {}: the AVX-512 path is not compiled for this architecture", w.name);
+void rows_avx512(const LinearJob& job, int64_t, int64_t) {
+  fail("linear {}: the AVX-512 path is not compiled for this architecture", job.w->name);
 }
 }  // namespace m2::detail
 #endif

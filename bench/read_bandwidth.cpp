@@ -1,0 +1,81 @@
+#include "read_bandwidth.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "backend/cpu/cpu_features.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace m2::bench {
+
+namespace {
+
+volatile float g_sink;  // keeps the sums alive
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) float sum_avx2(const float* p, size_t n) {
+  // Four streams (the quarters of the slice) × two accumulators each.
+  const size_t q = n / 4 / 16 * 16;
+  __m256 a[8];
+  for (auto& v : a) v = _mm256_setzero_ps();
+  for (size_t i = 0; i < q; i += 16)
+    for (int s = 0; s < 4; ++s) {
+      a[2 * s] = _mm256_add_ps(a[2 * s], _mm256_load_ps(p + s * q + i));
+      a[2 * s + 1] = _mm256_add_ps(a[2 * s + 1], _mm256_load_ps(p + s * q + i + 8));
+    }
+  for (int i = 1; i < 8; ++i) a[0] = _mm256_add_ps(a[0], a[i]);
+  alignas(32) float out[8];
+  _mm256_store_ps(out, a[0]);
+  float s = 0;
+  for (float v : out) s += v;
+  return s;
+}
+#endif
+
+float sum_generic(const float* p, size_t n) {
+  const size_t q = n / 4 / 8 * 8;
+  float a[32] = {};
+  for (size_t i = 0; i < q; i += 8)
+    for (int s = 0; s < 4; ++s)
+      for (int j = 0; j < 8; ++j) a[s * 8 + j] += p[s * q + i + j];
+  float s = 0;
+  for (float v : a) s += v;
+  return s;
+}
+
+}  // namespace
+
+double read_bandwidth(ThreadPool& pool, size_t bytes, int reps) {
+  const size_t n = bytes / 4;
+  float* buf = static_cast<float*>(std::aligned_alloc(64, n * 4));
+  for (size_t i = 0; i < n; ++i) buf[i] = float(i & 1023);
+  const int threads = pool.size();
+  const size_t per = n / size_t(threads) / 64 * 64;  // floats per thread, 256-byte aligned
+  const bool avx2 = cpu_features().avx2_fma_f16c;
+  double best = 0;
+  for (int r = 0; r < reps; ++r) {
+    auto t0 = std::chrono::steady_clock::now();
+    pool.parallel_for(threads, [&](int64_t b, int64_t e, int) {
+      for (int64_t t = b; t < e; ++t) {
+        const float* p = buf + size_t(t) * per;
+#if defined(__x86_64__)
+        g_sink = avx2 ? sum_avx2(p, per) : sum_generic(p, per);
+#else
+        g_sink = sum_generic(p, per);
+#endif
+      }
+    });
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, double(per * size_t(threads) * 4) / s);
+  }
+  std::free(buf);
+  return best;
+}
+
+}  // namespace m2::bench

@@ -1,0 +1,12 @@
+// The read bandwidth of this machine: the limit memory-bound decode is reported against. Each thread
+// of the pool sums its share of a 1 GiB buffer as four interleaved streams with eight independent
+// vector accumulators (AVX2 where the CPU has it), so neither the add latency nor a single stream's
+// prefetching limits it. Bytes read per second, best of `reps`.
+#pragma once
+#include <cstddef>
+
+#include "core/thread_pool.h"
+
+namespace m2::bench {
+double read_bandwidth(ThreadPool& pool, size_t bytes = size_t(1) << 30, int reps = 5);
+}

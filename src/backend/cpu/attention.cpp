@@ -1,0 +1,213 @@
+// Paged KV cache ops on the CPU: storing each new token's K/V into its slot (fp32, bf16, or fp8 E4M3
+// with a per-layer scale) and causal GQA attention that reads the cache through block tables.
+#include <algorithm>
+#include <cmath>
+
+#include "backend/cpu/cpu_backend.h"
+#include "core/error.h"
+
+namespace m2 {
+
+namespace {
+
+inline float to_f32(float v) { return v; }
+inline float to_f32(uint16_t v) { return bf16_to_f32(v); }
+inline float to_f32(uint8_t v) { return e4m3_to_f32(v); }
+
+template <typename E>
+inline E from_f32(float v, float inv_scale);
+template <>
+inline float from_f32<float>(float v, float) { return v; }
+template <>
+inline uint16_t from_f32<uint16_t>(float v, float) { return f32_to_bf16(v); }
+template <>
+inline uint8_t from_f32<uint8_t>(float v, float inv_scale) { return f32_to_e4m3(v * inv_scale); }
+
+template <typename E>
+void store_rows(const float* k, const float* v, const int64_t* slots, int64_t M, int64_t kvd, E* kc, E* vc,
+                float k_inv, float v_inv, ThreadPool& pool) {
+  pool.parallel_for(M, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r) {
+      E* kd = kc + slots[r] * kvd;
+      E* vd = vc + slots[r] * kvd;
+      for (int64_t i = 0; i < kvd; ++i) {
+        kd[i] = from_f32<E>(k[r * kvd + i], k_inv);
+        vd[i] = from_f32<E>(v[r * kvd + i], v_inv);
+      }
+    }
+  }, 4);
+}
+
+template <typename E>
+inline float dot(const float* q, const E* k, int n) {
+  float d = 0;
+#pragma omp simd reduction(+ : d)
+  for (int i = 0; i < n; ++i) d += q[i] * to_f32(k[i]);
+  return d;
+}
+
+template <typename E>
+inline void axpy(float p, const E* v, float* o, int n) {
+#pragma omp simd
+  for (int i = 0; i < n; ++i) o[i] += p * to_f32(v[i]);
+}
+
+struct AttentionArgs {
+  const float* q;
+  float* out;
+  const AttentionSeq* seqs;
+  int64_t num_seqs;
+  const int32_t* tables;
+  int heads, kv_heads, head_dim, block_size;
+  float k_scale, v_scale;  // 1 for fp32 and bf16
+};
+
+// Work items (sequence, new token, head), flattened in that order and split across threads.
+template <typename E>
+void attend(const AttentionArgs& a, const E* kc, const E* vc, int64_t total_tokens,
+            std::vector<std::vector<float>>& scores_per_thread, ThreadPool& pool) {
+  const int group = a.heads / a.kv_heads;
+  const int64_t q_dim = int64_t(a.heads) * a.head_dim, kv_dim = int64_t(a.kv_heads) * a.head_dim;
+  const int64_t bs = a.block_size;
+  const float scale = 1.0f / std::sqrt(float(a.head_dim));
+  pool.parallel_for(total_tokens * a.heads, [&](int64_t i0, int64_t i1, int thread) {
+    float* scores = scores_per_thread[size_t(thread)].data();
+    int64_t seq = 0, seq_first_item = 0;
+    for (int64_t item = i0; item < i1; ++item) {
+      while (item >= seq_first_item + int64_t(a.seqs[seq].query_len) * a.heads) {
+        seq_first_item += int64_t(a.seqs[seq].query_len) * a.heads;
+        ++seq;
+      }
+      const AttentionSeq& S = a.seqs[seq];
+      const int64_t local = item - seq_first_item;
+      const int64_t t = local / a.heads;
+      const int h = int(local % a.heads);
+      const int64_t row = S.query_start + t;
+      const int64_t ctx = S.context_len - S.query_len + t + 1;  // causal: positions 0 .. ctx - 1
+      const int32_t* table = a.tables + S.block_table_start;
+      const float* qv = a.q + row * q_dim + int64_t(h) * a.head_dim;
+      const int64_t kv_off = int64_t(h / group) * a.head_dim;
+      float mx = -INFINITY;
+      for (int64_t j0 = 0, b = 0; j0 < ctx; j0 += bs, ++b) {
+        const E* kb = kc + int64_t(table[b]) * bs * kv_dim + kv_off;
+        const int64_t n = std::min(bs, ctx - j0);
+        for (int64_t r = 0; r < n; ++r) {
+          float d = dot(qv, kb + r * kv_dim, a.head_dim);
+          if constexpr (!std::is_same_v<E, float>) d *= a.k_scale;
+          d *= scale;
+          scores[j0 + r] = d;
+          mx = std::max(mx, d);
+        }
+      }
+      double sum = 0;
+      for (int64_t j = 0; j < ctx; ++j) {
+        scores[j] = std::exp(scores[j] - mx);
+        sum += scores[j];
+      }
+      const float inv = float(1.0 / sum);
+      float* o = a.out + row * q_dim + int64_t(h) * a.head_dim;
+      for (int i = 0; i < a.head_dim; ++i) o[i] = 0.0f;
+      for (int64_t j0 = 0, b = 0; j0 < ctx; j0 += bs, ++b) {
+        const E* vb = vc + int64_t(table[b]) * bs * kv_dim + kv_off;
+        const int64_t n = std::min(bs, ctx - j0);
+        for (int64_t r = 0; r < n; ++r) {
+          float p = scores[j0 + r] * inv;
+          if constexpr (!std::is_same_v<E, float>) p *= a.v_scale;
+          axpy(p, vb + r * kv_dim, o, a.head_dim);
+        }
+      }
+    }
+  });
+}
+
+void check_layer(const PagedKv& kv, int layer, const char* op) {
+  if (layer < 0 || layer >= int(kv.layers.size()))
+    fail<InvalidArgument>("{}: layer {} of a KV cache with {} layers", op, layer, kv.layers.size());
+  const PagedKvLayer& L = kv.layers[size_t(layer)];
+  expect_tensor(L.k, kv.dtype, {kv.num_blocks, kv.block_size, kv.kv_dim}, op, "the K cache");
+  expect_tensor(L.v, kv.dtype, {kv.num_blocks, kv.block_size, kv.kv_dim}, op, "the V cache");
+  if (kv.dtype != DType::F32 && kv.dtype != DType::BF16 && kv.dtype != DType::F8_E4M3)
+    fail<InvalidArgument>("{}: KV cache dtype {} is not supported (F32, BF16, F8_E4M3)", op, dtype_name(kv.dtype));
+  if (!(L.k_scale > 0) || !(L.v_scale > 0) || !std::isfinite(L.k_scale) || !std::isfinite(L.v_scale))
+    fail<InvalidArgument>("{}: layer {} KV scales k {} v {} must be positive", op, layer, L.k_scale, L.v_scale);
+}
+
+}  // namespace
+
+void CpuBackend::kv_store(const PagedKv& kv, int layer, const TensorView& k, const TensorView& v,
+                          const TensorView& slots) {
+  check_layer(kv, layer, "kv_store");
+  const int64_t M = slots.rank == 1 ? slots.dim(0) : 0;
+  expect_tensor(slots, DType::I64, {M}, "kv_store slots");
+  expect_tensor(k, DType::F32, {M, kv.kv_dim}, "kv_store keys");
+  expect_tensor(v, DType::F32, {M, kv.kv_dim}, "kv_store values");
+  const int64_t* s = slots.ptr<int64_t>();
+  const int64_t capacity = kv.num_blocks * kv.block_size;
+  for (int64_t i = 0; i < M; ++i)
+    if (s[i] < 0 || s[i] >= capacity)
+      fail<InvalidArgument>("kv_store: row {} has slot {}, outside the cache's {} slots", i, s[i], capacity);
+  const PagedKvLayer& L = kv.layers[size_t(layer)];
+  const float* kp = k.ptr<float>();
+  const float* vp = v.ptr<float>();
+  switch (kv.dtype) {
+    case DType::F32:
+      return store_rows(kp, vp, s, M, kv.kv_dim, static_cast<float*>(L.k.data), static_cast<float*>(L.v.data), 1.0f,
+                        1.0f, pool_);
+    case DType::BF16:
+      return store_rows(kp, vp, s, M, kv.kv_dim, static_cast<uint16_t*>(L.k.data), static_cast<uint16_t*>(L.v.data),
+                        1.0f, 1.0f, pool_);
+    default:
+      return store_rows(kp, vp, s, M, kv.kv_dim, static_cast<uint8_t*>(L.k.data), static_cast<uint8_t*>(L.v.data),
+                        1.0f / L.k_scale, 1.0f / L.v_scale, pool_);
+  }
+}
+
+void CpuBackend::paged_attention(const PagedKv& kv, int layer, const TensorView& q, const TensorView& out,
+                                 const AttentionBatch& batch, int heads, int kv_heads, int head_dim) {
+  check_layer(kv, layer, "paged_attention");
+  if (heads <= 0 || kv_heads <= 0 || heads % kv_heads || int64_t(kv_heads) * head_dim != kv.kv_dim)
+    fail<InvalidArgument>("paged_attention: {} heads / {} kv heads of {} dims against a cache of {} dims", heads,
+                          kv_heads, head_dim, kv.kv_dim);
+  const int64_t M = q.rank == 2 ? q.dim(0) : 0, S = batch.seqs.rank == 2 ? batch.seqs.dim(0) : 0;
+  expect_tensor(q, DType::F32, {M, int64_t(heads) * head_dim}, "paged_attention queries");
+  expect_tensor(out, DType::F32, {M, int64_t(heads) * head_dim}, "paged_attention output");
+  expect_tensor(batch.seqs, DType::I32, {S, 4}, "paged_attention sequences");
+  const int64_t entries = batch.block_tables.rank == 1 ? batch.block_tables.dim(0) : 0;
+  expect_tensor(batch.block_tables, DType::I32, {entries}, "paged_attention block tables");
+  const auto* seqs = static_cast<const AttentionSeq*>(batch.seqs.data);
+  const int32_t* tables = batch.block_tables.ptr<int32_t>();
+  // Every sequence's rows and blocks must be inside the batch and the cache.
+  int64_t total = 0, max_context = 0;
+  for (int64_t s = 0; s < S; ++s) {
+    const AttentionSeq& a = seqs[s];
+    const int64_t blocks = (int64_t(a.context_len) + kv.block_size - 1) / kv.block_size;
+    if (a.query_len <= 0 || a.query_start != total || a.context_len < a.query_len || a.block_table_start < 0 ||
+        a.block_table_start + blocks > entries)
+      fail<InvalidArgument>("paged_attention: sequence {} (rows {}+{}, context {}, table at {}) does not fit the batch",
+                            s, a.query_start, a.query_len, a.context_len, a.block_table_start);
+    for (int64_t b = 0; b < blocks; ++b)
+      if (tables[a.block_table_start + b] < 0 || tables[a.block_table_start + b] >= kv.num_blocks)
+        fail<InvalidArgument>("paged_attention: sequence {} block {} is {}, outside the cache's {} blocks", s, b,
+                              tables[a.block_table_start + b], kv.num_blocks);
+    total += a.query_len;
+    max_context = std::max<int64_t>(max_context, a.context_len);
+  }
+  if (total != M) fail<InvalidArgument>("paged_attention: the sequences cover {} rows, the queries have {}", total, M);
+  reserve(M, max_context);
+  const PagedKvLayer& L = kv.layers[size_t(layer)];
+  AttentionArgs a{q.ptr<float>(), out.ptr<float>(), seqs, S, tables, heads, kv_heads, head_dim, kv.block_size,
+                  L.k_scale, L.v_scale};
+  switch (kv.dtype) {
+    case DType::F32:
+      return attend(a, static_cast<const float*>(L.k.data), static_cast<const float*>(L.v.data), M, scores_, pool_);
+    case DType::BF16:
+      a.k_scale = a.v_scale = 1.0f;
+      return attend(a, static_cast<const uint16_t*>(L.k.data), static_cast<const uint16_t*>(L.v.data), M, scores_,
+                    pool_);
+    default:
+      return attend(a, static_cast<const uint8_t*>(L.k.data), static_cast<const uint8_t*>(L.v.data), M, scores_,
+                    pool_);
+  }
+}
+
+}  // namespace m2
