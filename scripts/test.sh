@@ -10,5 +10,7 @@ ctest --test-dir build/release -j"$(nproc)" --output-on-failure
 if [ "${1:-}" != "--quick" ]; then
   cmake --preset asan >/dev/null
   cmake --build build/asan -j"$(nproc)"
-  ctest --test-dir build/asan -j"$(nproc)" --output-on-failure
+  # The sanitizer pass hunts memory errors; the long numeric check below only slows it down (it runs
+  # in the release pass).
+  ctest --test-dir build/asan -j"$(nproc)" --output-on-failure -E "DemoModel.PerplexityWithinHalfAPercentOfReference"
 fi
