@@ -5,21 +5,28 @@
 //   - batched decode at several batch sizes: tokens/s and the share of the read bandwidth taken by
 //     the bytes each step actually reads (the union of the experts the step routed to, attention,
 //     router, lm_head, the batch's embedding rows and its KV cache);
-//   - peak resident memory.
+//   - peak resident memory;
+//   - with --ngram-text FILE: n-gram speculation on a copy-heavy prompt (FILE's first tokens, then its
+//     start again), greedy at batch 1: tokens/s without and with drafts, acceptance.
 //   bench_model MODEL_DIR [--prompt 512] [--decode 32] [--threads 0] [--batches 1,8,32,64]
+//               [--ngram-text FILE --ngram-k 4 --ngram-tokens 256]
 #include <fmt/format.h>
 #include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <fstream>
+#include <sstream>
 #include <random>
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/cpu_features.h"
+#include "core/error.h"
 #include "fma_peak.h"
 #include "memory_bandwidth.h"
 #include "read_bandwidth.h"
 #include "runtime/engine.h"
+#include "text/tokenizer.h"
 
 using namespace m2;
 using Clock = std::chrono::steady_clock;
@@ -62,6 +69,49 @@ Request greedy_request(std::vector<int32_t> prompt, int max_tokens) {
   return r;
 }
 
+// Greedy decode of a copy-heavy prompt with and without n-gram drafts, runs alternated, best of 3.
+int speculation(const std::string& dir, const std::string& text_file, int k, int tokens, int threads) {
+  CpuBackend backend(threads);
+  ModelWeights w = ModelWeights::load(dir);
+  prefault(w);
+  Tokenizer tok = Tokenizer::load(dir);
+  std::ifstream in(text_file);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto ids = tok.encode(ss.str(), false);
+  if (ids.size() < 600) fail<InvalidArgument>("{}: need at least 600 tokens of text", text_file);
+  std::vector<int32_t> prompt(ids.begin(), ids.begin() + 500);  // a file, then its start again: "repeat it"
+  prompt.insert(prompt.end(), ids.begin(), ids.begin() + 40);
+  double best[2] = {0, 0};
+  EngineStats spec_stats;
+  for (int rep = 0; rep < 3; ++rep)
+    for (int with : {0, 1}) {
+      EngineOptions eo;
+      eo.max_num_seqs = 1;
+      eo.max_model_len = int64_t(prompt.size()) + tokens + k + 8;
+      eo.kv.dtype = DType::F32;
+      eo.kv.num_blocks = eo.max_model_len / 16 + 4;
+      eo.ngram.k = with ? k : 0;
+      Engine e(w, backend, eo);
+      e.add_request(greedy_request(prompt, tokens));
+      e.step();  // prefill
+      const auto t0 = Clock::now();
+      while (e.has_work()) e.step();
+      best[with] = std::max(best[with], (tokens - 1) / seconds_since(t0));
+      if (with) spec_stats = e.stats();
+    }
+  fmt::print("n-gram speculation on {} ({} prompt tokens, {} generated, greedy, batch 1, {} threads)\n", text_file,
+             prompt.size(), tokens, backend.pool().size());
+  fmt::print("| drafts per step | decode tok/s | drafted | accepted | acceptance | tokens per step | speed-up |\n"
+             "|---|---|---|---|---|---|---|\n");
+  fmt::print("| 0 | {:.1f} | - | - | - | 1.00 | 1.00x |\n", best[0]);
+  fmt::print("| {} | {:.1f} | {} | {} | {:.0f}% | {:.2f} | {:.2f}x |\n", k, best[1], spec_stats.spec_drafted,
+             spec_stats.spec_accepted,
+             100.0 * double(spec_stats.spec_accepted) / double(std::max<int64_t>(1, spec_stats.spec_drafted)),
+             double(tokens) / double(std::max<int64_t>(1, spec_stats.steps)), best[1] / best[0]);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -77,7 +127,13 @@ int main(int argc, char** argv) {
   app.add_option("--batch-prompt", batch_prompt, "prompt length of each batched request")->capture_default_str();
   app.add_option("--batch-steps", batch_steps, "timed decode steps per batch size")->capture_default_str();
   app.add_option("--kv-cache-dtype", kv_dtype, "fp32 | bf16 | fp8")->capture_default_str();
+  std::string ngram_text;
+  int ngram_k = 4, ngram_tokens = 256;
+  app.add_option("--ngram-text", ngram_text, "copy-heavy speculation run on this text (uses the model's tokenizer)");
+  app.add_option("--ngram-k", ngram_k, "draft tokens per step")->capture_default_str();
+  app.add_option("--ngram-tokens", ngram_tokens, "tokens generated per run")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  if (!ngram_text.empty()) return speculation(dir, ngram_text, ngram_k, ngram_tokens, threads);
 
   CpuBackend backend(threads);
   const double copy_bw = bench::copy_bandwidth(backend.pool());

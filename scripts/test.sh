@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/fetch_tokenizers.sh
+scripts/fetch_node_deps.sh
 scripts/build.sh
 ctest --test-dir build/release -j"$(nproc)" --output-on-failure
 if [ "${1:-}" != "--quick" ]; then

@@ -21,19 +21,6 @@ std::string human_bytes(double b) {
   return fmt::format("{:.2f} {}", b, units[u]);
 }
 
-std::string describe(const WeightView& w) {
-  if (w.format == WeightFormat::Dense) return std::string(dtype_name(w.dtype));
-  if (w.format == WeightFormat::Fp8Block)
-    return fmt::format("{} block {}x{}", dtype_name(w.dtype), w.block_rows, w.block_cols);
-  return std::string(weight_format_name(w.format));
-}
-
-struct Group {
-  std::map<std::string, int> formats;  // format → module count
-  size_t bytes = 0;
-  int64_t params = 0;
-};
-
 int inspect(const std::string& dir) {
   ModelWeights m = ModelWeights::load(dir);
   const ModelConfig& c = m.config;
@@ -48,31 +35,10 @@ int inspect(const std::string& dir) {
   if (!m.scheme.exclusion_patterns().empty())
     fmt::print("excluded     {}\n", fmt::join(m.scheme.exclusion_patterns(), ", "));
 
-  std::map<std::string, Group> groups;
-  auto add = [&](const std::string& g, const WeightView& w) {
-    auto& G = groups[g];
-    G.formats[describe(w)]++;
-    G.bytes += w.bytes();
-    G.params += w.rows * w.cols;
-  };
-  add("embed_tokens", m.embed);
-  add("lm_head", m.lm_head);
-  for (const auto& L : m.layers) {
-    for (const auto* w : {&L.q, &L.k, &L.v}) add("attention q/k/v", *w);
-    add("attention o", L.o);
-    add("router gate", L.gate);
-    for (size_t e = 0; e < L.w1.size(); ++e) {
-      add("experts w1/w3", L.w1[e]);
-      add("experts w1/w3", L.w3[e]);
-      add("experts w2", L.w2[e]);
-    }
-  }
   fmt::print("\n{:<18} {:<34} {:>14} {:>12} {:>8}\n", "tensor group", "format (modules)", "params", "bytes", "bits/w");
   int64_t params = 0;
-  for (const auto& [name, G] : groups) {
-    std::string f;
-    for (const auto& [k, n] : G.formats) f += (f.empty() ? "" : ", ") + fmt::format("{} ({})", k, n);
-    fmt::print("{:<18} {:<34} {:>14} {:>12} {:>8.2f}\n", name, f, G.params, human_bytes(double(G.bytes)),
+  for (const auto& G : summarize_groups(m)) {
+    fmt::print("{:<18} {:<34} {:>14} {:>12} {:>8.2f}\n", G.name, G.formats_text(), G.params, human_bytes(double(G.bytes)),
                8.0 * double(G.bytes) / double(G.params));
     params += G.params;
   }

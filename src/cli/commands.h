@@ -12,5 +12,6 @@ Runner add_synth(CLI::App& app);
 Runner add_tokenize(CLI::App& app);
 Runner add_detokenize(CLI::App& app);
 Runner add_template(CLI::App& app);
+Runner add_serve(CLI::App& app);
 
 }  // namespace m2::cli

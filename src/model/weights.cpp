@@ -157,3 +157,46 @@ size_t ModelWeights::active_weight_bytes_per_token() const {
 }
 
 }  // namespace m2
+
+namespace m2 {
+
+std::string describe_format(const WeightView& w) {
+  if (w.format == WeightFormat::Dense) return std::string(dtype_name(w.dtype));
+  if (w.format == WeightFormat::Fp8Block)
+    return fmt::format("{} block {}x{}", dtype_name(w.dtype), w.block_rows, w.block_cols);
+  return std::string(weight_format_name(w.format));
+}
+
+std::string TensorGroupSummary::formats_text() const {
+  std::string f;
+  for (const auto& [k, n] : formats) f += (f.empty() ? "" : ", ") + fmt::format("{} ({})", k, n);
+  return f;
+}
+
+std::vector<TensorGroupSummary> summarize_groups(const ModelWeights& m) {
+  std::map<std::string, TensorGroupSummary> groups;
+  auto add = [&](const std::string& g, const WeightView& w) {
+    auto& G = groups[g];
+    G.name = g;
+    G.formats[describe_format(w)]++;
+    G.bytes += w.bytes();
+    G.params += w.rows * w.cols;
+  };
+  add("embed_tokens", m.embed);
+  add("lm_head", m.lm_head);
+  for (const auto& L : m.layers) {
+    for (const auto* w : {&L.q, &L.k, &L.v}) add("attention q/k/v", *w);
+    add("attention o", L.o);
+    add("router gate", L.gate);
+    for (size_t e = 0; e < L.w1.size(); ++e) {
+      add("experts w1/w3", L.w1[e]);
+      add("experts w1/w3", L.w3[e]);
+      add("experts w2", L.w2[e]);
+    }
+  }
+  std::vector<TensorGroupSummary> out;
+  for (auto& [name, g] : groups) out.push_back(std::move(g));
+  return out;
+}
+
+}  // namespace m2

@@ -1,6 +1,7 @@
 // Binds a checkpoint directory's tensors to the MiniMax-M2 structure, in their stored formats.
 #pragma once
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,6 +41,20 @@ struct ModelWeights {
   size_t weight_bytes() const;              // bytes of every bound weight, as stored
   size_t active_weight_bytes_per_token() const;  // bytes one decode step reads (top-k experts)
 };
+
+// A weight's stored format in words: "BF16", "F8_E4M3 block 128x128", "nvfp4", "mxfp4".
+std::string describe_format(const WeightView& w);
+
+// The checkpoint by tensor group (embed_tokens, lm_head, attention q/k/v, attention o, router gate,
+// experts w1/w3, experts w2): formats with their module counts, parameters and bytes.
+struct TensorGroupSummary {
+  std::string name;
+  std::map<std::string, int> formats;  // format → modules
+  size_t bytes = 0;
+  int64_t params = 0;
+  std::string formats_text() const;    // "nvfp4 (512)" or "BF16 (3), F8_E4M3 block 128x128 (1)"
+};
+std::vector<TensorGroupSummary> summarize_groups(const ModelWeights& w);
 
 // Reads a 1-D float tensor (BF16/F16/F32) of the given length into fp32.
 std::vector<float> read_vector(const Checkpoint& ckpt, const std::string& name, int64_t length,

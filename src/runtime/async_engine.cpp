@@ -74,6 +74,10 @@ void AsyncEngine::loop() {
       stopping = stop_;
     }
     for (Command& c : commands) {
+      if (c.abort_id == kAll) {
+        for (uint64_t id : engine_->active_ids()) engine_->abort(id);
+        continue;
+      }
       if (c.abort_id) {
         engine_->abort(c.abort_id);
         continue;

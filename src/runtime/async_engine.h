@@ -31,6 +31,8 @@ class AsyncEngine {
   uint64_t submit(Request r, Sink sink);
   // Cancels a request: its KV blocks are freed before the next step; its sink gets a finished output.
   void abort(uint64_t id);
+  // Cancels every request queued or running.
+  void abort_all() { abort(kAll); }
   // A snapshot of the engine's counters, refreshed after every step.
   EngineStats stats() const;
   // Configuration of the engine (immutable while it runs).
@@ -44,6 +46,7 @@ class AsyncEngine {
     Sink sink;
     uint64_t abort_id = 0;
   };
+  static constexpr uint64_t kAll = ~uint64_t(0);
   void loop();
   void deliver(const std::vector<StepOutput>& outs);
 

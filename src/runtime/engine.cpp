@@ -107,6 +107,8 @@ void Engine::validate(const Request& r) const {
     fail<InvalidArgument>("this model's maximum context length is {} tokens; the request has {} prompt tokens and asks "
                           "for {} more",
                           opt_.max_model_len, P, r.params.max_tokens);
+  for (int32_t t : r.forced_output)
+    if (t < 0 || t >= V) fail<InvalidArgument>("forced output token {} is outside the vocabulary [0, {})", t, V);
   if (!r.params.stop.empty() && !opt_.text_decoder)
     fail<InvalidArgument>("stop strings need a tokenizer: this engine produces token ids only");
   if (r.params.stop.size() > 64) fail<InvalidArgument>("stop: {} strings (at most 64)", r.params.stop.size());
@@ -132,6 +134,7 @@ uint64_t Engine::add_request(Request r) {
   s.rng.seed(s.params.seed ? *s.params.seed : (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}());
   if (opt_.text_decoder) s.decoder = opt_.text_decoder(s.params.skip_special_tokens);
   s.want_prompt_logits = r.prompt_logits;
+  s.forced = std::move(r.forced_output);
   if (r.prompt_logits) s.prompt_logits.assign(size_t(s.prompt_len) * size_t(config().vocab_size), 0.0f);
   if (s.params.logprobs >= 0) s.logprobs.reserve(size_t(s.params.max_tokens));
   s.arrival_time = Clock::now();
@@ -192,7 +195,9 @@ bool Engine::append(Sequence& s, int32_t token, const float* row) {
   ++counters_.generation_tokens;
   if (is_stop_token(s, token)) {
     s.finish = FinishReason::Stop;
-    s.stop_reason = std::to_string(token);
+    // vLLM's stop_reason: the id of a requested stop token; none for the model's own EOS.
+    if (std::find(s.params.stop_token_ids.begin(), s.params.stop_token_ids.end(), token) != s.params.stop_token_ids.end())
+      s.stop_reason = std::to_string(token);
     if (s.decoder) s.decoder->flush(s.text);
     return false;
   }
@@ -264,7 +269,18 @@ void Engine::process(const ScheduledSeq& sch, const float* logits) {
   bool running = s.params.max_tokens > 0;
   if (!running) s.finish = FinishReason::Length;
   int64_t accepted = 0;
-  if (running) {
+  if (running && !s.forced.empty()) {
+    // Scripted output: the next forced token; the script's end is the request's end.
+    const int64_t g = s.num_generated();
+    if (g < int64_t(s.forced.size())) {
+      record_margin(s, 1e30);
+      running = append(s, s.forced[size_t(g)], row0);
+    }
+    if (running && s.num_generated() >= int64_t(s.forced.size())) {
+      s.finish = FinishReason::Stop;
+      running = false;
+    }
+  } else if (running) {
     for (int j = 0; j < sch.drafts && running; ++j) {
       const float* row = row0 + j * V;
       prepare(row);

@@ -92,7 +92,7 @@ std::span<const ScheduledSeq> Scheduler::schedule() {
     plan(s, n, logits);
     if (n <= 0) break;
     int drafts = 0;
-    if (opt_.ngram.k > 0 && logits == LogitsFor::Last && s->num_tokens() - s->num_computed == 1) {
+    if (opt_.ngram.k > 0 && logits == LogitsFor::Last && s->num_tokens() - s->num_computed == 1 && s->forced.empty()) {
       const int64_t room = std::min({budget - n, rows - 1, int64_t(s->params.max_tokens) - s->num_generated() - 1,
                                      opt_.max_model_len - s->num_tokens() - 1});
       if (room > 0) drafts = propose_ngram(s->tokens, opt_.ngram, int(room), s->drafts.data());

@@ -32,6 +32,10 @@ struct Request {
   std::vector<int32_t> prompt;
   SamplingParams params;
   bool prompt_logits = false;  // keep the logits of every prompt position ([prompt, vocab]); no prefix-cache reuse
+  // Tokens emitted instead of sampled, in order; the request finishes (stop) once they are all out.
+  // For driving output paths end to end with a model too small to choose them (m2 serve
+  // --scripted-output). Stop conditions still apply.
+  std::vector<int32_t> forced_output;
 };
 
 struct TokenLogprobs {
@@ -76,6 +80,7 @@ struct Sequence {
   FinishReason finish = FinishReason::None;
   std::string stop_reason;              // the stop string, or the stop token id, that ended it
   bool want_prompt_logits = false;
+  std::vector<int32_t> forced;          // Request::forced_output
   std::vector<float> prompt_logits;     // [prompt_len, vocab] when asked for
   SteadyTime arrival_time{}, first_token_time{}, finish_time{};
 

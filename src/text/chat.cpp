@@ -58,6 +58,21 @@ ChatFormat ChatFormat::load(const fs::path& model_dir) {
   return f;
 }
 
+ChatFormat ChatFormat::load(const fs::path& model_dir, const fs::path& template_file) {
+  std::ifstream in(template_file);
+  if (!in) fail<IoError>("{}: cannot read the chat template", template_file.string());
+  std::stringstream s;
+  s << in.rdbuf();
+  ChatFormat f;
+  if (fs::exists(model_dir / "tokenizer_config.json")) {
+    nlohmann::json j = read_json_file(model_dir / "tokenizer_config.json");
+    f.bos_ = token_text(j, "bos_token");
+    f.eos_ = token_text(j, "eos_token");
+  }
+  f.template_ = std::make_unique<ChatTemplate>(s.str(), template_file.string());
+  return f;
+}
+
 std::string ChatFormat::render(const nlohmann::ordered_json& messages, const nlohmann::ordered_json& tools,
                                bool add_generation_prompt, const nlohmann::ordered_json& extra) const {
   if (!messages.is_array()) fail<InvalidArgument>("messages must be a list, found {}", messages.type_name());
@@ -72,17 +87,20 @@ std::string ChatFormat::render(const nlohmann::ordered_json& messages, const nlo
   return template_->render(vars);
 }
 
-ChatOutputParser::ChatOutputParser(ReasoningMode mode, const nlohmann::json& tools, std::function<std::string()> new_id)
-    : reasoning_(mode), tools_(tools, std::move(new_id)) {}
+ChatOutputParser::ChatOutputParser(ReasoningMode mode, const nlohmann::json& tools, std::function<std::string()> new_id,
+                                   bool parse_tools)
+    : reasoning_(mode), tools_(tools, std::move(new_id)), parse_tools_(parse_tools) {}
 
 ChatDelta ChatOutputParser::push(std::string_view text) {
   ReasoningDelta r = reasoning_.push(text);
+  if (!parse_tools_) return {std::move(r.reasoning), std::move(r.content), {}};
   ToolParserDelta t = tools_.push(r.content);
   return {std::move(r.reasoning), std::move(t.content), std::move(t.tool_calls)};
 }
 
 ChatDelta ChatOutputParser::finish() {
   ReasoningDelta r = reasoning_.finish();
+  if (!parse_tools_) return {std::move(r.reasoning), std::move(r.content), {}};
   ToolParserDelta t1 = tools_.push(r.content), t2 = tools_.finish();
   ChatDelta d{std::move(r.reasoning), t1.content + t2.content, std::move(t1.tool_calls)};
   d.tool_calls.insert(d.tool_calls.end(), t2.tool_calls.begin(), t2.tool_calls.end());

@@ -16,6 +16,8 @@ class ChatFormat {
  public:
   // Reads tokenizer_config.json (chat_template, bos_token, eos_token) or chat_template.jinja.
   static ChatFormat load(const std::filesystem::path& model_dir);
+  // As load(), with the template read from `template_file` instead (--chat-template).
+  static ChatFormat load(const std::filesystem::path& model_dir, const std::filesystem::path& template_file);
 
   // Renders messages (+ tools, + extra keyword arguments) as HF apply_chat_template does.
   std::string render(const nlohmann::ordered_json& messages, const nlohmann::ordered_json& tools,
@@ -44,7 +46,9 @@ struct ChatAccumulator {
 
 class ChatOutputParser {
  public:
-  ChatOutputParser(ReasoningMode mode, const nlohmann::json& tools, std::function<std::string()> new_id = {});
+  // parse_tools = false: tool-call markup stays in the content (tool_choice "none", no tools).
+  ChatOutputParser(ReasoningMode mode, const nlohmann::json& tools, std::function<std::string()> new_id = {},
+                   bool parse_tools = true);
   ChatDelta push(std::string_view text);
   ChatDelta finish();
 
@@ -55,6 +59,7 @@ class ChatOutputParser {
  private:
   ReasoningParser reasoning_;
   ToolCallParser tools_;
+  bool parse_tools_ = true;
 };
 
 }  // namespace m2

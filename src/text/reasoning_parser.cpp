@@ -60,6 +60,7 @@ ReasoningDelta ReasoningParser::push(std::string_view text) {
         d.reasoning += held_.substr(0, close);
         held_.erase(0, close + kClose.size());
         state_ = State::Content;
+        skip_newlines_ = 2;  // the "</think>\n\n" separator the MiniMax format puts before content
         continue;
       }
       size_t keep = std::max(partial_suffix(held_, kClose), partial_suffix(held_, kOpen));
@@ -68,6 +69,14 @@ ReasoningDelta ReasoningParser::push(std::string_view text) {
       return d;
     }
     // Content: "<think>"/"</think>" are not looked for any more.
+    while (skip_newlines_ > 0 && !held_.empty()) {
+      if (held_[0] != '\n') {
+        skip_newlines_ = 0;
+        break;
+      }
+      held_.erase(0, 1);
+      --skip_newlines_;
+    }
     d.content += held_;
     held_.clear();
     return d;

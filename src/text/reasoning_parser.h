@@ -18,7 +18,8 @@ struct ReasoningDelta {
 };
 
 // Feed text as it arrives; text is held back only while it may still be the start of a tag.
-// An unterminated think block at the end stays reasoning.
+// An unterminated think block at the end stays reasoning. The (up to two) newlines right after
+// "</think>" are the format's separator, not content.
 class ReasoningParser {
  public:
   explicit ReasoningParser(ReasoningMode mode);
@@ -38,6 +39,7 @@ class ReasoningParser {
   std::string held_;  // undecided bytes (a possible tag prefix)
   bool first_ = true;
   bool in_think_ever_ = false;  // the output had a think block (possibly empty)
+  int skip_newlines_ = 0;       // newlines still to drop right after "</think>"
 };
 
 }  // namespace m2

@@ -198,8 +198,32 @@ bool ToolCallParser::step(ToolParserDelta& d, bool at_end) {
       if (buf_.compare(0, kParam.size(), kParam) == 0) {
         size_t gt = buf_.find('>');
         if (gt == std::string::npos) return false;
-        size_t end = buf_.find(kParamClose, gt + 1);
-        if (end == std::string::npos) return false;  // value incomplete: a value is emitted whole
+        // The value ends at the first "</parameter>" that the next tag (<parameter, </invoke>,
+        // </minimax:tool_call>) or the end of output follows; any other "</parameter>" is part of the
+        // value (code that writes XML). Undecided: wait for more text. A value is emitted whole.
+        size_t end = std::string::npos;
+        for (size_t from = gt + 1;;) {
+          const size_t c = buf_.find(kParamClose, from);
+          if (c == std::string::npos) return false;  // value incomplete
+          const size_t next = buf_.find_first_not_of(" \t\r\n", c + kParamClose.size());
+          if (next == std::string::npos) {
+            if (!at_end) return false;
+            end = c;
+            break;
+          }
+          const std::string_view rest = std::string_view(buf_).substr(next);
+          bool tag = false, maybe = false;
+          for (auto t : {kParam, kInvokeClose, kBlockClose}) {
+            tag = tag || rest.substr(0, t.size()) == t;
+            maybe = maybe || (rest.size() < t.size() && t.substr(0, rest.size()) == rest);
+          }
+          if (tag || (maybe && at_end)) {
+            end = c;
+            break;
+          }
+          if (maybe) return false;
+          from = c + kParamClose.size();
+        }
         std::string name = attribute_value(std::string_view(buf_).substr(kParam.size(), gt - kParam.size()));
         std::string value = buf_.substr(gt + 1, end - gt - 1);
         // The format's own newline after the opening tag and before the closing tag is not part of the value.

@@ -55,6 +55,36 @@ TEST(Cli, RunGreedyMatchesReferenceAndWritesLogits) {
   EXPECT_EQ(logits.tensors().at("logits").shape, (std::vector<int64_t>{int64_t(prompt.size()), 320}));
 }
 
+// m2 run is a client of the engine: sampling flags, KV dtypes and speculation.
+TEST(Cli, RunSamplingKvDtypesAndSpeculation) {
+  const std::string demo = test::kDemo.string();
+  auto greedy = m2("run " + demo + " --prompt 'The President said that' --max-tokens 24");
+  ASSERT_EQ(greedy.code, 0) << greedy.out;
+  auto spec = m2("run " + demo + " --prompt 'The President said that' --max-tokens 24 --speculative-ngram 3");
+  ASSERT_EQ(spec.code, 0) << spec.out;
+  EXPECT_NE(spec.out.find("speculative n-gram:"), std::string::npos) << spec.out;
+  const size_t stats = spec.out.find("speculative n-gram:");
+  std::string text = spec.out;
+  text.erase(stats, spec.out.find('\n', stats) + 1 - stats);  // the stats line (stderr) out of the text
+  EXPECT_EQ(text, greedy.out);
+  auto a = m2("run " + demo + " --prompt 'The President said that' --max-tokens 24 --temperature 0.9 --top-k 50 --seed 11");
+  auto b = m2("run " + demo + " --prompt 'The President said that' --max-tokens 24 --temperature 0.9 --top-k 50 --seed 11");
+  auto c = m2("run " + demo + " --prompt 'The President said that' --max-tokens 24 --temperature 0.9 --top-k 50 --seed 12");
+  ASSERT_EQ(a.code, 0) << a.out;
+  EXPECT_EQ(a.out, b.out);
+  EXPECT_NE(a.out, c.out);
+  EXPECT_NE(a.out, greedy.out);
+  auto fp8 = m2("run " + demo + " --prompt 'The President said that' --max-tokens 8 --kv-cache-dtype fp8");
+  ASSERT_EQ(fp8.code, 0) << fp8.out;
+  EXPECT_NE(fp8.out.find("WARNING: FP8 KV cache for " + demo), std::string::npos) << fp8.out;
+  auto bad = m2("run " + demo + " --prompt x --kv-cache-dtype int4");
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.out.find("--kv-cache-dtype 'int4' is unknown"), std::string::npos) << bad.out;
+  bad = m2("run " + demo + " --prompt x --top-p 0");
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.out.find("top_p = 0 is out of range"), std::string::npos) << bad.out;
+}
+
 TEST(Cli, BadInputGivesAClearErrorAndExitCode) {
   const std::string dir = (test::kFixtures / "tiny-bf16").string();
   struct Case {

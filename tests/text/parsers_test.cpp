@@ -74,6 +74,9 @@ const std::vector<std::string> kOutputs = {
     "<parameter name=\"opts\">{\"k\": {\"n\": null}}</parameter>\n<parameter name=\"days\">three</parameter>\n"
     "<parameter name=\"maybe\">null</parameter>\n<parameter name=\"unit\">c</parameter>\n"
     "<parameter name=\"either\">12</parameter>\n<parameter name=\"city\">true</parameter>\n</invoke>\n</minimax:tool_call>",
+    // "</parameter>" inside a value (code writing XML): only the one the next tag follows ends it.
+    "<minimax:tool_call>\n<invoke name=\"search\">\n<parameter name=\"q\"><p>x</parameter> y</parameter>\n"
+    "<parameter name=\"q2\">z</parameter></parameter>\n</invoke>\n</minimax:tool_call>",
 };
 
 TEST(ToolParser, NonStreamingResults) {
@@ -106,6 +109,12 @@ TEST(ToolParser, NonStreamingResults) {
   EXPECT_EQ(json::parse(r.tool_calls[0].arguments),
             json::parse(R"({"tags": ["a", 1], "opts": {"k": {"n": null}}, "days": "three", "maybe": null,
                            "unit": "c", "either": 12, "city": "true"})"));
+}
+
+TEST(ToolParser, ClosingTagInsideAValueIsPartOfIt) {
+  auto r = ToolCallParser::parse(kOutputs[5], kTools, counter_ids());
+  ASSERT_EQ(r.tool_calls.size(), 1u);
+  EXPECT_EQ(json::parse(r.tool_calls[0].arguments), json({{"q", "<p>x</parameter> y"}, {"q2", "z</parameter>"}}));
 }
 
 TEST(ToolParser, TruncatedOutputStillGivesValidJson) {
@@ -150,7 +159,9 @@ TEST(ToolParser, ContentIsNotHeldBackLongerThanNeeded) {
 TEST(Reasoning, PromptOpenedThinkBlock) {
   auto r = ReasoningParser::parse("I should greet.\n</think>\n\nHello!", ReasoningMode::PromptOpened);
   EXPECT_EQ(r.reasoning, "I should greet.\n");
-  EXPECT_EQ(r.content, "\n\nHello!");
+  EXPECT_EQ(r.content, "Hello!");  // the "\n\n" after </think> is the format's separator
+  r = ReasoningParser::parse("a</think>\n\n\nb", ReasoningMode::PromptOpened);
+  EXPECT_EQ(r.content, "\nb");  // at most two newlines are the separator
   r = ReasoningParser::parse("still thinking when cut", ReasoningMode::PromptOpened);
   EXPECT_EQ(r.reasoning, "still thinking when cut");
   EXPECT_EQ(r.content, "");
@@ -233,7 +244,7 @@ TEST(ChatOutput, TokenByTokenThroughTheTokenizer) {
   acc.add(parser.finish());
   const auto& [reasoning, content, calls] = acc;
   EXPECT_EQ(reasoning, "The user wants the weather. 天气 ☀️\n");
-  EXPECT_EQ(content, "\n\nLet me check.\n");
+  EXPECT_EQ(content, "Let me check.\n");
   ASSERT_EQ(calls.size(), 1u);
   EXPECT_EQ(calls[0].name, "get_weather");
   EXPECT_EQ(json::parse(calls[0].arguments), json({{"city", "São Paulo"}, {"days", 2}}));
