@@ -12,6 +12,7 @@ packages=(
   libpcre2-dev              # tokenizer split regexes with Unicode properties (exactly as HF's)
   libunistring-dev          # Unicode normalisation (NFC/NFKC...) and case mapping for tokenizers
   libcpp-httplib-dev        # the HTTP server of m2 serve (cpp-httplib)
+  libcurl4-openssl-dev      # the HTTP client of m2 bench (libcurl)
   curl                      # the main job's demo request
   python3-jinja2            # the reference the chat-template tests compare against byte for byte
 )

@@ -13,5 +13,6 @@ Runner add_tokenize(CLI::App& app);
 Runner add_detokenize(CLI::App& app);
 Runner add_template(CLI::App& app);
 Runner add_serve(CLI::App& app);
+Runner add_bench(CLI::App& app);
 
 }  // namespace m2::cli

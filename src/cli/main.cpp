@@ -18,6 +18,8 @@ int main(int argc, char** argv) {
     runners[sub] = fn(*sub);
   };
   add("serve", "OpenAI-compatible server (chat, completions, streaming, tool calls, reasoning)", m2::cli::add_serve);
+  add("bench", "Serving benchmark of an OpenAI-compatible endpoint (pp/tg table, concurrency sweep, workload)",
+      m2::cli::add_bench);
   add("inspect", "Describe a checkpoint: architecture, formats, bytes", m2::cli::add_inspect);
   add("run", "Greedy generation from token ids, a text prompt, or a chat conversation", m2::cli::add_run);
   add("synth", "Write a random MiniMax-M2 checkpoint in any weight format", m2::cli::add_synth);

@@ -24,6 +24,7 @@ export async function startServer(args = [], { model = DEMO } = {}) {
       if (m) { clearTimeout(timer); resolve(Number(m[1])); }
     });
     proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`m2 serve exited with ${code}:\n${stderr}`)); });
+    proc.on('error', (e) => { clearTimeout(timer); reject(new Error(`cannot start ${BINARY}: ${e.message}`)); });
   });
   const url = `http://127.0.0.1:${port}`;
   const server = {
