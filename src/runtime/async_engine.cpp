@@ -98,16 +98,22 @@ void AsyncEngine::loop() {
     if (stopping)
       for (uint64_t id : engine_->active_ids()) engine_->abort(id);
     if (engine_->has_work()) {
+      // The counters are refreshed before the outputs go out, so that a client that has its answer
+      // sees the state after the step that produced it.
+      const std::vector<StepOutput>* outs = nullptr;
       try {
-        deliver(engine_->step());
+        outs = &engine_->step();
       } catch (const std::exception& e) {
         // A failed step leaves no request half-done: every one in flight ends with an error.
         fmt::print(stderr, "engine: step failed: {}; ending {} requests\n", e.what(), engine_->active_ids().size());
         for (uint64_t id : engine_->active_ids()) engine_->abort(id, FinishReason::Error);
-        deliver(engine_->step());
+        outs = &engine_->step();
       }
-      std::lock_guard lock(mutex_);
-      stats_ = engine_->stats();
+      {
+        std::lock_guard lock(mutex_);
+        stats_ = engine_->stats();
+      }
+      deliver(*outs);
     }
     if (stopping && !engine_->has_work()) return;
   }

@@ -10,10 +10,6 @@ void handle_tokenize(ApiContext& ctx, const httplib::Request& req, httplib::Resp
 void handle_detokenize(ApiContext& ctx, const httplib::Request& req, httplib::Response& res);   // /detokenize
 json models_json(const ApiContext& ctx);                                                         // /v1/models
 
-// Messages as chat templates expect them: "developer" is "system", tool-call arguments are objects
-// (the API carries them as JSON strings), content parts checked (text only). 400 naming the field.
-json template_messages(const json& messages);
-
 // {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details": {"cached_tokens"}}
 json usage_json(int64_t prompt, int64_t completion, int64_t cached);
 // A chat delta as OpenAI streams it: reasoning_content, content, tool_calls (id, type, name first).

@@ -1,6 +1,7 @@
 // Shared pieces of the OpenAI API: usage, deltas, logprob entries, models, tokenize/detokenize.
 #include <fmt/format.h>
 
+#include "server/chat_core.h"
 #include "server/openai_api.h"
 
 namespace m2 {

@@ -8,7 +8,9 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/cpu_features.h"
+#include "server/anthropic_api.h"
 #include "server/openai_api.h"
+#include "server/responses_api.h"
 #include "text/detokenizer.h"
 
 namespace m2 {
@@ -170,7 +172,9 @@ Server::Server(const ServeOptions& o) : impl_(std::make_unique<Impl>(o)) {
                                                         impl_->opt.max_body_bytes)
                                           : fmt::format("HTTP error {}", res.status);
     impl_->metrics.http_error(res.status);
-    res.set_content(openai_error_body(res.status, msg), "application/json");
+    res.set_content(req.path.rfind("/v1/messages", 0) == 0 ? anthropic_error_body(res.status, msg)
+                                                             : openai_error_body(res.status, msg),
+                    "application/json");
   });
   http.set_exception_handler([this](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
     std::string msg = "internal error";
@@ -186,8 +190,13 @@ Server::Server(const ServeOptions& o) : impl_(std::make_unique<Impl>(o)) {
   });
 
   // Every API route: the key, the connection limit, and errors turned into their status and body.
-  auto api = [this](void (*handler)(ApiContext&, const httplib::Request&, httplib::Response&), bool auth) {
-    return [this, handler, auth](const httplib::Request& req, httplib::Response& res) {
+  // Anthropic routes answer errors in Anthropic's shape.
+  auto api = [this](void (*handler)(ApiContext&, const httplib::Request&, httplib::Response&), bool auth,
+                    bool anthropic = false) {
+    return [this, handler, auth, anthropic](const httplib::Request& req, httplib::Response& res) {
+      auto body = [anthropic](int status, const std::string& msg, const std::string& param) {
+        return anthropic ? anthropic_error_body(status, msg) : openai_error_body(status, msg, param);
+      };
       Impl& m = *impl_;
       struct Count {
         std::atomic<int>& n;
@@ -200,7 +209,7 @@ Server::Server(const ServeOptions& o) : impl_(std::make_unique<Impl>(o)) {
           const std::string bearer = req.get_header_value("Authorization");
           const std::string key = req.get_header_value("x-api-key");
           if (bearer != "Bearer " + m.opt.api_key && key != m.opt.api_key)
-            throw ApiError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')");
+            throw ApiError(401, "invalid or missing API key (send 'Authorization: Bearer <key>' or 'x-api-key: <key>')");
         }
         if (active > m.opt.max_connections)
           throw ApiError(503, fmt::format("the server is busy: {} requests in flight (--max-connections {})", active - 1,
@@ -209,16 +218,19 @@ Server::Server(const ServeOptions& o) : impl_(std::make_unique<Impl>(o)) {
       } catch (const ApiError& e) {
         m.metrics.http_error(e.status());
         res.status = e.status();
-        res.set_content(openai_error_body(e.status(), e.what(), e.param()), "application/json");
+        res.set_content(body(e.status(), e.what(), e.param()), "application/json");
       } catch (const InvalidArgument& e) {
         m.metrics.http_error(400);
         res.status = 400;
-        res.set_content(openai_error_body(400, e.what()), "application/json");
+        res.set_content(body(400, e.what(), ""), "application/json");
       }
     };
   };
   http.Post("/v1/chat/completions", api(handle_chat, true));
   http.Post("/v1/completions", api(handle_completions, true));
+  http.Post("/v1/messages", api(handle_messages, true, true));
+  http.Post("/v1/messages/count_tokens", api(handle_count_tokens, true, true));
+  http.Post("/v1/responses", api(handle_responses, true));
   http.Post("/tokenize", api(handle_tokenize, true));
   http.Post("/detokenize", api(handle_detokenize, true));
   http.Get("/v1/models", api([](ApiContext& ctx, const httplib::Request&, httplib::Response& res) {
