@@ -128,12 +128,16 @@ class Generator {
     if (logits) eo.max_prompt_logit_rows = std::min<int64_t>(int64_t(prompt.size()), eo.max_num_batched_tokens);
     if (tok_) {
       eo.text_decoder = text_decoder_factory(*tok_);
+      eo.sample_vocab = tok_->vocab_size();
       p.skip_special_tokens = skip_special;
     }
     Engine engine(w_, backend_, eo);
     for (const auto& n : engine.notices()) fmt::print(stderr, "{}\n", n);
     const int64_t T = int64_t(prompt.size());
-    Request r{0, std::move(prompt), std::move(p), logits};
+    Request r;
+    r.prompt = std::move(prompt);
+    r.params = std::move(p);
+    r.prompt_logits = logits;
     const uint64_t id = engine.add_request(std::move(r));
     std::vector<int32_t> out;
     while (engine.has_work()) {

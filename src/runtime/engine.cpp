@@ -47,6 +47,8 @@ EngineOptions resolve(const ModelWeights& w, EngineOptions o) {
       o.kv.num_blocks = int64_t(o.kv.memory_bytes / per);
     }
   }
+  if (o.sample_vocab < 0) fail<InvalidArgument>("sample_vocab {} is negative", o.sample_vocab);
+  if (o.sample_vocab == 0 || o.sample_vocab > c.vocab_size) o.sample_vocab = c.vocab_size;
   const int64_t capacity = o.kv.num_blocks * o.kv.block_size;
   if (o.max_model_len <= 0) o.max_model_len = std::min<int64_t>(c.max_position_embeddings, capacity);
   if (o.max_model_len > c.max_position_embeddings)
@@ -77,7 +79,7 @@ Engine::Engine(const ModelWeights& weights, Backend& backend, const EngineOption
       kv_(backend, weights.config, model_.weights(), opt_.kv, opt_.checkpoint),
       scheduler_(kv_.blocks(), SchedulerOptions{opt_.max_num_seqs, opt_.max_num_batched_tokens,
                                                 model_.limits().max_logit_rows, opt_.max_model_len, opt_.ngram}),
-      sampler_(weights.config.vocab_size) {
+      sampler_(opt_.sample_vocab) {
   notices_ = kv_.notices();
   const ModelLimits& l = model_.limits();
   tokens_.resize(size_t(l.max_tokens));
@@ -108,7 +110,8 @@ void Engine::validate(const Request& r) const {
                           "for {} more",
                           opt_.max_model_len, P, r.params.max_tokens);
   for (int32_t t : r.forced_output)
-    if (t < 0 || t >= V) fail<InvalidArgument>("forced output token {} is outside the vocabulary [0, {})", t, V);
+    if (t < 0 || t >= opt_.sample_vocab)
+      fail<InvalidArgument>("forced output token {} is outside the vocabulary [0, {})", t, opt_.sample_vocab);
   if (!r.params.stop.empty() && !opt_.text_decoder)
     fail<InvalidArgument>("stop strings need a tokenizer: this engine produces token ids only");
   if (r.params.stop.size() > 64) fail<InvalidArgument>("stop: {} strings (at most 64)", r.params.stop.size());
@@ -187,7 +190,7 @@ bool Engine::append(Sequence& s, int32_t token, const float* row) {
   if (s.params.logprobs >= 0) {
     TokenLogprobs lp;
     lp.top.resize(size_t(s.params.logprobs));
-    lp.logprob = Sampler::logprobs(row, config().vocab_size, token, s.params.logprobs, lp.top.data());
+    lp.logprob = Sampler::logprobs(row, opt_.sample_vocab, token, s.params.logprobs, lp.top.data());
     s.logprobs.push_back(std::move(lp));
   }
   s.tokens.push_back(token);

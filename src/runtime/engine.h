@@ -26,6 +26,10 @@ struct EngineOptions {
   NgramOptions ngram;                  // ngram.k > 0 turns speculation on
   std::vector<int32_t> eos_token_ids;  // end-of-sequence ids (generation_config / config.json)
   TextDecoderFactory text_decoder;     // without one, requests produce ids only (stop strings need it)
+  // Ids sampling may choose: [0, sample_vocab). 0 = the model's vocab_size. Checkpoints pad
+  // lm_head past the tokenizer (MiniMax-M2: 200064 rows); set this to the tokenizer's size so that
+  // every generated id has text.
+  int64_t sample_vocab = 0;
   std::string checkpoint;              // named in notices
   bool record_decision_margins = false;  // keep each token's decision margin (Sequence::margins), for checks
   ShardSpec shard;

@@ -93,22 +93,25 @@ void Sampler::prepare(const float* logits, const SamplingParams& p, std::span<co
   // presence over generated tokens.
   if (p.repetition_penalty != 1.0f) {
     for (int32_t t : history) {
-      if (seen_[size_t(t)]) continue;
+      if (t >= V || seen_[size_t(t)]) continue;  // prompt ids past the sampled range have no logit here
       seen_[size_t(t)] = 1;
       w[t] = w[t] > 0 ? w[t] / p.repetition_penalty : w[t] * p.repetition_penalty;
     }
-    for (int32_t t : history) seen_[size_t(t)] = 0;
+    for (int32_t t : history)
+      if (t < V) seen_[size_t(t)] = 0;
   }
   if (p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f) {
     const auto generated = history.subspan(size_t(std::min<int64_t>(prompt_len, int64_t(history.size()))));
-    for (int32_t t : generated) ++counts_[size_t(t)];
+    for (int32_t t : generated)
+      if (t < V) ++counts_[size_t(t)];
     for (int32_t t : generated) {
-      if (counts_[size_t(t)] == 0) continue;
+      if (t >= V || counts_[size_t(t)] == 0) continue;
       w[t] -= p.frequency_penalty * float(counts_[size_t(t)]) + p.presence_penalty;
       counts_[size_t(t)] = 0;
     }
   }
-  for (int32_t t : masked) w[t] = -std::numeric_limits<float>::infinity();
+  for (int32_t t : masked)
+    if (t < V) w[t] = -std::numeric_limits<float>::infinity();
 
   // Greedy: the argmax (ties to the lower id) and its gap to the runner-up.
   int32_t best = 0, second = -1;

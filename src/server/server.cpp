@@ -125,6 +125,7 @@ Server::Server(const ServeOptions& o) : impl_(std::make_unique<Impl>(o)) {
   eo.ngram.k = opt.speculative_ngram;
   eo.eos_token_ids = m.gen.eos_token_ids;
   eo.text_decoder = text_decoder_factory(m.tokenizer);
+  eo.sample_vocab = m.tokenizer.vocab_size();
   eo.checkpoint = opt.model_dir;
   eo.record_decision_margins = opt.debug_decision_margins;
   auto engine = std::make_unique<Engine>(m.weights, m.backend, eo);

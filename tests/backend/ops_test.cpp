@@ -350,7 +350,9 @@ void check_moe(Backend& be, const MoeCase& c, std::mt19937_64& rng) {
     ASSERT_TRUE(s >= off[size_t(e)] && s < off[size_t(e) + 1]) << "choice " << i;
     ASSERT_EQ(seen[size_t(s)]++, 0);
     ASSERT_EQ(perm[size_t(s * H)], x[size_t((i / K) * H)]);
-    if (i >= K && ids[size_t(i - K)] == e) ASSERT_LT(slot[size_t(i - K)], s);  // token order within an expert
+    if (i >= K && ids[size_t(i - K)] == e) {
+      ASSERT_LT(slot[size_t(i - K)], s);  // token order within an expert
+    }
   }
   be.grouped_linear(gate_up, dperm.view, doff.view, dgu.view);
   be.swiglu(dgu.view, dact.view);

@@ -404,6 +404,38 @@ TEST_F(DemoEngine, SeedsReproduceAndDiffer) {
   EXPECT_NE(a.tokens, c.tokens);
 }
 
+// Checkpoints pad lm_head past the tokenizer; sampling stays inside sample_vocab, whatever the
+// prompt holds and whatever penalties touch.
+TEST_F(DemoEngine, SamplingStaysInsideSampleVocab) {
+  EngineOptions o = options();
+  o.sample_vocab = 300;
+  auto e = make(o);
+  std::mt19937_64 rng(test::fresh_seed());
+  std::vector<Request> reqs;
+  for (int i = 0; i < 4; ++i) {
+    Request r = greedy(text_ids(size_t(rng() % 1000), 24), 32);  // prompt ids reach far past 300
+    r.params.temperature = i == 0 ? 0.0f : 1.5f;
+    r.params.repetition_penalty = 1.3f;
+    r.params.frequency_penalty = 0.5f;
+    r.params.seed = int64_t(rng() % 1000);
+    r.params.logprobs = 5;
+    reqs.push_back(r);
+  }
+  bool prompt_past = false;
+  for (auto& r : reqs)
+    for (int32_t t : r.prompt) prompt_past |= t >= 300;
+  ASSERT_TRUE(prompt_past);
+  for (const Outcome& g : test::run_to_completion(*e, reqs)) {
+    ASSERT_EQ(g.tokens.size(), 32u);
+    for (int32_t t : g.tokens) EXPECT_LT(t, 300);
+    for (const TokenLogprobs& lp : g.logprobs)
+      for (const TopLogprob& top : lp.top) EXPECT_LT(top.token, 300);
+  }
+  Request forced = greedy(text_ids(0, 4), 4);
+  forced.forced_output = {299, 300};
+  EXPECT_THROW(e->validate(forced), InvalidArgument);
+}
+
 TEST_F(DemoEngine, AsyncEngineServesConcurrentSubmittersAndAborts) {
   std::vector<Request> reqs;
   for (int i = 0; i < 16; ++i) reqs.push_back(greedy(text_ids(size_t(i) * 30, size_t(10 + i)), 12));

@@ -108,7 +108,7 @@ TEST(Sampler, DrawsFollowTheProcessedDistribution) {
     std::vector<int> counts(V, 0);
     Rng r(rng());
     for (int i = 0; i < N; ++i) ++counts[size_t(s.pick(r))];
-    int dof;
+    int dof = 0;
     const double chi = chi_square(counts, want, N, &dof);
     // The 99.99th percentile of chi-square is below dof + 10·sqrt(2·dof) + 15 for these sizes.
     EXPECT_LT(chi, dof + 10 * std::sqrt(2.0 * dof) + 15) << c.name << " dof " << dof;
@@ -137,8 +137,9 @@ TEST(Sampler, SpeculativeVerificationKeepsTheDistributionExact) {
       ++counts[size_t(s.verify(draft, r, &ok))];
       accepted += ok;
     }
-    int dof;
-    EXPECT_LT(chi_square(counts, want, N, &dof), dof + 10 * std::sqrt(2.0 * dof) + 15) << "draft " << draft;
+    int dof = 0;
+    const double chi2 = chi_square(counts, want, N, &dof);
+    EXPECT_LT(chi2, dof + 10 * std::sqrt(2.0 * dof) + 15) << "draft " << draft;
     EXPECT_NEAR(double(accepted) / N, want[size_t(draft)], 4 * std::sqrt(0.25 / N) + 1e-3) << "acceptance rate";
   }
   // Greedy: a draft is accepted exactly when it is the argmax, and the argmax always comes out.
