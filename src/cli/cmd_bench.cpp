@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "bench/serving_bench.h"
@@ -25,6 +26,7 @@ struct BenchFlags {
   BenchyOptions benchy;
   SweepOptions sweep;
   std::string workload, text, json_out, plots;
+  int overhead = 0;
   CLI::Option *pp = nullptr, *tg = nullptr, *depth = nullptr, *conc = nullptr, *rate = nullptr;
 };
 
@@ -36,29 +38,43 @@ std::string read_file(const std::string& path) {
   return s.str();
 }
 
-// Counter deltas between two Prometheus scrapes (samples named *_total).
-std::string metric_deltas(const std::string& before, const std::string& after) {
-  auto parse = [](const std::string& text) {
-    std::map<std::string, double> m;
-    std::istringstream in(text);
-    for (std::string line; std::getline(in, line);) {
-      if (line.empty() || line[0] == '#') continue;
-      const size_t sp = line.rfind(' ');
-      if (sp == std::string::npos) continue;
-      const std::string name = line.substr(0, sp);
-      if (name.find("_total") == std::string::npos) continue;
-      try {
-        m[name] = std::stod(line.substr(sp + 1));
-      } catch (const std::exception&) {
-      }
+// The samples of a Prometheus scrape: "name{labels}" → value.
+std::map<std::string, double> parse_metrics(const std::string& text) {
+  std::map<std::string, double> m;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty() || line[0] == '#') continue;
+    const size_t sp = line.rfind(' ');
+    if (sp == std::string::npos) continue;
+    try {
+      m[line.substr(0, sp)] = std::stod(line.substr(sp + 1));
+    } catch (const std::exception&) {
     }
-    return m;
-  };
-  auto a = parse(before), b = parse(after);
+  }
+  return m;
+}
+
+// Counter deltas between two scrapes (samples named *_total).
+std::string metric_deltas(const std::map<std::string, double>& a, const std::map<std::string, double>& b) {
   std::string out;
   for (const auto& [k, v] : b)
-    if (a.count(k) && v != a[k]) out += fmt::format("  {} +{:g}\n", k, v - a[k]);
+    if (k.find("_total") != std::string::npos && a.count(k) && v != a.at(k)) out += fmt::format("  {} +{:g}\n", k, v - a.at(k));
   return out;
+}
+
+// The server's own end-to-end time of the requests between two scrapes (m2 serve's
+// m2:e2e_request_latency_seconds: from the request entering the engine queue to its last output),
+// summed; nullopt when the server does not export it.
+std::optional<std::pair<double, double>> server_e2e(const std::map<std::string, double>& a, const std::map<std::string, double>& b) {
+  auto find = [](const std::map<std::string, double>& m, const std::string& prefix) -> std::optional<double> {
+    for (const auto& [k, v] : m)
+      if (k.rfind(prefix, 0) == 0) return v;
+    return std::nullopt;
+  };
+  auto s0 = find(a, "m2:e2e_request_latency_seconds_sum"), s1 = find(b, "m2:e2e_request_latency_seconds_sum");
+  auto c0 = find(a, "m2:e2e_request_latency_seconds_count"), c1 = find(b, "m2:e2e_request_latency_seconds_count");
+  if (!s0 || !s1 || !c0 || !c1) return std::nullopt;
+  return std::make_pair(*s1 - *s0, *c1 - *c0);
 }
 
 int bench(BenchFlags& f) {
@@ -75,7 +91,7 @@ int bench(BenchFlags& f) {
   ServingBench b(f.target);
   const bool sweep = f.conc->count() > 0 || f.rate->count() > 0;
   const bool workload = !f.workload.empty();
-  const bool benchy = (!sweep && !workload) || f.pp->count() || f.tg->count() || f.depth->count();
+  const bool benchy = (!sweep && !workload && f.overhead == 0) || f.pp->count() || f.tg->count() || f.depth->count();
   if (f.text.empty()) f.text = M2_DEFAULT_CORPUS;
   if (benchy || sweep) b.load_corpus(read_file(f.text));
   const double api = b.latency("api");
@@ -125,8 +141,32 @@ int bench(BenchFlags& f) {
   if (!before.empty()) {
     out["metrics_before"] = before;
     out["metrics_after"] = after;
-    const std::string d = metric_deltas(before, after);
+    const auto ma = parse_metrics(before), mb = parse_metrics(after);
+    const std::string d = metric_deltas(ma, mb);
     if (!d.empty()) fmt::print("server counters during the run (/metrics):\n{}", d);
+  }
+  if (f.overhead > 0) {
+    // What a request costs beyond the engine: N streamed one-token chat requests, timed by the client,
+    // against the server's own end-to-end time of exactly those requests (m2 serve's
+    // m2:e2e_request_latency_seconds, from the engine queue to the last output).
+    const auto m0 = parse_metrics(b.metrics_text());
+    double client = 0;
+    for (int i = 0; i < f.overhead; ++i) {
+      RequestRecord r = b.chat({{"messages", {{{"role", "user"}, {"content", "Hi"}}}}, {"max_tokens", 1}, {"temperature", 0}});
+      if (!r.error.empty()) fail<IoError>("overhead request: {}", r.error);
+      client += r.e2e;
+    }
+    const auto server = server_e2e(m0, parse_metrics(b.metrics_text()));
+    if (!server || int64_t(server->second) != f.overhead) {
+      fmt::print("API overhead: the server does not export m2:e2e_request_latency_seconds; client e2e {:.3f} ms per request\n",
+                 client / f.overhead * 1e3);
+    } else {
+      const double overhead = (client - server->first) / f.overhead;
+      fmt::print("API overhead: {:.3f} ms per request = client e2e {:.3f} ms − server e2e {:.3f} ms (mean of {} streamed "
+                 "one-token chat requests: HTTP, JSON, chat template, tokenization, SSE)\n",
+                 overhead * 1e3, client / f.overhead * 1e3, server->first / f.overhead * 1e3, f.overhead);
+      out["meta"]["api_overhead_ms"] = overhead * 1e3;
+    }
   }
   nlohmann::json reqs = nlohmann::json::array();
   for (const auto& r : records) reqs.push_back(r.to_json());
@@ -185,6 +225,7 @@ Runner add_bench(CLI::App& app) {
   app.add_option("--prompt-len", f->sweep.prompt_len, "Prompt tokens per request (sweep)")->capture_default_str();
   app.add_option("--gen-len", f->sweep.gen_len, "Generated tokens per request (sweep)")->capture_default_str();
   app.add_option("--workload", f->workload, "Replay chat requests from a JSONL file (one request body per line)");
+  app.add_option("--overhead", f->overhead, "Measure the API's own cost over N one-token chat requests (m2 serve)");
   app.add_option("--text", f->text, "Text the prompts are cut from (default: the demo model's prose)");
   app.add_option("--json", f->json_out, "Write every run and request, and the summaries, as JSON");
   app.add_option("--plots", f->plots, "Write SVG plots into this directory");

@@ -44,6 +44,10 @@ test('every mode against m2 serve; the numbers agree with the server', async () 
   assert.match(r.stdout, /\| model \| test \| t\/s \| ttfr \(ms\) \| est_ppt \(ms\) \| e2e_ttft \(ms\) \|/);
   for (const t of ['pp64', 'tg8', 'pp64 @ d64', 'tg8 @ d64']) assert.ok(r.stdout.includes(`| demo | ${t} |`), t);
   assert.match(r.stdout, /API latency: [\d.]+ ms/);
+  const o = await bench([server.url, '--overhead', '5']);
+  assert.equal(o.code, 0, o.stderr);
+  const overhead = Number(o.stdout.match(/API overhead: (-?[\d.]+) ms per request = client e2e ([\d.]+) ms − server e2e ([\d.]+) ms/)[1]);
+  assert.ok(overhead > 0 && overhead < 50, `API overhead ${overhead} ms`);
   const w = await bench([server.url, '--workload', workload]);
   assert.equal(w.code, 0, w.stderr);
   assert.match(w.stdout, /workload .* \(3 requests\)/);
@@ -59,11 +63,12 @@ test('every mode against m2 serve; the numbers agree with the server', async () 
     assert.ok(q.ttfr_ms <= q.ttft_ms && q.ttft_ms <= q.last_ms && q.last_ms <= q.e2e_ms, JSON.stringify(q));
     assert.equal(q.itl_ms.length, q.events - 1);
   }
-  // Tokens the bench counted = tokens the server generated (its counter also holds the warm-ups
-  // and the workload: 2 + 2 warm-up tokens and 3 workload requests of up to 19 tokens).
+  // Tokens the bench counted = tokens the server generated (its counter also holds the warm-ups,
+  // the overhead requests and the workload: 2 + 2 warm-up tokens, 5 one-token requests, and 3 workload
+  // requests of up to 19 tokens).
   const counted = reqs.reduce((a, q) => a + q.output_tokens, 0);
   const served = after['m2:generation_tokens_total'] - before['m2:generation_tokens_total'];
-  assert.ok(served - counted >= 4 && served - counted <= 4 + 19, `bench counted ${counted}, the server generated ${served}`);
+  assert.ok(served - counted >= 9 && served - counted <= 9 + 19, `bench counted ${counted}, the server generated ${served}`);
   for (const q of reqs.filter((x) => x.test.startsWith('pp'))) assert.equal(q.output_tokens, 8);
   for (const s of j.sweep) {
     assert.equal(s.errors, 0);
