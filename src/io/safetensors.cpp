@@ -212,6 +212,15 @@ const TensorRef& Checkpoint::get(const std::string& name) const {
   return *t;
 }
 
+void Checkpoint::release(const std::string& prefix) const {
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  for (auto it = tensors_.lower_bound(prefix); it != tensors_.end() && it->first.compare(0, prefix.size(), prefix) == 0; ++it) {
+    const uintptr_t b = (uintptr_t(it->second.data) + page - 1) & ~(page - 1);  // whole pages inside the tensor
+    const uintptr_t e = (uintptr_t(it->second.data) + it->second.nbytes) & ~(page - 1);
+    if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+  }
+}
+
 size_t Checkpoint::bytes_on_disk() const {
   size_t n = 0;
   for (const auto& f : files_) n += f->file_size();

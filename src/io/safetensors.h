@@ -74,6 +74,10 @@ class Checkpoint {
   const std::filesystem::path& dir() const { return dir_; }
   size_t bytes_on_disk() const;
   size_t num_files() const { return files_.size(); }
+  // Drops the resident pages of every tensor whose name starts with `prefix` from this process
+  // (madvise MADV_DONTNEED; they are read again from the file if touched). Layer-streaming passes
+  // use it to keep one layer resident at a time.
+  void release(const std::string& prefix) const;
 
  private:
   void add_file(const std::filesystem::path& path);

@@ -85,9 +85,9 @@ void Model::validate(const ForwardBatch& b, const PagedKv& kv) const {
   if (b.logit_rows() > limits_.max_logit_rows)
     fail<InvalidArgument>("forward: {} logit rows exceed the model's limit of {} per step", b.logit_rows(),
                           limits_.max_logit_rows);
-  if (kv.block_size != block_size_ || int64_t(kv.layers.size()) != cfg_.num_layers || kv.kv_dim != cfg_.kv_dim())
-    fail<InvalidArgument>("forward: KV cache of {} layers × {} dims in blocks of {}, expected {} × {} in blocks of {}",
-                          kv.layers.size(), kv.kv_dim, kv.block_size, cfg_.num_layers, cfg_.kv_dim(), block_size_);
+  if (kv.block_size != block_size_ || kv.layers.empty() || kv.kv_dim != cfg_.kv_dim())
+    fail<InvalidArgument>("forward: KV cache of {} layers × {} dims in blocks of {}, expected {} dims in blocks of {}",
+                          kv.layers.size(), kv.kv_dim, kv.block_size, cfg_.kv_dim(), block_size_);
   int64_t row = 0, entries = 0;
   for (size_t s = 0; s < b.seqs.size(); ++s) {
     const SequenceStep& q = b.seqs[s];
@@ -153,45 +153,67 @@ void Model::stage_metadata(const ForwardBatch& b) {
   if (out > 0) be_.upload(ws_.logit_rows.view(DType::I32, {out}), host_.logit_rows.data(), size_t(out) * 4);
 }
 
-void Model::forward(const ForwardBatch& b, const PagedKv& kv, float* logits) {
+void Model::stage(const ForwardBatch& b, const PagedKv& kv) {
   validate(b, kv);
   stage_metadata(b);
-  const auto& c = cfg_;
-  const int64_t M = int64_t(b.tokens.size()), H = c.hidden_size, R = b.logit_rows();
-  const int half = c.rotary_dim / 2;
-
-  const TensorView h = ws_.h.view(DType::F32, {M, H});  // [M, H] residual stream
-  be_.embed(w_.embed, ws_.ids.view(DType::I32, {M}), h);
-  if (hidden_hook) hidden_hook(0, h);
+  staged_tokens_ = int64_t(b.tokens.size());
+  staged_rows_ = b.logit_rows();
+  const int half = cfg_.rotary_dim / 2;
+  const int64_t M = staged_tokens_;
   be_.rope_table(ws_.positions.view(DType::I32, {M}), inv_freq_.view(DType::F32, {half}),
                  ws_.cos.view(DType::F32, {M, half}), ws_.sin.view(DType::F32, {M, half}));
-  for (int l = 0; l < c.num_layers; ++l) {
-    attention_block(l, M, kv);
-    moe_block(l, M);
-    if (hidden_hook) hidden_hook(l + 1, h);
-  }
+}
+
+void Model::embed(const TensorView& h) {
+  expect_tensor(h, DType::F32, {staged_tokens_, cfg_.hidden_size}, "model hidden state");
+  be_.embed(w_.embed, ws_.ids.view(DType::I32, {staged_tokens_}), h);
+  if (hidden_hook) hidden_hook(0, h);
+}
+
+void Model::layer(int l, const PagedKv& kv, int kv_layer, const TensorView& h) {
+  if (l < 0 || l >= cfg_.num_layers) fail<InvalidArgument>("layer {} of a {}-layer model", l, cfg_.num_layers);
+  if (kv_layer < 0 || kv_layer >= int(kv.layers.size()))
+    fail<InvalidArgument>("KV layer {} of a cache with {} layers", kv_layer, kv.layers.size());
+  expect_tensor(h, DType::F32, {staged_tokens_, cfg_.hidden_size}, "model hidden state");
+  attention_block(l, h, kv, kv_layer);
+  moe_block(l, h);
+  if (hidden_hook) hidden_hook(l + 1, h);
+}
+
+void Model::logits(const TensorView& h, float* logits) {
+  const int64_t R = staged_rows_, H = cfg_.hidden_size;
   if (R == 0) return;
+  expect_tensor(h, DType::F32, {staged_tokens_, H}, "model hidden state");
   // Final norm on the rows whose logits are wanted, then lm_head.
   const TensorView fin = ws_.final_rows.view(DType::F32, {R, H});  // [R, H]
   be_.gather_rows(h, ws_.logit_rows.view(DType::I32, {R}), fin);
-  be_.rmsnorm(fin, w_.final_norm, fin, float(c.rms_norm_eps));
-  if (hidden_hook) hidden_hook(c.num_layers + 1, fin);
+  be_.rmsnorm(fin, w_.final_norm, fin, float(cfg_.rms_norm_eps));
+  if (hidden_hook) hidden_hook(cfg_.num_layers + 1, fin);
   if (be_.device() == Device::Cpu) {
-    be_.linear(w_.lm_head, fin, TensorView(logits, DType::F32, {R, c.vocab_size}));
+    be_.linear(w_.lm_head, fin, TensorView(logits, DType::F32, {R, cfg_.vocab_size}));
   } else {
-    const TensorView out = ws_.logits.view(DType::F32, {R, c.vocab_size});
+    const TensorView out = ws_.logits.view(DType::F32, {R, cfg_.vocab_size});
     be_.linear(w_.lm_head, fin, out);
     be_.download(logits, out, out.nbytes());
   }
 }
 
-void Model::attention_block(int l, int64_t M, const PagedKv& kv) {
+void Model::forward(const ForwardBatch& b, const PagedKv& kv, float* logits_out) {
+  if (int64_t(kv.layers.size()) != cfg_.num_layers)
+    fail<InvalidArgument>("forward: a KV cache of {} layers for a {}-layer model", kv.layers.size(), cfg_.num_layers);
+  stage(b, kv);
+  const TensorView h = ws_.h.view(DType::F32, {staged_tokens_, cfg_.hidden_size});  // [M, H] residual stream
+  embed(h);
+  for (int l = 0; l < cfg_.num_layers; ++l) layer(l, kv, l, h);
+  logits(h, logits_out);
+}
+
+void Model::attention_block(int l, const TensorView& h, const PagedKv& kv, int kv_layer) {
   const auto& c = cfg_;
   const BackendLayer& L = w_.layers[size_t(l)];
-  const int64_t H = c.hidden_size, QD = c.q_dim(), KVD = c.kv_dim();
+  const int64_t M = h.dim(0), H = c.hidden_size, QD = c.q_dim(), KVD = c.kv_dim();
   const int half = c.rotary_dim / 2;
   const float eps = float(c.rms_norm_eps);
-  const TensorView h = ws_.h.view(DType::F32, {M, H});         // [M, H]
   const TensorView x = ws_.x.view(DType::F32, {M, H});         // [M, H]
   const TensorView q = ws_.q.view(DType::F32, {M, QD});        // [M, heads * head_dim]
   const TensorView k = ws_.k.view(DType::F32, {M, KVD});       // [M, kv_heads * head_dim]
@@ -201,6 +223,7 @@ void Model::attention_block(int l, int64_t M, const PagedKv& kv) {
   const TensorView cos = ws_.cos.view(DType::F32, {M, half});  // [M, rotary_dim / 2]
   const TensorView sin = ws_.sin.view(DType::F32, {M, half});  // [M, rotary_dim / 2]
   be_.rmsnorm(h, L.input_norm, x, eps);
+  observe(l, Site::AttnIn, x);
   be_.linear(L.q, x, q);
   be_.linear(L.k, x, k);
   be_.linear(L.v, x, v);
@@ -208,20 +231,22 @@ void Model::attention_block(int l, int64_t M, const PagedKv& kv) {
   be_.rmsnorm(k, L.k_norm, k, eps);
   be_.rope(q, c.num_heads, c.head_dim, c.rotary_dim, cos, sin);
   be_.rope(k, c.num_kv_heads, c.head_dim, c.rotary_dim, cos, sin);
-  be_.kv_store(kv, l, k, v, ws_.slots.view(DType::I64, {M}));
-  be_.paged_attention(kv, l, q, att, attn_, c.num_heads, c.num_kv_heads, c.head_dim);
+  observe(l, Site::Key, k);
+  observe(l, Site::Value, v);
+  be_.kv_store(kv, kv_layer, k, v, ws_.slots.view(DType::I64, {M}));
+  be_.paged_attention(kv, kv_layer, q, att, attn_, c.num_heads, c.num_kv_heads, c.head_dim);
+  observe(l, Site::AttnOut, att);
   be_.linear(L.o, att, proj);
   be_.add(h, proj);
 }
 
 // Routes every token, groups the (token, expert) pairs by expert, runs every expert of the step in
 // one grouped call per projection, and adds the weighted outputs into the residual stream.
-void Model::moe_block(int l, int64_t M) {
+void Model::moe_block(int l, const TensorView& h) {
   const auto& c = cfg_;
   const BackendLayer& L = w_.layers[size_t(l)];
-  const int64_t H = c.hidden_size, I = c.intermediate_size, K = c.experts_per_token, E = c.num_experts;
+  const int64_t M = h.dim(0), H = c.hidden_size, I = c.intermediate_size, K = c.experts_per_token, E = c.num_experts;
   const int64_t S = M * K;
-  const TensorView h = ws_.h.view(DType::F32, {M, H});               // [M, H]
   const TensorView x = ws_.x.view(DType::F32, {M, H});               // [M, H]
   const TensorView router = ws_.router.view(DType::F32, {M, E});     // [M, E]
   const TensorView ids = ws_.route_ids.view(DType::I32, {M, K});     // [M, K]
@@ -233,12 +258,15 @@ void Model::moe_block(int l, int64_t M) {
   const TensorView act = ws_.act.view(DType::F32, {S, I});           // [M * K, I]
   const TensorView y_perm = ws_.y_perm.view(DType::F32, {S, H});     // [M * K, H]
   be_.rmsnorm(h, L.post_norm, x, float(c.rms_norm_eps));
+  observe(l, Site::MoeIn, x);
   be_.linear(L.gate, x, router);  // fp32 router logits
   be_.route(router, L.router_bias, ids, wts);
   if (routing_hook) routing_hook(l, ids);
   be_.moe_permute(x, ids, x_perm, offsets, slot_of);
+  observe(l, Site::ExpertIn, x_perm, offsets);
   be_.grouped_linear(L.gate_up, x_perm, offsets, gu);
   be_.swiglu(gu, act);
+  observe(l, Site::ExpertMid, act, offsets);
   be_.grouped_linear(L.down, act, offsets, y_perm);
   be_.moe_unpermute(y_perm, slot_of, wts, h);
 }

@@ -37,6 +37,21 @@ class Model {
   // sequence and value) before touching anything. Does not allocate.
   void forward(const ForwardBatch& batch, const PagedKv& kv, float* logits);
 
+  // Layer-at-a-time execution (calibration, streaming evaluation): stage a batch, then run the
+  // embedding, each layer and the logits on hidden states the caller keeps between calls (h: F32
+  // [batch tokens, hidden] in the backend's memory). `kv` may hold fewer layers than the model:
+  // layer(l, kv, kv_layer, h) reads and writes kv.layers[kv_layer]. forward() is exactly these.
+  void stage(const ForwardBatch& batch, const PagedKv& kv);
+  void embed(const TensorView& h);
+  void layer(int l, const PagedKv& kv, int kv_layer, const TensorView& h);
+  void logits(const TensorView& h, float* logits);
+
+  // Where activations can be observed (calibration): the input of q/k/v, of o_proj, of the MoE block
+  // (router and every expert), of each expert's gate/up (grouped by expert: offsets I32 [E + 1]) and
+  // down projections, and the K and V that go into the cache.
+  enum class Site { AttnIn, AttnOut, MoeIn, ExpertIn, ExpertMid, Key, Value };
+  std::function<void(int layer, Site site, const TensorView& x, const TensorView& expert_offsets)> activation_hook;
+
   // Called after the embedding (index 0), after each layer l (index l + 1), and after the final norm
   // (index num_layers + 1, the logit rows only) with the hidden state (backend memory, F32 [rows,
   // hidden]). For tests and `m2 eval`.
@@ -48,8 +63,11 @@ class Model {
  private:
   void validate(const ForwardBatch& batch, const PagedKv& kv) const;
   void stage_metadata(const ForwardBatch& batch);
-  void attention_block(int layer, int64_t M, const PagedKv& kv);
-  void moe_block(int layer, int64_t M);
+  void attention_block(int layer, const TensorView& h, const PagedKv& kv, int kv_layer);
+  void moe_block(int layer, const TensorView& h);
+  void observe(int layer, Site site, const TensorView& x, const TensorView& offsets = {}) {
+    if (activation_hook) activation_hook(layer, site, x, offsets);
+  }
 
   const ModelConfig cfg_;
   Backend& be_;
@@ -90,6 +108,7 @@ class Model {
     Buffer logits;                  // F32 [R, vocab] (device backends; the CPU writes to the caller's)
   } ws_;
   AttentionBatch attn_;
+  int64_t staged_tokens_ = 0, staged_rows_ = 0;  // of the staged batch
 };
 
 }  // namespace m2

@@ -1,8 +1,9 @@
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
+#include <cstring>
 #include <fstream>
+#include <random>
 
 #include "core/error.h"
 #include "io/safetensors.h"
@@ -155,6 +156,42 @@ TEST(Safetensors, OpeningIsLazy) {
   volatile uint8_t sink = 0;
   for (size_t i = 0; i < n; i += 4096) sink = sink + f.tensors().at("w").data[i];
   EXPECT_GT(resident_bytes() - before, 128l << 20);
+}
+
+// release(prefix) drops the resident pages of the named tensors only; their bytes read back the same.
+TEST(Safetensors, ReleaseDropsResidentPagesAndKeepsTheData) {
+  test::TempDir dir;
+  const size_t n = size_t(48) << 20;
+  std::mt19937_64 rng(test::fresh_seed());
+  std::vector<uint8_t> big(n), small(4096 * 3);
+  for (auto& b : big) b = uint8_t(rng());
+  for (auto& b : small) b = uint8_t(rng());
+  write_safetensors(dir.path / "model.safetensors", {{"layers.0.w", DType::U8, {int64_t(n)}, {big.data(), n}},
+                                                      {"layers.1.w", DType::U8, {int64_t(small.size())}, {small.data(), small.size()}}});
+  big.clear();
+  big.shrink_to_fit();
+  auto resident_bytes = [] {
+    long pages = 0, resident = 0;
+    std::ifstream("/proc/self/statm") >> pages >> resident;
+    return resident * sysconf(_SC_PAGESIZE);
+  };
+  Checkpoint ck(dir.path);
+  const TensorRef& w = ck.get("layers.0.w");
+  auto checksum = [&] {
+    uint64_t h = 0;
+    for (size_t i = 0; i < n; ++i) h = h * 1099511628211ull + w.data[i];
+    return h;
+  };
+  const long before = resident_bytes();
+  const uint64_t sum = checksum();
+  const long touched = resident_bytes();
+  EXPECT_GT(touched - before, 32l << 20);
+  ck.release("layers.1.");  // another tensor: nothing of layers.0 goes
+  EXPECT_GT(resident_bytes() - before, 32l << 20);
+  ck.release("layers.0.");
+  EXPECT_LT(resident_bytes() - before, 8l << 20) << "release kept the pages";
+  EXPECT_EQ(checksum(), sum);
+  EXPECT_EQ(std::memcmp(ck.get("layers.1.w").data, small.data(), small.size()), 0);
 }
 
 }  // namespace

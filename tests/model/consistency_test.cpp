@@ -1,6 +1,8 @@
 // The cache and batching must not change results: decode == prefill, batch == alone, path == path.
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "core/error.h"
 #include "model/model_fixture.h"
 
@@ -107,6 +109,55 @@ TEST_P(Consistency, GenericAndSimdPathsAgree) {
   auto ids = random_ids(rng, 12, simd.weights.config.vocab_size);
   auto a = simd.prefill(ids), b = generic.prefill(ids);
   EXPECT_LE(test::rel_err(a.data(), b.data(), a.size()), kTolerance);
+}
+
+// Layer-at-a-time execution (what calibration and streaming evaluation use) on hidden states the
+// caller keeps, each layer given a one-layer view of the cache, gives forward()'s logits; the
+// activation hook sees every site of every layer.
+TEST_P(Consistency, LayerAtATimeEqualsForward) {
+  std::mt19937_64 rng(test::fresh_seed());
+  test::Loaded m(test::kFixtures / GetParam());
+  const auto& c = m.weights.config;
+  const int64_t V = c.vocab_size, T = 37;
+  auto ids = random_ids(rng, int(T), int(V));
+  auto want = m.prefill(ids);
+
+  test::KvSeq seq;
+  ASSERT_TRUE(m.kv->blocks().allocate((T + 15) / 16, seq.blocks));
+  std::vector<int32_t> positions(static_cast<size_t>(T));
+  std::vector<int64_t> slots(static_cast<size_t>(T));
+  for (int64_t i = 0; i < T; ++i) {
+    positions[size_t(i)] = int32_t(i);
+    slots[size_t(i)] = int64_t(seq.blocks[size_t(i / 16)]) * 16 + i % 16;
+  }
+  std::vector<SequenceStep> steps = {{T, T, seq.blocks, LogitsFor::All}};
+  ForwardBatch fb{ids, positions, slots, steps};
+  const PagedKv full = m.kv->view();
+  std::map<std::pair<int, int>, int> seen;
+  m.model->activation_hook = [&](int layer, Model::Site site, const TensorView& x, const TensorView&) {
+    ++seen[{layer, int(site)}];
+    EXPECT_EQ(x.dtype, DType::F32);
+  };
+  m.model->stage(fb, full);
+  std::vector<float> h(size_t(T * c.hidden_size));  // [T, hidden]
+  const TensorView hv(h.data(), DType::F32, {T, c.hidden_size});
+  m.model->embed(hv);
+  for (int l = 0; l < c.num_layers; ++l) {
+    PagedKv one = full;
+    one.layers = {full.layers[size_t(l)]};
+    m.model->layer(l, one, 0, hv);
+  }
+  std::vector<float> got(size_t(T * V));
+  m.model->logits(hv, got.data());
+  m.model->activation_hook = nullptr;
+  EXPECT_LE(test::rel_err(got.data(), want.data(), got.size()), kTolerance);
+  for (int l = 0; l < c.num_layers; ++l)
+    for (int site = 0; site <= int(Model::Site::Value); ++site) EXPECT_EQ((seen[{l, site}]), 1) << l << " " << site;
+  EXPECT_THROW(m.model->layer(c.num_layers, full, 0, hv), InvalidArgument);
+  PagedKv none = full;
+  none.layers.clear();
+  EXPECT_THROW(m.model->layer(0, none, 0, hv), InvalidArgument);
+  m.release(seq);
 }
 
 TEST(Model, RejectsBadBatchesWithoutTouchingTheCache) {
