@@ -181,6 +181,16 @@ void check_paged_attention(Backend& be, const AttnCase& c, DType dt, std::mt1993
     for (int64_t i = 0; i < all; i += 97)
       for (int64_t d = 0; d < kvd; d += 13) ASSERT_EQ(stored[size_t(slots[size_t(i)] * kvd + d)], k_new[size_t(i * kvd + d)]);
   }
+  if (dt == DType::F8_E4M3) {  // every stored byte is the scalar codec's
+    auto sk = download<uint8_t>(be, kv.layers[0].k), sv = download<uint8_t>(be, kv.layers[0].v);
+    for (int64_t i = 0; i < all; ++i)
+      for (int64_t d = 0; d < kvd; ++d) {
+        ASSERT_EQ(sk[size_t(slots[size_t(i)] * kvd + d)], f32_to_e4m3(k_new[size_t(i * kvd + d)] / k_scale))
+            << "k " << k_new[size_t(i * kvd + d)] << " at token " << i << " dim " << d;
+        ASSERT_EQ(sv[size_t(slots[size_t(i)] * kvd + d)], f32_to_e4m3(v_new[size_t(i * kvd + d)] / v_scale))
+            << "v " << v_new[size_t(i * kvd + d)] << " at token " << i << " dim " << d;
+      }
+  }
   auto q = test::random_floats(rng, size_t(M * qd));
   auto dq = upload(be, q, {M, qd});
   auto dout = test::empty_tensor<float>(be, {M, qd});

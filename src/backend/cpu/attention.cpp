@@ -15,24 +15,24 @@ inline float to_f32(uint16_t v) { return bf16_to_f32(v); }
 inline float to_f32(uint8_t v) { return e4m3_to_f32(v); }
 
 template <typename E>
-inline E from_f32(float v, float inv_scale);
+inline E from_f32(float v, float scale);
 template <>
 inline float from_f32<float>(float v, float) { return v; }
 template <>
 inline uint16_t from_f32<uint16_t>(float v, float) { return f32_to_bf16(v); }
 template <>
-inline uint8_t from_f32<uint8_t>(float v, float inv_scale) { return f32_to_e4m3(v * inv_scale); }
+inline uint8_t from_f32<uint8_t>(float v, float scale) { return f32_to_e4m3(v / scale); }  // sat_e4m3(x / scale), spec §3.7
 
 template <typename E>
 void store_rows(const float* k, const float* v, const int64_t* slots, int64_t M, int64_t kvd, E* kc, E* vc,
-                float k_inv, float v_inv, ThreadPool& pool) {
+                float k_scale, float v_scale, ThreadPool& pool) {
   pool.parallel_for(M, [&](int64_t r0, int64_t r1, int) {
     for (int64_t r = r0; r < r1; ++r) {
       E* kd = kc + slots[r] * kvd;
       E* vd = vc + slots[r] * kvd;
       for (int64_t i = 0; i < kvd; ++i) {
-        kd[i] = from_f32<E>(k[r * kvd + i], k_inv);
-        vd[i] = from_f32<E>(v[r * kvd + i], v_inv);
+        kd[i] = from_f32<E>(k[r * kvd + i], k_scale);
+        vd[i] = from_f32<E>(v[r * kvd + i], v_scale);
       }
     }
   }, 4);
@@ -158,7 +158,7 @@ void CpuBackend::kv_store(const PagedKv& kv, int layer, const TensorView& k, con
                         1.0f, 1.0f, pool_);
     default:
       return store_rows(kp, vp, s, M, kv.kv_dim, static_cast<uint8_t*>(L.k.data), static_cast<uint8_t*>(L.v.data),
-                        1.0f / L.k_scale, 1.0f / L.v_scale, pool_);
+                        L.k_scale, L.v_scale, pool_);
   }
 }
 
