@@ -413,42 +413,4 @@ std::string sweep_table(const std::vector<SweepRow>& rows, const std::string& ti
   return out;
 }
 
-std::string svg_line_chart(const std::string& title, const std::string& xlabel, const std::string& ylabel,
-                           const std::vector<std::pair<double, double>>& pts, bool log_x) {
-  const double W = 640, H = 400, L = 70, R = 20, T = 40, B = 50;
-  double x0 = 1e300, x1 = -1e300, y1 = 0;
-  auto fx = [&](double x) { return log_x ? std::log2(std::max(x, 1e-9)) : x; };
-  for (auto [x, y] : pts) {
-    x0 = std::min(x0, fx(x));
-    x1 = std::max(x1, fx(x));
-    y1 = std::max(y1, y);
-  }
-  if (pts.empty()) x0 = 0, x1 = 1;
-  if (x1 == x0) x1 = x0 + 1;
-  if (y1 <= 0) y1 = 1;
-  y1 *= 1.1;
-  auto px = [&](double x) { return L + (fx(x) - x0) / (x1 - x0) * (W - L - R); };
-  auto py = [&](double y) { return H - B - y / y1 * (H - T - B); };
-  std::string s = fmt::format(
-      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n"
-      "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" font-size=\"15\" text-anchor=\"middle\">{}</text>\n"
-      "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n",
-      W, H, W / 2, title, L, H - B, W - R, H - B, L, T, L, H - B);
-  for (int i = 0; i <= 5; ++i) {
-    const double y = y1 * i / 5;
-    s += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.4g}</text><line x1=\"{}\" y1=\"{:.1f}\" x2=\"{}\" y2=\"{:.1f}\" stroke=\"#ddd\"/>\n",
-                     L - 6, py(y) + 4, y, L, py(y), W - R, py(y));
-  }
-  for (auto [x, y] : pts)
-    s += fmt::format("<text x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\">{:g}</text>\n", px(x), H - B + 16, x);
-  s += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", (L + W - R) / 2, H - 12, xlabel);
-  s += fmt::format("<text x=\"16\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {})\">{}</text>\n", (T + H - B) / 2,
-                   (T + H - B) / 2, ylabel);
-  std::string path;
-  for (auto [x, y] : pts) path += fmt::format("{}{:.1f},{:.1f}", path.empty() ? "M" : " L", px(x), py(y));
-  if (!path.empty()) s += fmt::format("<path d=\"{}\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\"/>\n", path);
-  for (auto [x, y] : pts) s += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"#1f77b4\"/>\n", px(x), py(y));
-  return s + "</svg>\n";
-}
-
 }  // namespace m2

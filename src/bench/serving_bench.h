@@ -119,8 +119,5 @@ SweepRow run_workload(ServingBench& b, const std::string& file, int concurrency,
 // Reports.
 std::string benchy_table(const std::string& model, const std::vector<BenchyRow>& rows);
 std::string sweep_table(const std::vector<SweepRow>& rows, const std::string& title);
-// SVG line charts: throughput vs concurrency, TTFT vs prompt length.
-std::string svg_line_chart(const std::string& title, const std::string& xlabel, const std::string& ylabel,
-                           const std::vector<std::pair<double, double>>& points, bool log_x);
 
 }  // namespace m2

@@ -14,6 +14,7 @@
 
 #include "bench/serving_bench.h"
 #include "cli/commands.h"
+#include "core/svg.h"
 #include "core/error.h"
 
 namespace m2::cli {
@@ -182,10 +183,10 @@ int bench(BenchFlags& f) {
         ttft.push_back({std::stod(r.test.substr(2)), r.e2e_ttft_ms.mean});
     if (!tp.empty())
       std::ofstream(std::filesystem::path(f.plots) / "throughput_vs_concurrency.svg")
-          << svg_line_chart("Output throughput vs concurrency", "concurrent clients", "output tok/s", tp, true);
+          << svg::line_chart("Output throughput vs concurrency", "concurrent clients", "output tok/s", tp, true);
     if (!ttft.empty())
       std::ofstream(std::filesystem::path(f.plots) / "ttft_vs_prompt.svg")
-          << svg_line_chart("Time to first token vs prompt length", "prompt tokens", "TTFT (ms)", ttft, true);
+          << svg::line_chart("Time to first token vs prompt length", "prompt tokens", "TTFT (ms)", ttft, true);
   }
   // The tables show what worked; stderr and the exit code say what failed.
   int failed = 0;

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "cli/commands.h"
+#include "core/units.h"
 #include "server/server.h"
 
 namespace m2::cli {

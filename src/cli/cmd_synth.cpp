@@ -12,6 +12,8 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "quant/export_config.h"
+#include "quant/layouts.h"
 
 namespace m2::cli {
 
@@ -92,50 +94,54 @@ class Writer {
     return t;
   }
 
-  // A linear layer [rows, cols] with weights of standard deviation ~ 1/sqrt(cols), in `fmt`.
+  // A linear layer [rows, cols] with weights of standard deviation ~ 1/sqrt(cols), in `fmt`; the
+  // tensor names, dtypes, shapes and scale conventions come from the layout table (quant/layouts.h).
   void linear(std::vector<Owned>& out, const std::string& m, int64_t rows, int64_t cols, const std::string& fmt, Rng& rng) {
     const float amp = std::sqrt(3.0f / float(cols));  // uniform[-amp, amp] has std 1/sqrt(cols)
     if (fmt == "bf16") return dense(out, m + ".weight", rows, cols, amp, DType::BF16, rng);
-    if (fmt == "fp8") {
-      const int64_t gr = (rows + 127) / 128, gc = (cols + 127) / 128;
-      Owned w{m + ".weight", DType::F8_E4M3, {rows, cols}, std::vector<uint8_t>(size_t(rows * cols))};
-      Owned s{m + ".weight_scale_inv", DType::F32, {gr, gc}, std::vector<uint8_t>(size_t(gr * gc * 4))};
+    const StoredLayout layout = layout_of(fmt);
+    const LayoutSpec& L = layout_spec(layout);
+    const bool fp8 = L.format == WeightFormat::Fp8Block;
+    if (!fp8 && cols % L.group)
+      fail<InvalidArgument>("synth: {} needs in-features divisible by {}, {} has {}", fmt, L.group, m, cols);
+    Owned w{m + "." + std::string(L.weight), fp8 ? DType::F8_E4M3 : DType::U8, weight_shape(layout, rows, cols), {}};
+    Owned s{m + "." + std::string(L.scale), L.scale_dtype, scale_shape(layout, rows, cols), {}};
+    w.bytes.resize(size_t(w.shape[0] * w.shape[1]));
+    s.bytes.resize(size_t(s.shape[0] * s.shape[1]) * dtype_size(L.scale_dtype));
+    if (fp8) {
       const float scale = amp / 448.0f;
-      for (int64_t i = 0; i < gr * gc; ++i) std::memcpy(s.bytes.data() + 4 * i, &scale, 4);
-      for (int64_t i = 0; i < rows * cols; ++i) w.bytes[size_t(i)] = f32_to_e4m3(448.0f * rng.uniform());
+      for (size_t i = 0; i < s.bytes.size(); i += 4) std::memcpy(s.bytes.data() + i, &scale, 4);
+      for (auto& b : w.bytes) b = f32_to_e4m3(448.0f * rng.uniform());
       out.push_back(std::move(w));
       out.push_back(std::move(s));
       return;
     }
-    // FP4 formats: random E2M1 codes (two per byte) with per-block scales of ~ amp/6.
-    const bool nv = fmt != "mxfp4-ct";
-    const int64_t group = nv ? 16 : 32;
-    if (cols % group)
-      fail<InvalidArgument>("synth: {} needs in-features divisible by {}, {} has {}", fmt, group, m, cols);
-    Owned w{m + (fmt == "nvfp4-modelopt" ? ".weight" : ".weight_packed"), DType::U8, {rows, cols / 2},
-            std::vector<uint8_t>(size_t(rows * cols / 2))};
+    // FP4: random E2M1 codes (two per byte) with per-block scales of ~ amp/2.9 (codes drawn
+    // uniformly have std ≈ 2.9, so the weights have std ≈ 1/sqrt(cols)).
     for (size_t i = 0; i < w.bytes.size(); i += 8) {
       uint64_t r = rng.next();
       std::memcpy(w.bytes.data() + i, &r, std::min<size_t>(8, w.bytes.size() - i));
     }
-    Owned s{m + ".weight_scale", nv ? DType::F8_E4M3 : DType::U8, {rows, cols / group},
-            std::vector<uint8_t>(size_t(rows * cols / group))};
-    // E2M1 codes drawn uniformly have std ≈ 2.9, so a block scale of amp/2.9 keeps std ≈ 1/sqrt(cols).
     const float block = amp / 2.9f;
     const float global = block / 256.0f;  // keeps the E4M3 block scales near 256 (well inside its range)
     for (auto& b : s.bytes) {
-      float jitter = 0.75f + 0.25f * rng.uniform();
-      b = nv ? f32_to_e4m3(block * jitter / global) : uint8_t(127 + int(std::lround(std::log2(block * jitter))));
+      const float jitter = 0.75f + 0.25f * rng.uniform();
+      b = L.format == WeightFormat::Nvfp4 ? f32_to_e4m3(block * jitter / global)
+                                          : uint8_t(127 + int(std::lround(std::log2(block * jitter))));
     }
     out.push_back(std::move(w));
     out.push_back(std::move(s));
-    if (fmt == "nvfp4-modelopt") {
-      out.push_back(scalar(m + ".weight_scale_2", global, false));
-      out.push_back(scalar(m + ".input_scale", 8.0f / (6 * 448), false));
-    } else if (fmt == "nvfp4-ct") {
-      out.push_back(scalar(m + ".weight_global_scale", 1.0f / global, true));
-      out.push_back(scalar(m + ".input_global_scale", (6 * 448) / 8.0f, true));
-    }
+    if (!L.global_scale.empty())
+      out.push_back(scalar(m + "." + std::string(L.global_scale), stored_scale(L, global), L.global_is_vector));
+    if (!L.input_scale.empty())
+      out.push_back(scalar(m + "." + std::string(L.input_scale), stored_scale(L, 8.0f / (6 * 448)), L.global_is_vector));
+  }
+
+  static StoredLayout layout_of(const std::string& fmt) {
+    if (fmt == "fp8") return StoredLayout::Fp8Block;
+    if (fmt == "nvfp4-modelopt") return StoredLayout::Nvfp4ModelOpt;
+    if (fmt == "nvfp4-ct") return StoredLayout::Nvfp4Ct;
+    return StoredLayout::Mxfp4Ct;
   }
 
   json config() const {
@@ -167,41 +173,27 @@ class Writer {
               {"eos_token_id", 2},
               {"torch_dtype", "bfloat16"}};
     const std::string& f = o_.format;
-    std::vector<std::string> ignore = {"lm_head"};
-    if (f == "fp8") {
-      c["quantization_config"] = {{"activation_scheme", "dynamic"}, {"fmt", "float8_e4m3fn"}, {"quant_method", "fp8"},
-                                  {"weight_block_size", {128, 128}},
-                                  {"modules_to_not_convert", {"gate", "e_score_correction_bias", "lm_head"}}};
-    } else if (f == "nvfp4-modelopt") {
-      std::vector<std::string> ex = {"lm_head", "*block_sparse_moe.gate"};
-      if (!o_.quantize_attention) ex.push_back("*self_attn*");
-      json q = {{"dynamic", false}, {"num_bits", 4}, {"type", "float"}, {"group_size", 16}};
-      c["quantization_config"] = {{"config_groups", {{"group_0", {{"input_activations", q}, {"weights", q}, {"targets", {"Linear"}}}}}},
-                                  {"ignore", ex}, {"quant_algo", "NVFP4"}, {"producer", {{"name", "modelopt"}, {"version", "m2-synth"}}},
-                                  {"quant_method", "modelopt"}};
-    } else if (f == "nvfp4-ct" || f == "mxfp4-ct") {
-      const bool nv = f == "nvfp4-ct";
-      std::string format = nv ? "nvfp4-pack-quantized" : "mxfp4-pack-quantized";
-      json w = {{"num_bits", 4}, {"type", "float"}, {"strategy", nv ? "tensor_group" : "group"}, {"group_size", nv ? 16 : 32},
-                {"symmetric", true}, {"dynamic", false}};
-      std::vector<std::string> ig = {"lm_head", "re:.*block_sparse_moe.gate$"};
-      if (!o_.quantize_attention) ig.push_back("re:.*self_attn.*");
-      c["quantization_config"] = {{"quant_method", "compressed-tensors"}, {"format", format}, {"quantization_status", "compressed"},
-                                  {"config_groups", {{"group_0", {{"targets", {"Linear"}}, {"format", format}, {"weights", w}}}}},
-                                  {"ignore", ig}, {"kv_cache_scheme", nullptr}};
-    }
+    if (f == "fp8") c["quantization_config"] = fp8_block_quant_config();
+    if (f == "nvfp4-modelopt") c["quantization_config"] = modelopt_nvfp4_quant_config(modelopt_exclusions(), false, "m2-synth");
+    if (f == "nvfp4-ct") c["quantization_config"] = ct_nvfp4_quant_config(ct_ignore());
+    if (f == "mxfp4-ct") c["quantization_config"] = ct_mxfp4_quant_config({"Linear"}, ct_ignore());
     return c;
   }
 
-  std::string hf_quant_config() const {
-    std::vector<std::string> ex = {"lm_head", "*block_sparse_moe.gate"};
-    if (!o_.quantize_attention) ex.push_back("*self_attn*");
-    json j = {{"producer", {{"name", "modelopt"}, {"version", "m2-synth"}}},
-              {"quantization", {{"quant_algo", "NVFP4"}, {"group_size", 16}, {"exclude_modules", ex}}}};
-    return j.dump(2);
-  }
+  std::string hf_quant_config() const { return modelopt_nvfp4_hf_quant_config(modelopt_exclusions(), false, "m2-synth").dump(2); }
 
  private:
+  std::vector<std::string> modelopt_exclusions() const {
+    std::vector<std::string> ex = {"lm_head", "*block_sparse_moe.gate"};
+    if (!o_.quantize_attention) ex.push_back("*self_attn*");
+    return ex;
+  }
+  std::vector<std::string> ct_ignore() const {
+    std::vector<std::string> ig = {"lm_head", "re:.*block_sparse_moe.gate$"};
+    if (!o_.quantize_attention) ig.push_back("re:.*self_attn.*");
+    return ig;
+  }
+
   const SynthOptions& o_;
   const Shape& s_;
 };

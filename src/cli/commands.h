@@ -14,5 +14,7 @@ Runner add_detokenize(CLI::App& app);
 Runner add_template(CLI::App& app);
 Runner add_serve(CLI::App& app);
 Runner add_bench(CLI::App& app);
+Runner add_quantize(CLI::App& app);
+Runner add_eval(CLI::App& app);
 
 }  // namespace m2::cli

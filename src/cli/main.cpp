@@ -20,6 +20,9 @@ int main(int argc, char** argv) {
   add("serve", "OpenAI-compatible server (chat, completions, streaming, tool calls, reasoning)", m2::cli::add_serve);
   add("bench", "Serving benchmark of an OpenAI-compatible endpoint (pp/tg table, concurrency sweep, workload)",
       m2::cli::add_bench);
+  add("quantize", "BF16/FP8 checkpoint -> NVFP4 (ModelOpt or compressed-tensors) or MXFP4, with calibration",
+      m2::cli::add_quantize);
+  add("eval", "Perplexity, KL divergence and top-1 against a reference; per-expert weight errors", m2::cli::add_eval);
   add("inspect", "Describe a checkpoint: architecture, formats, bytes", m2::cli::add_inspect);
   add("run", "Greedy generation from token ids, a text prompt, or a chat conversation", m2::cli::add_run);
   add("synth", "Write a random MiniMax-M2 checkpoint in any weight format", m2::cli::add_synth);

@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "io/config.h"
+#include "quant/layouts.h"
 
 namespace m2 {
 
@@ -300,75 +301,44 @@ std::optional<StoredLayout> layout_from_tensors(const Checkpoint& ckpt, const st
 WeightView bind_linear(const Checkpoint& ckpt, const QuantScheme& scheme, const std::string& module, int64_t rows,
                        int64_t cols, std::vector<std::string>* used) {
   const StoredLayout layout = scheme.layout_for(module);
+  const LayoutSpec& spec = layout_spec(layout);
   WeightView w;
   w.name = module;
   w.rows = rows;
   w.cols = cols;
+  w.format = spec.format;
   // A dense tensor where a quantized one is declared (or the reverse) is named precisely.
   if (auto found = layout_from_tensors(ckpt, module); found && *found != layout)
     fail<ModelError>("{}: module '{}': quantization config declares {} but the checkpoint stores {}",
                      ckpt.dir().string(), module, stored_layout_name(layout), stored_layout_name(*found));
-  switch (layout) {
-    case StoredLayout::Dense: {
-      const auto& t = expect_tensor(ckpt, module, "weight", layout, {DType::BF16, DType::F16, DType::F32},
-                                    {rows, cols}, used);
-      w.format = WeightFormat::Dense;
-      w.dtype = t.dtype;
-      w.data = t.data;
-      w.row_bytes = cols * int64_t(dtype_size(t.dtype));
-      break;
-    }
-    case StoredLayout::Fp8Block: {
-      const int64_t br = scheme.fp8_block().first, bc = scheme.fp8_block().second;
-      const auto& t = expect_tensor(ckpt, module, "weight", layout, {DType::F8_E4M3, DType::F8_E5M2}, {rows, cols}, used);
-      const auto& sc = expect_tensor(ckpt, module, "weight_scale_inv", layout, {DType::F32},
-                                     {(rows + br - 1) / br, (cols + bc - 1) / bc}, used);
-      w.format = WeightFormat::Fp8Block;
-      w.dtype = t.dtype;
-      w.data = t.data;
-      w.row_bytes = cols;
-      w.scales = sc.data;
-      w.scale_stride = (cols + bc - 1) / bc;
-      w.block_rows = int(br);
-      w.block_cols = int(bc);
-      break;
-    }
-    case StoredLayout::Nvfp4ModelOpt:
-    case StoredLayout::Nvfp4Ct: {
-      if (cols % 16) fail<ModelError>("{}: module '{}': NVFP4 needs in-features divisible by 16, found {}",
-                                      ckpt.dir().string(), module, cols);
-      bool mo = layout == StoredLayout::Nvfp4ModelOpt;
-      const auto& t = expect_tensor(ckpt, module, mo ? "weight" : "weight_packed", layout, {DType::U8},
-                                    {rows, cols / 2}, used);
-      const auto& sc = expect_tensor(ckpt, module, "weight_scale", layout, {DType::F8_E4M3}, {rows, cols / 16}, used);
-      float g = expect_scalar(ckpt, module, mo ? "weight_scale_2" : "weight_global_scale", layout, used, true);
-      float in = expect_scalar(ckpt, module, mo ? "input_scale" : "input_global_scale", layout, used, false);
-      w.format = WeightFormat::Nvfp4;
-      w.dtype = DType::U8;
-      w.data = t.data;
-      w.row_bytes = cols / 2;
-      w.scales = sc.data;
-      w.scale_stride = cols / 16;
-      w.block_cols = 16;
-      // ModelOpt weight_scale_2 multiplies; compressed-tensors weight_global_scale divides (spec §4).
-      w.global_scale = mo ? g : 1.0f / g;
-      w.input_scale = in == 0.0f ? 0.0f : (mo ? in : 1.0f / in);
-      break;
-    }
-    case StoredLayout::Mxfp4Ct: {
-      if (cols % 32) fail<ModelError>("{}: module '{}': MXFP4 needs in-features divisible by 32, found {}",
-                                      ckpt.dir().string(), module, cols);
-      const auto& t = expect_tensor(ckpt, module, "weight_packed", layout, {DType::U8}, {rows, cols / 2}, used);
-      const auto& sc = expect_tensor(ckpt, module, "weight_scale", layout, {DType::U8}, {rows, cols / 32}, used);
-      w.format = WeightFormat::Mxfp4;
-      w.dtype = DType::U8;
-      w.data = t.data;
-      w.row_bytes = cols / 2;
-      w.scales = sc.data;
-      w.scale_stride = cols / 32;
-      w.block_cols = 32;
-      break;
-    }
+  if (spec.format != WeightFormat::Dense && spec.format != WeightFormat::Fp8Block && cols % spec.group)
+    fail<ModelError>("{}: module '{}': {} needs in-features divisible by {}, found {}", ckpt.dir().string(), module,
+                     stored_layout_name(layout), spec.group, cols);
+  const std::initializer_list<DType> dense = {DType::BF16, DType::F16, DType::F32}, fp8 = {DType::F8_E4M3, DType::F8_E5M2},
+                                     packed = {DType::U8};
+  const auto& t = expect_tensor(ckpt, module, std::string(spec.weight), layout,
+                                spec.format == WeightFormat::Dense ? dense : spec.format == WeightFormat::Fp8Block ? fp8 : packed,
+                                weight_shape(layout, rows, cols), used);
+  w.dtype = t.dtype;
+  w.data = t.data;
+  w.row_bytes = weight_shape(layout, rows, cols)[1] * int64_t(dtype_size(t.dtype));
+  if (!spec.scale.empty()) {
+    const auto block = scheme.fp8_block();
+    const auto shape = scale_shape(layout, rows, cols, block);
+    const auto& sc = expect_tensor(ckpt, module, std::string(spec.scale), layout, {spec.scale_dtype}, shape, used);
+    w.scales = sc.data;
+    w.scale_stride = shape[1];
+    w.block_rows = spec.format == WeightFormat::Fp8Block ? block.first : 1;
+    w.block_cols = spec.format == WeightFormat::Fp8Block ? block.second : spec.group;
+  }
+  if (!spec.global_scale.empty()) {
+    // ModelOpt weight_scale_2 multiplies; compressed-tensors weight_global_scale divides (spec §4).
+    const float g = expect_scalar(ckpt, module, std::string(spec.global_scale), layout, used, true);
+    w.global_scale = stored_scale(spec, g);
+  }
+  if (!spec.input_scale.empty()) {
+    const float in = expect_scalar(ckpt, module, std::string(spec.input_scale), layout, used, false);
+    w.input_scale = in == 0.0f ? 0.0f : stored_scale(spec, in);
   }
   return w;
 }

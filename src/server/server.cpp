@@ -15,29 +15,6 @@
 
 namespace m2 {
 
-size_t parse_size(const std::string& text, const std::string& flag) {
-  size_t used = 0;
-  double v = 0;
-  try {
-    v = std::stod(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  std::string unit = text.substr(used);
-  double mult = 1;
-  if (unit == "" || unit == "B") mult = 1;
-  else if (unit == "KB" || unit == "K") mult = 1e3;
-  else if (unit == "MB" || unit == "M") mult = 1e6;
-  else if (unit == "GB" || unit == "G") mult = 1e9;
-  else if (unit == "KiB") mult = 1024.0;
-  else if (unit == "MiB") mult = 1024.0 * 1024;
-  else if (unit == "GiB") mult = 1024.0 * 1024 * 1024;
-  else used = 0;
-  if (used == 0 || !(v >= 0) || v * mult > 1e18)
-    fail<InvalidArgument>("{} '{}': expected a size such as 4GiB, 512MB or 1000000", flag, text);
-  return size_t(v * mult);
-}
-
 namespace {
 
 using Clock = std::chrono::steady_clock;

@@ -64,7 +64,4 @@ class Server {
   std::atomic<int> bound_port_{0};
 };
 
-// Parses "4GiB", "512MB", "1000000": bytes.
-size_t parse_size(const std::string& text, const std::string& flag);
-
 }  // namespace m2

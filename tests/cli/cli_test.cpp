@@ -11,21 +11,8 @@
 namespace m2 {
 namespace {
 
-struct Result {
-  int code;
-  std::string out;
-};
-
-Result m2(const std::string& args) {
-  std::string cmd = std::string(M2_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using Result = test::RunResult;
+Result m2(const std::string& args) { return test::run_m2(args); }
 
 std::string ids_csv(const std::vector<int32_t>& ids) {
   std::string s;
