@@ -13,6 +13,7 @@ packages=(
   libunistring-dev          # Unicode normalisation (NFC/NFKC...) and case mapping for tokenizers
   libcpp-httplib-dev        # the HTTP server of m2 serve (cpp-httplib)
   libcurl4-openssl-dev      # the HTTP client of m2 bench (libcurl)
+  liblapack-dev libblas-dev # GPTQ (m2 quantize --gptq): Cholesky (LAPACK), matrix products (CBLAS)
   curl                      # the main job's demo request
   python3-jinja2            # the reference the chat-template tests compare against byte for byte
 )

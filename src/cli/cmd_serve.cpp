@@ -2,16 +2,30 @@
 // gracefully: no new requests, in-flight ones get --shutdown-grace seconds, exit 0.
 #include <fmt/format.h>
 #include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <thread>
 
 #include "cli/commands.h"
+#include "core/error.h"
 #include "core/units.h"
 #include "server/server.h"
 
 namespace m2::cli {
 
 namespace {
+
+int g_signal_pipe[2] = {-1, -1};
+
+void forward_signal(int sig) {
+  const int saved = errno;
+  const unsigned char b = static_cast<unsigned char>(sig);
+  [[maybe_unused]] auto n = write(g_signal_pipe[1], &b, 1);
+  errno = saved;
+}
 
 struct ServeFlags {
   ServeOptions o;
@@ -24,29 +38,30 @@ int serve(ServeFlags& f) {
   if (!f.max_body.empty()) f.o.max_body_bytes = parse_size(f.max_body, "--max-body-size");
   if (f.no_prefix_caching) f.o.enable_prefix_caching = false;
   if (f.quiet) f.o.log_requests = false;
-  // Signals go to one thread that stops the server; every other thread (pools, the engine, HTTP
-  // workers) is created with them blocked.
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  // SIGTERM / SIGINT may land on any thread, including ones a library started before main (the
+  // BLAS thread pool), so a handler (not a blocked mask and sigwait) forwards the signal number
+  // through a pipe to one thread that stops the server.
+  if (pipe(g_signal_pipe) != 0) fail<IoError>("m2 serve: cannot create the signal pipe: {}", std::strerror(errno));
+  struct sigaction sa {};
+  sa.sa_handler = forward_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);  // a client that hangs up is an error on its socket, not a signal
   Server server(f.o);
   std::thread waiter([&] {
-    int sig = 0;
-    sigwait(&set, &sig);
+    unsigned char sig = 0;
+    while (read(g_signal_pipe[0], &sig, 1) < 0 && errno == EINTR) {
+    }
     if (sig == SIGTERM || sig == SIGINT) {
       fmt::print(stderr, "m2 serve: {} received\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
       server.stop();
     }
   });
   const int code = server.run();
-  if (code != 0) {
-    pthread_kill(waiter.native_handle(), SIGTERM);  // release the waiter
-  }
   server.stop();
-  pthread_kill(waiter.native_handle(), SIGINT);
+  const unsigned char release = 0;  // wakes the waiter when the server ended by itself
+  [[maybe_unused]] auto n = write(g_signal_pipe[1], &release, 1);
   waiter.join();
   return code;
 }

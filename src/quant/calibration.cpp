@@ -157,11 +157,14 @@ Calibrator::Calibrator(const ModelWeights& w, CpuBackend& be, const CalibrationO
 Calibrator::~Calibrator() = default;
 
 size_t Calibrator::activation_bytes(int64_t tokens) const {
-  return 2 * size_t(tokens) * size_t(impl_->w.config.hidden_size) * 4;  // hidden states + stored MoE inputs
+  const ModelConfig& c = impl_->w.config;
+  // hidden states + stored MoE inputs (+ attention input and output, kept for GPTQ)
+  return size_t(tokens) * 4 * (2 * size_t(c.hidden_size) + (impl_->o.keep_attention_inputs ? size_t(c.hidden_size + c.q_dim()) : 0));
 }
 
 void Calibrator::run(const std::vector<std::vector<int32_t>>& samples, int first, std::vector<float>& hidden,
-                     const std::function<void(int, const LayerStats&, const std::vector<float>&)>& on_layer) {
+                     const std::function<void(int, const LayerStats&, const std::vector<float>&)>& on_layer,
+                     const ActivationsFn& on_activations) {
   Impl& m = *impl_;
   const ModelConfig& c = m.w.config;
   const int64_t H = c.hidden_size, I = c.intermediate_size, E = c.num_experts;
@@ -183,6 +186,9 @@ void Calibrator::run(const std::vector<std::vector<int32_t>>& samples, int first
     stream.hidden() = std::move(hidden);
   }
   std::vector<float> moe_in(static_cast<size_t>(tokens * H));  // every token's MoE input, for all-expert passes
+  const bool keep_attn = on_activations && m.o.keep_attention_inputs;
+  std::vector<float> attn_in(keep_attn ? size_t(tokens * H) : 0), attn_out(keep_attn ? size_t(tokens * c.q_dim()) : 0);
+  std::vector<std::vector<int32_t>> routed(static_cast<size_t>(E));  // [E] token rows routed to each expert
   const int64_t chunk = m.o.chunk;
   std::vector<float> gate(static_cast<size_t>(chunk * I)), up(gate.size()), act(gate.size());
   for (int l = first; l < c.num_layers; ++l) {
@@ -190,12 +196,24 @@ void Calibrator::run(const std::vector<std::vector<int32_t>>& samples, int first
     st.expert_in.resize(size_t(E));
     st.expert_mid.resize(size_t(E));
     st.expert_tokens.assign(size_t(E), 0);
+    for (auto& r : routed) r.clear();
+    stream.model().routing_hook = [&](int, const TensorView& ids) {  // ids I32 [n, top-k]
+      const int32_t* id = ids.ptr<int32_t>();
+      for (int64_t i = 0; i < ids.dim(0); ++i)
+        for (int64_t k = 0; k < ids.dim(1); ++k) routed[size_t(id[i * ids.dim(1) + k])].push_back(int32_t(stream.row() + i));
+    };
     stream.model().activation_hook = [&](int, Model::Site site, const TensorView& x, const TensorView& offsets) {
       const int64_t n = x.dim(0), cols = x.dim(1);
       const float* p = x.ptr<float>();
       switch (site) {
-        case Model::Site::AttnIn: st.attn_in.add(p, n, cols); break;
-        case Model::Site::AttnOut: st.attn_out.add(p, n, cols); break;
+        case Model::Site::AttnIn:
+          st.attn_in.add(p, n, cols);
+          if (keep_attn) std::memcpy(attn_in.data() + stream.row() * cols, p, size_t(n * cols) * 4);
+          break;
+        case Model::Site::AttnOut:
+          st.attn_out.add(p, n, cols);
+          if (keep_attn) std::memcpy(attn_out.data() + stream.row() * cols, p, size_t(n * cols) * 4);
+          break;
         case Model::Site::MoeIn:
           st.moe_in.add(p, n, cols);
           std::memcpy(moe_in.data() + stream.row() * H, p, size_t(n * cols) * 4);
@@ -222,6 +240,7 @@ void Calibrator::run(const std::vector<std::vector<int32_t>>& samples, int first
     };
     stream.layer(l, /*release=*/false);  // the all-expert pass below still reads the experts
     stream.model().activation_hook = nullptr;
+    stream.model().routing_hook = nullptr;
 
     // All-expert statistics: every stored MoE input through each expert (all of them, or the cold ones).
     std::vector<int> pass;
@@ -249,6 +268,13 @@ void Calibrator::run(const std::vector<std::vector<int32_t>>& samples, int first
       st.expert_in[size_t(e)] = std::move(in);
       st.expert_mid[size_t(e)] = std::move(mid);
       if (!m.o.all_experts) st.rescued.push_back(e);
+    }
+    if (on_activations) {
+      // Experts that saw too few tokens (or all of them, with all_experts) see every token.
+      std::vector<std::vector<int32_t>> rows = routed;
+      for (int64_t e = 0; e < E; ++e)
+        if (m.o.all_experts || st.expert_tokens[size_t(e)] < m.o.min_expert_tokens) rows[size_t(e)].clear();
+      on_activations(l, st, LayerActivations{tokens, attn_in, attn_out, moe_in}, rows);
     }
     m.w.checkpoint->release(fmt::format("model.layers.{}.", l));  // one layer resident at a time
     on_layer(l, st, stream.hidden());

@@ -12,6 +12,7 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "model/weights.h"
+#include "quant/gptq_layer.h"
 
 namespace m2 {
 
@@ -42,7 +43,12 @@ struct CalibrationOptions {
   bool rescue = true;
   int chunk = 256;            // tokens per forward step
   size_t memory_limit = 0;    // bytes for activations; 0 = unbounded
+  bool keep_attention_inputs = false;  // also keep the attention input and output (GPTQ of attention)
 };
+
+// A calibrated layer's activations and, per expert, the token rows routed to it (GPTQ).
+using ActivationsFn = std::function<void(int layer, const LayerStats& stats, const LayerActivations& acts,
+                                         const std::vector<std::vector<int32_t>>& routed)>;
 
 // Calibration text → token sequences. Each file is FILE or FILE:WEIGHT: .txt (cut into seq_len
 // chunks), .jsonl (one {"messages": [...]} rendered with the chat template, or {"text": ...} per
@@ -57,10 +63,12 @@ class Calibrator {
   ~Calibrator();
 
   // Runs layers [first, num_layers) over `samples`; `hidden` holds the hidden states before layer
-  // `first` (empty when first == 0: the embedding is computed). After each layer, `on_layer(l,
-  // stats, hidden)` lets the caller checkpoint (resume). Throws naming cold experts when rescue is off.
+  // `first` (empty when first == 0: the embedding is computed). After each layer,
+  // `on_activations` (when set) sees what the layer's linears saw, then `on_layer(l, stats, hidden)`
+  // lets the caller checkpoint (resume). Throws naming cold experts when rescue is off.
   void run(const std::vector<std::vector<int32_t>>& samples, int first, std::vector<float>& hidden,
-           const std::function<void(int layer, const LayerStats& stats, const std::vector<float>& hidden)>& on_layer);
+           const std::function<void(int layer, const LayerStats& stats, const std::vector<float>& hidden)>& on_layer,
+           const ActivationsFn& on_activations = {});
   // Bytes of activations a run over `tokens` tokens keeps (for --memory-limit).
   size_t activation_bytes(int64_t tokens) const;
 

@@ -46,7 +46,8 @@ double encode_block(const float* w, int n, double mult, const float* cw, uint8_t
   return block_error(w, codes, n, mult, cw);
 }
 
-// One NVFP4 block: the E4M3 scale code and the element codes.
+}  // namespace
+
 uint8_t nvfp4_block(const float* w, double ws2, ScaleSearch search, const float* cw, uint8_t* codes) {
   float amax = 0;
   for (int k = 0; k < 16; ++k) amax = std::max(amax, std::fabs(w[k]));
@@ -70,8 +71,6 @@ uint8_t nvfp4_block(const float* w, double ws2, ScaleSearch search, const float*
   }
   return best;
 }
-
-}  // namespace
 
 double nvfp4_global_scale(double amax) { return amax > 0 ? amax / kNvMax : 1.0 / kNvMax; }
 
@@ -124,34 +123,35 @@ int mx_exponent(float amax, MxRule rule) {
 
 }  // namespace
 
+uint8_t mxfp4_block(const float* blk, MxRule rule, ScaleSearch search, const float* c, uint8_t* codes) {
+  float amax = 0;
+  for (int k = 0; k < 32; ++k) amax = std::max(amax, std::fabs(blk[k]));
+  const int base = mx_exponent(amax, rule);
+  int e = base;
+  double best = encode_block(blk, 32, std::ldexp(1.0, e - 127), c, codes);
+  if (search == ScaleSearch::Mse && amax > 0) {
+    uint8_t trial[32];
+    for (int d : {-1, 1}) {
+      const int e2 = base + d;
+      if (e2 < 0 || e2 > 254) continue;
+      const double err = encode_block(blk, 32, std::ldexp(1.0, e2 - 127), c, trial);
+      if (err < best) {
+        best = err;
+        e = e2;
+        std::memcpy(codes, trial, 32);
+      }
+    }
+  }
+  return uint8_t(e);
+}
+
 void quantize_mxfp4(const float* w, int64_t rows, int64_t cols, MxRule rule, ScaleSearch search, const float* cw,
                     uint8_t* packed, uint8_t* exponents) {
   std::vector<uint8_t> codes(static_cast<size_t>(cols));
-  uint8_t trial[32];
   for (int64_t r = 0; r < rows; ++r) {
     const float* wr = w + r * cols;
-    for (int64_t b = 0; b < cols / 32; ++b) {
-      const float* blk = wr + 32 * b;
-      const float* c = cw ? cw + 32 * b : nullptr;
-      float amax = 0;
-      for (int k = 0; k < 32; ++k) amax = std::max(amax, std::fabs(blk[k]));
-      const int base = mx_exponent(amax, rule);
-      int e = base;
-      uint8_t* out = codes.data() + 32 * b;
-      double best = encode_block(blk, 32, std::ldexp(1.0, e - 127), c, out);
-      if (search == ScaleSearch::Mse && amax > 0)
-        for (int d : {-1, 1}) {
-          const int e2 = base + d;
-          if (e2 < 0 || e2 > 254) continue;
-          const double err = encode_block(blk, 32, std::ldexp(1.0, e2 - 127), c, trial);
-          if (err < best) {
-            best = err;
-            e = e2;
-            std::memcpy(out, trial, 32);
-          }
-        }
-      exponents[r * (cols / 32) + b] = uint8_t(e);
-    }
+    for (int64_t b = 0; b < cols / 32; ++b)
+      exponents[r * (cols / 32) + b] = mxfp4_block(wr + 32 * b, rule, search, cw ? cw + 32 * b : nullptr, codes.data() + 32 * b);
     pack_row(codes.data(), cols, packed + r * (cols / 2));
   }
 }

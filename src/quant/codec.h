@@ -48,6 +48,11 @@ double search_nvfp4_global_scale(std::span<const Nvfp4Tensor> members, double am
 void quantize_mxfp4(const float* w, int64_t rows, int64_t cols, MxRule rule, ScaleSearch search, const float* column_weights,
                     uint8_t* packed, uint8_t* exponents);
 
+// One NVFP4 block of 16: returns its E4M3 scale code, writes its element codes.
+uint8_t nvfp4_block(const float* w16, double ws2, ScaleSearch search, const float* column_weights, uint8_t* codes);
+// One MXFP4 block of 32: returns its biased E8M0 exponent, writes its element codes.
+uint8_t mxfp4_block(const float* w32, MxRule rule, ScaleSearch search, const float* column_weights, uint8_t* codes);
+
 // Σ c_k (w_k − ŵ_k)² of one block against its stored codes and multiplier (tests, reports).
 double block_error(const float* w, const uint8_t* codes, int n, double scale, const float* column_weights);
 

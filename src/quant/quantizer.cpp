@@ -22,6 +22,7 @@
 #include "model/weights.h"
 #include "quant/calibration.h"
 #include "quant/export_config.h"
+#include "quant/gptq_layer.h"
 #include "quant/layouts.h"
 #include "text/chat.h"
 #include "text/tokenizer.h"
@@ -159,6 +160,8 @@ class Quantizer {
   ojson options_json() const;
   void prepare_samples();
   void calibrate();
+  void gptq_layer_pass(int l, const LayerActivations& acts, const std::vector<std::vector<int32_t>>& routed);
+  const SafetensorsFile& gptq_file(int layer);
   std::vector<OutTensor> produce(const Job& job);
   void quantize_module(const Module& m, std::vector<OutTensor>& out, double* rel_err);
   double group_global_scale(const Module& m);
@@ -181,6 +184,8 @@ class Quantizer {
   std::map<std::string, double> group_ws2_;     // shared per-tensor scales
   std::mutex group_mutex_;
   std::vector<std::string> notices_;
+  std::map<int, std::unique_ptr<SafetensorsFile>> gptq_files_;  // GPTQ results by layer
+  std::mutex gptq_mutex_;
   std::vector<double> module_error_;            // [modules] relative weight error (NaN: not computed in this run)
   double seconds_calibration_ = 0, seconds_quantization_ = 0;
   int64_t calib_tokens_ = 0;
@@ -306,6 +311,8 @@ ojson Quantizer::options_json() const {
   j["scale_search"] = o_.scale_search == ScaleSearch::Max ? "max" : o_.activation_weighted ? "mse-weighted" : "mse";
   j["mx_rule"] = o_.mx_rule == MxRule::Ocp ? "ocp" : "ct";
   j["max_shard_size"] = o_.max_shard_size;
+  j["gptq"] = o_.gptq;
+  if (o_.gptq) j["gptq_damp"] = o_.gptq_damp;
   return j;
 }
 
@@ -317,6 +324,7 @@ void Quantizer::prepare_samples() {
       fail<InvalidArgument>("--recipe {}: NVFP4 checkpoints carry calibrated input scales (W4A4 engines need them): give --calib FILE",
                             o_.recipe);
     if (o_.kv_cache_fp8) fail<InvalidArgument>("--kv-cache fp8: the K/V scales are calibrated: give --calib FILE");
+    if (o_.gptq) fail<InvalidArgument>("--gptq works from the calibration inputs' Hessian: give --calib FILE");
     return;  // MXFP4 (with MSE search: unweighted)
   }
   const fs::path samples_file = partial_ / "calibration" / "samples.json";
@@ -365,7 +373,14 @@ void Quantizer::calibrate() {
   co.min_expert_tokens = o_.min_expert_tokens;
   co.rescue = o_.rescue_cold_experts;
   co.memory_limit = o_.memory_limit;
+  co.keep_attention_inputs = o_.gptq && recipe_.attention;
   Calibrator cal(*in_, backend_, co);
+  ActivationsFn gptq;
+  if (o_.gptq)
+    gptq = [&](int l, const LayerStats& st, const LayerActivations& acts, const std::vector<std::vector<int32_t>>& routed) {
+      stats_[size_t(l)] = st;  // the per-tensor scale search may weigh by it
+      gptq_layer_pass(l, acts, routed);
+    };
   Progress bar(o_.progress, "calibrating", c.num_layers);
   bar.update(first, fmt::format("{} samples, {} tokens", samples.size(), calib_tokens_));
   const auto t0 = Clock::now();
@@ -383,8 +398,65 @@ void Quantizer::calibrate() {
     if (l > 0) fs::remove(dir / fmt::format("hidden-{:05d}.bin", l - 1));
     kill_point(fmt::format("calib-layer:{}", l));
     bar.update(l + 1, st.rescued.empty() ? std::string("layer done") : fmt::format("rescued {} cold experts", st.rescued.size()));
-  });
+  }, gptq);
   seconds_calibration_ = std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// GPTQ of layer l's quantized modules on what calibration saw; the results are kept in
+// calibration/gptq-layer-N.safetensors (written before the layer's statistics mark it done).
+void Quantizer::gptq_layer_pass(int l, const LayerActivations& acts, const std::vector<std::vector<int32_t>>& routed) {
+  const LayoutSpec& spec = layout_spec(recipe_.layout);
+  std::vector<GptqJob> jobs;
+  std::vector<size_t> index;
+  for (size_t i = 0; i < modules_.size(); ++i) {
+    const Module& m = modules_[i];
+    if (m.layer != l || !m.quantize) continue;
+    GptqJob j;
+    j.name = m.name;
+    j.w = m.w;
+    j.expert = m.expert;
+    j.target.format = spec.format == WeightFormat::Nvfp4 ? GptqTarget::Format::Nvfp4 : GptqTarget::Format::Mxfp4;
+    j.target.search = o_.scale_search;
+    j.target.rule = o_.mx_rule;
+    if (spec.format == WeightFormat::Nvfp4) j.target.ws2 = group_global_scale(m);
+    switch (m.role) {
+      case Role::Q:
+      case Role::K:
+      case Role::V: j.input = GptqJob::Input::AttnIn; break;
+      case Role::O: j.input = GptqJob::Input::AttnOut; break;
+      case Role::W1:
+      case Role::W3: j.input = GptqJob::Input::ExpertIn; break;
+      case Role::W2:
+        j.input = GptqJob::Input::ExpertMid;
+        j.gate = &in_->layers[size_t(l)].w1[size_t(m.expert)];
+        j.up = &in_->layers[size_t(l)].w3[size_t(m.expert)];
+        break;
+      default: continue;
+    }
+    jobs.push_back(std::move(j));
+    index.push_back(i);
+  }
+  const auto results = gptq_layer(jobs, acts, routed, backend_.pool(), o_.gptq_damp);
+  std::vector<TensorToWrite> tensors;
+  ojson proxy = ojson::object();
+  for (size_t k = 0; k < jobs.size(); ++k) {
+    const Module& m = modules_[index[k]];
+    const auto& r = results[k];
+    tensors.push_back({m.name + ".packed", DType::U8, weight_shape(recipe_.layout, m.w->rows, m.w->cols), r.packed});
+    tensors.push_back({m.name + ".scales", DType::U8, scale_shape(recipe_.layout, m.w->rows, m.w->cols), r.scales});
+    proxy[m.name] = {r.stats.proxy_before, r.stats.proxy_after, r.stats.damp, r.tokens};
+  }
+  const fs::path file = partial_ / "calibration" / fmt::format("gptq-layer-{:05d}.safetensors", l), tmp = file.string() + ".tmp";
+  write_safetensors(tmp, tensors, {{"gptq", proxy.dump()}});
+  fs::rename(tmp, file);
+}
+
+// A module's GPTQ codes and scales from its layer's file (opened once, shared by the writer threads).
+const SafetensorsFile& Quantizer::gptq_file(int layer) {
+  std::lock_guard lock(gptq_mutex_);
+  auto& f = gptq_files_[layer];
+  if (!f) f = std::make_unique<SafetensorsFile>(partial_ / "calibration" / fmt::format("gptq-layer-{:05d}.safetensors", layer));
+  return *f;
 }
 
 const InputStats* Quantizer::input_stats(const Module& m) const {
@@ -457,8 +529,15 @@ void Quantizer::quantize_module(const Module& m, std::vector<OutTensor>& out, do
   const float* cwp = cw.empty() ? nullptr : cw.data();
   std::vector<uint8_t> packed(size_t(w.rows * w.cols / 2)), scales(size_t(w.rows * (w.cols / spec.group)));
   double scale2 = 0;
-  if (spec.format == WeightFormat::Nvfp4) {
-    scale2 = group_global_scale(m);
+  if (spec.format == WeightFormat::Nvfp4) scale2 = group_global_scale(m);
+  if (o_.gptq && m.layer >= 0) {
+    const SafetensorsFile& f = gptq_file(m.layer);
+    const TensorRef& p = f.tensors().at(m.name + ".packed");
+    const TensorRef& sc = f.tensors().at(m.name + ".scales");
+    if (p.nbytes != packed.size() || sc.nbytes != scales.size()) fail<Error>("{}: GPTQ result of another shape", m.name);
+    std::memcpy(packed.data(), p.data, p.nbytes);
+    std::memcpy(scales.data(), sc.data, sc.nbytes);
+  } else if (spec.format == WeightFormat::Nvfp4) {
     quantize_nvfp4(x.data(), w.rows, w.cols, scale2, o_.scale_search, cwp, packed.data(), scales.data());
   } else {
     quantize_mxfp4(x.data(), w.rows, w.cols, o_.mx_rule, o_.scale_search, cwp, packed.data(), scales.data());
@@ -618,6 +697,34 @@ void Quantizer::finish() {
   ojson errs = ojson::object();
   for (const auto& [g, v] : sums) errs[g] = {{"mean_relative_error", v.first / v.second}, {"modules", v.second}};
   rep["weight_error"] = errs;
+  if (o_.gptq) {
+    // The output error the inputs' Hessian predicts, round-to-nearest against GPTQ, by group.
+    std::map<std::string, std::pair<double, int>> gain;
+    std::map<std::string, int64_t> cols;
+    for (const auto& m : modules_) cols[m.name] = m.w->cols;
+    int raised = 0, thin = 0;
+    for (int l = 0; l < in_->config.num_layers; ++l) {
+      const ojson proxy = ojson::parse(gptq_file(l).metadata().at("gptq"));
+      for (const auto& [name, v] : proxy.items()) {
+        const std::string group = name.find(".experts.") == std::string::npos ? "attention"
+                                  : name.ends_with(".w2")                      ? "experts w2"
+                                                                               : "experts w1/w3";
+        const double before = v[0], after = v[1];
+        gain[group].first += before > 0 ? 1.0 - after / before : 0.0;
+        gain[group].second += 1;
+        raised += v[2].get<double>() > o_.gptq_damp;
+        thin += v[3].get<int64_t>() < cols[name];
+      }
+    }
+    ojson g = ojson::object();
+    for (const auto& [k, v] : gain) g[k] = {{"mean_output_error_reduction", v.first / v.second}, {"modules", v.second}};
+    rep["gptq"] = {{"damp", o_.gptq_damp}, {"modules_needing_more_damping", raised}, {"modules_with_fewer_tokens_than_inputs", thin},
+                   {"groups", g}};
+    if (thin)
+      notices_.push_back(fmt::format("GPTQ: {} modules saw fewer calibration tokens than they have inputs: their Hessians are "
+                                     "rank-deficient and GPTQ fits the calibration text; give more calibration data",
+                                     thin));
+  }
   if (!stats_.empty()) {
     ojson layers = ojson::array();
     for (size_t l = 0; l < stats_.size(); ++l) {
@@ -630,6 +737,7 @@ void Quantizer::finish() {
     rep["calibration"] = {{"samples", calib_samples_}, {"tokens", calib_tokens_}, {"all_experts", o_.calib_all_experts}, {"layers", layers}};
   }
   rep["notices"] = notices_;
+  for (const auto& n : notices_) fmt::print(stderr, "notice: {}\n", n);
   size_t bytes = 0;
   for (const auto& s : shards_) bytes += s.bytes;
   rep["bytes"] = {{"input", in_->checkpoint->bytes_on_disk()}, {"output", bytes}};
@@ -652,6 +760,21 @@ void Quantizer::run() {
   plan_shards();
   module_error_.assign(modules_.size(), std::nan(""));
   const ojson plan = {{"options", options_json()}, {"shards", shards_.size()}};
+  // Enough disk for what remains to be written? Checked before anything is written.
+  size_t need = 0;
+  for (size_t i = 0; i < shards_.size(); ++i)
+    if (!fs::exists(partial_ / shard_name(i, shards_.size()))) need += shards_[i].bytes;
+  {
+    const fs::path where = fs::exists(partial_) ? partial_ : fs::absolute(o_.out_dir).parent_path();
+    struct statvfs sv{};
+    if (::statvfs(where.c_str(), &sv) == 0) {
+      size_t avail = size_t(sv.f_bavail) * size_t(sv.f_frsize);
+      if (const char* f = std::getenv("M2_TEST_DISK_FREE")) avail = std::stoull(f);  // tests: a nearly full disk
+      if (avail < need + need / 20 + (size_t(64) << 20))
+        fail<IoError>("{}: {} free, the output needs {} (+5% and 64 MiB)", where.string(), human_bytes(double(avail)),
+                      human_bytes(double(need)));
+    }
+  }
   if (fs::exists(partial_)) {
     if (!o_.resume)
       fail<InvalidArgument>("{} holds an interrupted run: add --resume to continue it, or remove it", partial_.string());
@@ -666,16 +789,6 @@ void Quantizer::run() {
     prepare_samples();  // validates the calibration input before anything is written
     fs::create_directories(partial_);
     write_atomically(partial_ / "plan.json", plan.dump(2));
-  }
-  // Enough disk for what remains to be written?
-  size_t need = 0;
-  for (size_t i = 0; i < shards_.size(); ++i)
-    if (!fs::exists(partial_ / shard_name(i, shards_.size()))) need += shards_[i].bytes;
-  struct statvfs sv{};
-  if (::statvfs(partial_.c_str(), &sv) == 0) {
-    const size_t avail = size_t(sv.f_bavail) * size_t(sv.f_frsize);
-    if (avail < need + need / 20 + (size_t(64) << 20))
-      fail<IoError>("{}: {} free, the output needs {} (+5%)", partial_.string(), human_bytes(double(avail)), human_bytes(double(need)));
   }
   fmt::print(stderr, "m2 quantize: {} → {} ({}), {} modules quantized, {} shards, {}\n", o_.in_dir.string(), o_.out_dir.string(),
              o_.recipe, std::count_if(modules_.begin(), modules_.end(), [](const Module& m) { return m.quantize; }), shards_.size(),
@@ -698,10 +811,14 @@ void Quantizer::run() {
     }
   });
   finish();
+  gptq_files_.clear();
   fs::remove_all(partial_ / "calibration");
   fs::remove(partial_ / "plan.json");
   fs::rename(partial_, o_.out_dir);
-  fmt::print(stderr, "m2 quantize: wrote {}\n", o_.out_dir.string());
+  struct rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  fmt::print(stderr, "m2 quantize: wrote {} (calibration {:.1f} s, quantization {:.1f} s, peak RSS {:.0f} MB)\n", o_.out_dir.string(),
+             seconds_calibration_, seconds_quantization_, ru.ru_maxrss / 1024.0);
 }
 
 }  // namespace

@@ -25,6 +25,8 @@ struct QuantizeOptions {
   std::vector<std::string> ignore;      // more modules left unquantized (globs, or re: patterns)
   ScaleSearch scale_search = ScaleSearch::Max;
   bool activation_weighted = false;     // Mse: errors weighted by the calibration inputs' per-column energy
+  bool gptq = false;                    // GPTQ: rounding errors spread by the inputs' inverse Hessian (needs calibration)
+  double gptq_damp = 0.01;              // relative damping of the Hessian
   MxRule mx_rule = MxRule::CompressedTensors;
   size_t max_shard_size = size_t(5) << 30;
   size_t memory_limit = 0;              // bytes for calibration activations (0 = unbounded)
