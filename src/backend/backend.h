@@ -95,6 +95,9 @@ class Backend : public Allocator {
   virtual void download(void* dst, const TensorView& src, size_t bytes) = 0;
   virtual void copy(const TensorView& dst, const TensorView& src) = 0;
   virtual void synchronize() = 0;
+  // Bytes this backend can still allocate (the CPU: the host's available memory, within the cgroup's
+  // limit): the KV cache budget is checked against it at start.
+  virtual size_t free_memory() const = 0;
 
   // A weight in host memory made usable by this backend's ops (the CPU returns it as is; a device
   // backend copies its bytes and scales into `storage` and returns a view of the copy).

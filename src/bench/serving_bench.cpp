@@ -36,7 +36,7 @@ json get_json(const BenchTarget& t, const std::string& path, const std::string& 
   if (r.status != 200) fail<IoError>("{}: HTTP {}: {}", url, r.status, r.body.substr(0, 300));
   try {
     return json::parse(r.body);
-  } catch (const json::parse_error&) {
+  } catch (const json::exception&) {
     fail<IoError>("{}: the response is not JSON: {}", url, r.body.substr(0, 200));
   }
 }
@@ -148,7 +148,7 @@ RequestRecord ServingBench::stream(const std::string& path, const json& body, bo
     json j;
     try {
       j = json::parse(data);
-    } catch (const json::parse_error&) {
+    } catch (const json::exception&) {
       rec.error = fmt::format("unparsable event: {}", std::string(data.substr(0, 100)));
       return false;
     }
@@ -372,7 +372,7 @@ SweepRow run_workload(ServingBench& b, const std::string& file, int concurrency,
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     try {
       bodies.push_back(json::parse(line));
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
       fail<FormatError>("--workload {} line {}: malformed JSON: {}", file, n, e.what());
     }
     if (!bodies.back().is_object() || !bodies.back().contains("messages"))

@@ -205,7 +205,7 @@ int run(const RunOptions& o) {
   nlohmann::ordered_json conv;
   try {
     conv = nlohmann::ordered_json::parse(read_input(o.chat));
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     fail<InvalidArgument>("--chat {}: malformed JSON: {}", o.chat, e.what());
   }
   nlohmann::ordered_json messages = conv.is_array() ? conv : conv.value("messages", nlohmann::ordered_json());

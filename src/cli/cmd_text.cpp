@@ -26,7 +26,7 @@ nlohmann::ordered_json read_json_arg(const std::string& path, const char* what) 
   if (!in) fail<IoError>("{} {}: cannot read", what, path);
   try {
     return nlohmann::ordered_json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     fail<InvalidArgument>("{} {}: malformed JSON: {}", what, path, e.what());
   }
 }
@@ -55,7 +55,7 @@ Runner add_detokenize(CLI::App& app) {
     nlohmann::json ids;
     try {
       ids = nlohmann::json::parse(read_all(std::cin));
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {
       fail<InvalidArgument>("detokenize: stdin is not a JSON array of ids: {}", e.what());
     }
     if (!ids.is_array()) fail<InvalidArgument>("detokenize: stdin must be a JSON array of ids");
@@ -89,7 +89,7 @@ Runner add_template(CLI::App& app) {
     if (!o->kwargs.empty()) {
       try {
         extra = nlohmann::ordered_json::parse(o->kwargs);
-      } catch (const nlohmann::json::parse_error& e) {
+      } catch (const nlohmann::json::exception& e) {
         fail<InvalidArgument>("--kwargs: malformed JSON: {}", e.what());
       }
       if (!extra.is_object()) fail<InvalidArgument>("--kwargs: expected a JSON object");

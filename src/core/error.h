@@ -5,13 +5,19 @@
 
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace m2 {
+
+// `s` made safe for a terminal and a JSON error body: bytes that are not valid UTF-8, and control
+// characters other than newline and tab, are written as \xNN. Messages quote file contents (a
+// corrupted header, a tensor name, a template), so every Error passes through this.
+std::string printable(std::string_view s);
 
 // Base of every error m2 raises on bad input; what() is the full, user-facing message.
 class Error : public std::runtime_error {
  public:
-  explicit Error(const std::string& message) : std::runtime_error(message) {}
+  explicit Error(const std::string& message) : std::runtime_error(printable(message)) {}
 };
 
 // A file could not be opened, mapped or read.

@@ -2,6 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+
 #include "core/error.h"
 
 namespace m2 {
@@ -23,6 +28,8 @@ size_t parse_size(const std::string& text, const std::string& flag) {
   else if (unit == "KiB") mult = 1024.0;
   else if (unit == "MiB") mult = 1024.0 * 1024;
   else if (unit == "GiB") mult = 1024.0 * 1024 * 1024;
+  else if (unit == "TB" || unit == "T") mult = 1e12;
+  else if (unit == "TiB") mult = 1024.0 * 1024 * 1024 * 1024;
   else used = 0;
   if (used == 0 || !(v >= 0) || v * mult > 1e18)
     fail<InvalidArgument>("{} '{}': expected a size such as 4GiB, 512MB or 1000000", flag, text);
@@ -34,6 +41,28 @@ std::string human_bytes(double b) {
   int i = 0;
   while (b >= 1024 && i < 4) b /= 1024, ++i;
   return fmt::format("{:.2f} {}", b, unit[i]);
+}
+
+size_t available_host_memory() {
+  size_t avail = SIZE_MAX;
+  if (std::ifstream in("/proc/meminfo"); in) {
+    std::string key;
+    size_t kib = 0;
+    std::string unit;
+    while (in >> key >> kib >> unit)
+      if (key == "MemAvailable:") {
+        avail = kib * 1024;
+        break;
+      }
+  }
+  std::ifstream max_in("/sys/fs/cgroup/memory.max"), cur_in("/sys/fs/cgroup/memory.current");
+  std::string max_text;
+  size_t current = 0;
+  if (max_in >> max_text && max_text != "max" && cur_in >> current) {
+    const size_t limit = std::strtoull(max_text.c_str(), nullptr, 10);
+    avail = std::min(avail, limit > current ? limit - current : 0);
+  }
+  return avail;
 }
 
 }  // namespace m2

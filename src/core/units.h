@@ -5,10 +5,13 @@
 
 namespace m2 {
 
-// Parses a size with an optional unit (B, K/KB/M/MB/G/GB decimal; KiB/MiB/GiB binary); throws
+// Parses a size with an optional unit (B, K/KB/M/MB/G/GB/T/TB decimal; KiB/MiB/GiB/TiB binary); throws
 // InvalidArgument naming `flag` and the text on anything else.
 size_t parse_size(const std::string& text, const std::string& flag);
 // "1.50 GiB": binary units, two decimals.
 std::string human_bytes(double bytes);
+// Memory this process can still get: MemAvailable of /proc/meminfo, lowered to what the cgroup
+// (v2 memory.max − memory.current) leaves; SIZE_MAX where neither can be read.
+size_t available_host_memory();
 
 }  // namespace m2

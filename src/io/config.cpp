@@ -15,7 +15,7 @@ json read_json_file(const fs::path& path) {
   if (!in) fail<IoError>("{}: cannot read", path.string());
   try {
     return json::parse(in);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     fail<FormatError>("{}: malformed JSON: {}", path.string(), e.what());
   }
 }
@@ -30,7 +30,10 @@ class Reader {
     auto it = j_.find(key);
     return (it == j_.end() || it->is_null()) ? nullptr : &*it;
   }
-  int64_t integer(const char* key, std::optional<int64_t> def = std::nullopt, int64_t min = 1) const {
+  // Every integer is range-checked before it is narrowed or multiplied: the bounds keep every product
+  // of config values the model forms (vocab × hidden, experts × 2·intermediate × hidden, ...) far
+  // inside int64.
+  int64_t integer(const char* key, std::optional<int64_t> def, int64_t min, int64_t max) const {
     const json* v = find(key);
     if (!v) {
       if (def) return *def;
@@ -39,7 +42,8 @@ class Reader {
     if (!v->is_number_integer())
       fail<ModelError>("{}: field '{}' must be an integer, found {}", where_, key, v->dump());
     int64_t x = v->get<int64_t>();
-    if (x < min) fail<ModelError>("{}: field '{}' = {} is out of range (must be >= {})", where_, key, x, min);
+    if (x < min || x > max)
+      fail<ModelError>("{}: field '{}' = {} is out of range (must be in [{}, {}])", where_, key, v->dump(), min, max);
     return x;
   }
   double number(const char* key, std::optional<double> def = std::nullopt) const {
@@ -49,7 +53,9 @@ class Reader {
       fail<ModelError>("{}: missing required field '{}'", where_, key);
     }
     if (!v->is_number()) fail<ModelError>("{}: field '{}' must be a number, found {}", where_, key, v->dump());
-    return v->get<double>();
+    const double x = v->get<double>();
+    if (!std::isfinite(x)) fail<ModelError>("{}: field '{}' = {} must be finite", where_, key, v->dump());
+    return x;
   }
   bool boolean(const char* key, bool def) const {
     const json* v = find(key);
@@ -64,12 +70,14 @@ class Reader {
     return v->get<std::string>();
   }
   // Token ids may be an int or a list (the first is used for BOS; all are stop ids for EOS).
-  int token_id(const char* key) const {
+  int token_id(const char* key, int64_t vocab) const {
     const json* v = find(key);
     if (!v) return -1;
-    if (v->is_number_integer()) return v->get<int>();
-    if (v->is_array() && !v->empty() && (*v)[0].is_number_integer()) return (*v)[0].get<int>();
-    fail<ModelError>("{}: field '{}' must be a token id, found {}", where_, key, v->dump());
+    const json* id = v->is_array() && !v->empty() ? &(*v)[0] : v;
+    if (!id->is_number_integer()) fail<ModelError>("{}: field '{}' must be a token id, found {}", where_, key, v->dump());
+    if (id->is_number_unsigned() ? id->get<uint64_t>() >= uint64_t(vocab) : (id->get<int64_t>() < 0 || id->get<int64_t>() >= vocab))
+      fail<ModelError>("{}: field '{}' = {} is outside the vocabulary [0, {})", where_, key, id->dump(), vocab);
+    return int(id->get<int64_t>());
   }
 
  private:
@@ -91,29 +99,28 @@ ModelConfig parse_model_config(const json& j, const std::string& where) {
                      model_type);
 
   ModelConfig c;
-  c.vocab_size = int(r.integer("vocab_size"));
-  c.hidden_size = int(r.integer("hidden_size"));
-  c.num_layers = int(r.integer("num_hidden_layers"));
-  c.num_heads = int(r.integer("num_attention_heads"));
-  c.num_kv_heads = int(r.integer("num_key_value_heads", c.num_heads));
-  c.head_dim = int(r.integer("head_dim", c.hidden_size / c.num_heads));
-  c.intermediate_size = int(r.integer("intermediate_size"));
-  c.num_experts = int(r.integer("num_local_experts"));
-  c.experts_per_token = int(r.integer("num_experts_per_tok"));
-  c.max_position_embeddings = int(r.integer("max_position_embeddings", 196608));
+  // Bounds: well above any MiniMax-M2-family model (vocab 200064, hidden 3072, 62 layers, 48 heads,
+  // 256 experts, 196608 positions), low enough that no product of them overflows.
+  c.vocab_size = int(r.integer("vocab_size", std::nullopt, 1, int64_t(1) << 24));
+  c.hidden_size = int(r.integer("hidden_size", std::nullopt, 1, 1 << 16));
+  c.num_layers = int(r.integer("num_hidden_layers", std::nullopt, 1, 1024));
+  c.num_heads = int(r.integer("num_attention_heads", std::nullopt, 1, 1024));
+  c.num_kv_heads = int(r.integer("num_key_value_heads", c.num_heads, 1, c.num_heads));
+  c.head_dim = int(r.integer("head_dim", std::max(1, c.hidden_size / c.num_heads), 1, 4096));
+  c.intermediate_size = int(r.integer("intermediate_size", std::nullopt, 1, 1 << 20));
+  c.num_experts = int(r.integer("num_local_experts", std::nullopt, 1, 4096));
+  c.experts_per_token = int(r.integer("num_experts_per_tok", std::nullopt, 1, c.num_experts));
+  c.max_position_embeddings = int(r.integer("max_position_embeddings", 196608, 1, int64_t(1) << 24));
   c.rms_norm_eps = r.number("rms_norm_eps", 1e-6);
   c.use_routing_bias = r.boolean("use_routing_bias", true);
   c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
-  c.bos_token_id = r.token_id("bos_token_id");
-  c.eos_token_id = r.token_id("eos_token_id");
-  c.num_mtp_modules = int(r.integer("num_mtp_modules", 0, 0));
+  c.bos_token_id = r.token_id("bos_token_id", c.vocab_size);
+  c.eos_token_id = r.token_id("eos_token_id", c.vocab_size);
+  c.num_mtp_modules = int(r.integer("num_mtp_modules", 0, 0, 64));
 
   if (c.num_heads % c.num_kv_heads != 0)
     fail<ModelError>("{}: num_attention_heads = {} is not a multiple of num_key_value_heads = {}", where, c.num_heads,
                      c.num_kv_heads);
-  if (c.experts_per_token > c.num_experts)
-    fail<ModelError>("{}: num_experts_per_tok = {} exceeds num_local_experts = {}", where, c.experts_per_token,
-                     c.num_experts);
   if (!(c.rms_norm_eps > 0)) fail<ModelError>("{}: field 'rms_norm_eps' = {} must be positive", where, c.rms_norm_eps);
 
   // RoPE: official fields (rope_theta, rotary_dim) or the transformers-v5 rope_parameters form.
@@ -130,10 +137,11 @@ ModelConfig parse_model_config(const json& j, const std::string& where) {
   c.rope_theta = r.find("rope_theta") ? r.number("rope_theta") : rp ? Reader(*rp, where).number("rope_theta") : 5e6;
   if (!(c.rope_theta > 1)) fail<ModelError>("{}: rope_theta = {} must be > 1", where, c.rope_theta);
   if (r.find("rotary_dim")) {
-    c.rotary_dim = int(r.integer("rotary_dim"));
+    c.rotary_dim = int(r.integer("rotary_dim", std::nullopt, 1, c.head_dim));
   } else {
     double f = rp && rp->contains("partial_rotary_factor") ? Reader(*rp, where).number("partial_rotary_factor")
                                                           : r.number("partial_rotary_factor", 1.0);
+    if (!(f > 0 && f <= 1)) fail<ModelError>("{}: partial_rotary_factor = {} must be in (0, 1]", where, f);
     c.rotary_dim = int(std::lround(f * c.head_dim));
   }
   if (c.rotary_dim <= 0 || c.rotary_dim > c.head_dim || c.rotary_dim % 2)
@@ -148,12 +156,12 @@ ModelConfig parse_model_config(const json& j, const std::string& where) {
     fail<ModelError>("{}: field 'use_qk_norm' = false is not supported: MiniMax-M2 norms q and k", where);
   if (auto t = r.string("qk_norm_type", "per_layer"); t != "per_layer")
     fail<ModelError>("{}: field 'qk_norm_type' = '{}' is not supported: expected 'per_layer'", where, t);
-  if (int64_t s = r.integer("shared_intermediate_size", 0, 0); s != 0)
+  if (int64_t s = r.integer("shared_intermediate_size", 0, 0, INT64_MAX); s != 0)
     fail<ModelError>("{}: field 'shared_intermediate_size' = {} is not supported: expected 0 (no shared expert)", where, s);
   if (const json* a = r.find("attn_type_list")) {
     if (!a->is_array()) fail<ModelError>("{}: field 'attn_type_list' must be an array", where);
     for (size_t i = 0; i < a->size(); ++i)
-      if (!(*a)[i].is_number_integer() || (*a)[i].get<int>() != 1)
+      if (!(*a)[i].is_number_integer() || (*a)[i].get<int64_t>() != 1)
         fail<ModelError>("{}: field 'attn_type_list[{}]' = {} is not supported: only full attention (1)", where, i,
                          (*a)[i].dump());
   }

@@ -1,11 +1,15 @@
 #include "io/safetensors.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <mutex>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -17,6 +21,76 @@ namespace m2 {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+
+namespace {
+
+// Mapped files, for the SIGBUS handler: a read from a mapping whose file was truncated or replaced
+// underneath faults with SIGBUS, which is reported as an I/O error naming the file instead of a
+// crash. Slots are published with release stores; the handler only reads them.
+struct MappedRange {
+  std::atomic<uintptr_t> begin{0}, end{0};
+  char path[512] = {};
+};
+constexpr size_t kMaxMappedRanges = 4096;
+MappedRange g_mapped[kMaxMappedRanges];
+std::mutex g_mapped_mutex;
+
+void write_all(const char* s, size_t n) {
+  while (n > 0) {
+    const ssize_t w = ::write(2, s, n);
+    if (w <= 0) return;
+    s += w;
+    n -= size_t(w);
+  }
+}
+
+void on_sigbus(int, siginfo_t* info, void*) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(info->si_addr);
+  for (const MappedRange& r : g_mapped) {
+    const uintptr_t b = r.begin.load(std::memory_order_acquire), e = r.end.load(std::memory_order_acquire);
+    if (b == 0 || a < b || a >= e) continue;
+    char num[24];
+    size_t k = sizeof num;
+    uintptr_t off = a - b;
+    do num[--k] = char('0' + off % 10); while ((off /= 10) != 0 && k > 0);
+    static const char head[] = "m2: I/O error: ", mid[] = ": the file was truncated or replaced while mapped (read at byte ",
+                      tail[] = "); checkpoint files must not change while m2 runs\n";
+    write_all(head, sizeof head - 1);
+    write_all(r.path, ::strnlen(r.path, sizeof r.path));
+    write_all(mid, sizeof mid - 1);
+    write_all(num + k, sizeof num - k);
+    write_all(tail, sizeof tail - 1);
+    ::_exit(74);  // EX_IOERR
+  }
+  ::signal(SIGBUS, SIG_DFL);  // not ours: the fault repeats on return and takes the default action
+}
+
+void register_mapping(const uint8_t* data, size_t size, const std::string& path) {
+  static std::once_flag installed;
+  std::call_once(installed, [] {
+    struct sigaction sa {};
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGBUS, &sa, nullptr);
+  });
+  std::lock_guard lock(g_mapped_mutex);
+  for (MappedRange& r : g_mapped) {
+    if (r.begin.load(std::memory_order_relaxed) != 0) continue;
+    std::snprintf(r.path, sizeof r.path, "%s", path.c_str());
+    r.end.store(reinterpret_cast<uintptr_t>(data) + size, std::memory_order_release);
+    r.begin.store(reinterpret_cast<uintptr_t>(data), std::memory_order_release);
+    return;
+  }  // more than kMaxMappedRanges files mapped at once: a fault there is not named, still fatal
+}
+
+void unregister_mapping(const uint8_t* data) {
+  std::lock_guard lock(g_mapped_mutex);
+  for (MappedRange& r : g_mapped)
+    if (r.begin.load(std::memory_order_relaxed) == reinterpret_cast<uintptr_t>(data)) r.begin.store(0, std::memory_order_release);
+}
+
+}  // namespace
 
 MappedFile::MappedFile(const fs::path& path) : path_(path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -36,12 +110,16 @@ MappedFile::MappedFile(const fs::path& path) : path_(path) {
       fail<IoError>("{}: cannot mmap {} bytes: {}", path.string(), size_, std::strerror(err));
     }
     data_ = static_cast<const uint8_t*>(p);
+    register_mapping(data_, size_, path.string());
   }
   ::close(fd);
 }
 
 MappedFile::~MappedFile() {
-  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+  if (data_) {
+    unregister_mapping(data_);
+    ::munmap(const_cast<uint8_t*>(data_), size_);
+  }
 }
 
 int64_t TensorRef::numel() const {
@@ -71,7 +149,7 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : file_(std::make_shared<
   json header;
   try {
     header = json::parse(hp, hp + header_len);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     fail<FormatError>("{}: malformed header JSON: {}", where, e.what());
   }
   if (!header.is_object()) fail<FormatError>("{}: header is not a JSON object", where);
@@ -153,7 +231,7 @@ Checkpoint::Checkpoint(const fs::path& dir) : dir_(dir) {
     json j;
     try {
       j = json::parse(in);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
       fail<FormatError>("{}: malformed JSON: {}", index.string(), e.what());
     }
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())

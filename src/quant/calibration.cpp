@@ -84,7 +84,7 @@ std::vector<std::vector<int32_t>> file_sequences(const fs::path& path, int seq_l
       nlohmann::ordered_json j;
       try {
         j = nlohmann::ordered_json::parse(line);
-      } catch (const nlohmann::json::parse_error& e) {
+      } catch (const nlohmann::json::exception& e) {
         fail<FormatError>("--calib {} line {}: malformed JSON: {}", path.string(), n, e.what());
       }
       std::vector<int32_t> ids;

@@ -116,7 +116,8 @@ QuantScheme QuantScheme::detect_checked(const fs::path& dir, const json& config)
       fail<ModelError>("{}: quantization_config.fmt = '{}' is not supported: expected 'float8_e4m3fn'", cfg_where, fmtname);
     auto bs = qc->find("weight_block_size");
     if (bs == qc->end() || !bs->is_array() || bs->size() != 2 || !(*bs)[0].is_number_integer() ||
-        !(*bs)[1].is_number_integer() || (*bs)[0].get<int>() <= 0 || (*bs)[1].get<int>() <= 0)
+        !(*bs)[1].is_number_integer() || (*bs)[0].get<int64_t>() <= 0 || (*bs)[1].get<int64_t>() <= 0 ||
+        (*bs)[0].get<int64_t>() > 65536 || (*bs)[1].get<int64_t>() > 65536)
       fail<ModelError>("{}: quantization_config.weight_block_size must be [rows, cols], found {}", cfg_where,
                        bs == qc->end() ? "nothing" : bs->dump());
     s.fp8_block_ = {(*bs)[0].get<int>(), (*bs)[1].get<int>()};
@@ -167,9 +168,9 @@ QuantScheme QuantScheme::detect_checked(const fs::path& dir, const json& config)
       std::string f = g.is_object() ? g.value("format", top_format) : top_format;
       StoredLayout layout;
       const json* w = g.is_object() && g.contains("weights") ? &g["weights"] : nullptr;
-      int group_size = w && (*w).contains("group_size") && (*w)["group_size"].is_number_integer()
-                           ? (*w)["group_size"].get<int>()
-                           : -1;
+      const int64_t group_size = w && (*w).contains("group_size") && (*w)["group_size"].is_number_integer()
+                                     ? (*w)["group_size"].get<int64_t>()
+                                     : -1;
       if (f == "nvfp4-pack-quantized") {
         layout = StoredLayout::Nvfp4Ct;
         if (group_size != 16) fail<ModelError>("{}: weights.group_size = {} for nvfp4: expected 16", gwhere, group_size);

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "core/units.h"
 
 namespace m2 {
 
@@ -26,7 +27,7 @@ using Clock = std::chrono::steady_clock;
 
 // Fills in what the options leave open (KV blocks from the memory budget, max_model_len) and checks
 // that one sequence of max_model_len tokens fits the cache.
-EngineOptions resolve(const ModelWeights& w, EngineOptions o) {
+EngineOptions resolve(const ModelWeights& w, const Backend& backend, EngineOptions o) {
   const ModelConfig& c = w.config;
   if (o.max_num_seqs <= 0 || o.max_num_batched_tokens <= 0)
     fail<InvalidArgument>("max_num_seqs ({}) and max_num_batched_tokens ({}) must be positive", o.max_num_seqs,
@@ -46,6 +47,15 @@ EngineOptions resolve(const ModelWeights& w, EngineOptions o) {
     } else {
       o.kv.num_blocks = int64_t(o.kv.memory_bytes / per);
     }
+    // Refused at start, not when the pages are first touched mid-request: a budget the backend cannot
+    // hold, with the size that would fit (90% of what is free).
+    const size_t free = backend.free_memory(), want = size_t(o.kv.num_blocks) * per;
+    if (want > free / 10 * 9)
+      fail<InvalidArgument>(
+          "the KV cache needs {} ({} blocks of {} tokens) but the {} backend has {} free: give it at most {} "
+          "(--kv-cache-memory), or lower --max-num-seqs / --max-model-len",
+          human_bytes(double(want)), o.kv.num_blocks, o.kv.block_size, backend.name(), human_bytes(double(free)),
+          human_bytes(double(free / 10 * 9)));
   }
   if (o.sample_vocab < 0) fail<InvalidArgument>("sample_vocab {} is negative", o.sample_vocab);
   if (o.sample_vocab == 0 || o.sample_vocab > c.vocab_size) o.sample_vocab = c.vocab_size;
@@ -74,7 +84,7 @@ ModelLimits limits_for(const EngineOptions& o) {
 }  // namespace
 
 Engine::Engine(const ModelWeights& weights, Backend& backend, const EngineOptions& options)
-    : opt_(resolve(weights, options)),
+    : opt_(resolve(weights, backend, options)),
       model_(weights, backend, limits_for(opt_), opt_.kv.block_size, opt_.shard),
       kv_(backend, weights.config, model_.weights(), opt_.kv, opt_.checkpoint),
       scheduler_(kv_.blocks(), SchedulerOptions{opt_.max_num_seqs, opt_.max_num_batched_tokens,

@@ -266,7 +266,7 @@ void handle_messages(ApiContext& ctx, const httplib::Request& req, httplib::Resp
       json input = json::object();
       try {
         input = json::parse(t.arguments);
-      } catch (const json::parse_error&) {
+      } catch (const json::exception&) {
       }
       content.push_back({{"type", "tool_use"}, {"id", tool_use_id(t.id)}, {"name", t.name}, {"input", input}});
     }

@@ -16,7 +16,7 @@ ScriptedOutputs::ScriptedOutputs(const std::string& path) {
     json j;
     try {
       j = json::parse(line);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
       fail<FormatError>("--scripted-output {} line {}: malformed JSON: {}", path, n, e.what());
     }
     if (!j.is_string()) fail<FormatError>("--scripted-output {} line {}: expected a JSON string, found {}", path, n, j.type_name());
@@ -68,7 +68,7 @@ json parse_body(const std::string& body) {
   json j;
   try {
     j = json::parse(body);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw ApiError(400, fmt::format("the request body is not valid JSON: {}", e.what()));
   }
   if (!j.is_object()) throw ApiError(400, fmt::format("the request body must be a JSON object, found {}", j.type_name()));

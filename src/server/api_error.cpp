@@ -22,32 +22,6 @@ std::string openai_type(int status) {
 
 std::string ApiError::type() const { return openai_type(status_); }
 
-std::string printable(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (size_t i = 0; i < s.size();) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    // Length of a valid UTF-8 sequence starting here (0 when invalid).
-    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (n > 1) {
-      if (i + n > s.size()) n = 0;
-      for (size_t k = 1; n && k < n; ++k)
-        if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) n = 0;
-      if (n == 2 && c < 0xC2) n = 0;  // overlong
-    }
-    if (n == 1 && (c >= 0x20 || c == '\n' || c == '\t') && c != 0x7f) {
-      out += char(c);
-    } else if (n > 1) {
-      out.append(s.substr(i, n));
-    } else {
-      out += fmt::format("\\x{:02x}", c);
-      n = 1;
-    }
-    i += n;
-  }
-  return out;
-}
-
 std::string openai_error_body(int status, const std::string& message, const std::string& param) {
   nlohmann::json e = {{"message", printable(message)},
                       {"type", openai_type(status)},

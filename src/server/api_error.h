@@ -28,7 +28,5 @@ template <typename... Args>
 
 std::string openai_error_body(int status, const std::string& message, const std::string& param = {});
 std::string anthropic_error_body(int status, const std::string& message);
-// The text for an error message, safe for JSON and terminals: invalid UTF-8 and control bytes escaped.
-std::string printable(std::string_view text);
 
 }  // namespace m2

@@ -49,7 +49,7 @@ json template_messages(const json& messages) {
         if (args.is_string()) {
           try {
             args = json::parse(args.get<std::string>());
-          } catch (const json::parse_error&) {
+          } catch (const json::exception&) {
             throw ApiError(400, fmt::format("'{}.function.arguments' is not valid JSON", cw), cw + ".function.arguments");
           }
         }

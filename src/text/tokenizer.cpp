@@ -462,27 +462,70 @@ struct Tokenizer::Impl {
         fail<InvalidArgument>("{}: character '{}' is not in the vocabulary and the tokenizer has no unk_token", where, ch);
       }
     }
-    // Merge the lowest-ranked adjacent pair (leftmost on ties) until none is in the merge table.
-    for (;;) {
-      int best_rank = INT32_MAX;
-      size_t best = 0;
-      int32_t merged = -1;
-      for (size_t i = 0; i + 1 < sym.size(); ++i) {
-        auto it = merges.find(pair_key(sym[i], sym[i + 1]));
-        if (it != merges.end() && it->second.first < best_rank) {
-          best_rank = it->second.first;
-          best = i;
-          merged = it->second.second;
-        }
-      }
-      if (merged < 0) break;
-      sym[best] = merged;
-      sym.erase(sym.begin() + long(best) + 1);
-    }
+    merge(sym);
     out.insert(out.end(), sym.begin(), sym.end());
+    if (word.size() > kMaxCachedWordBytes) return;  // long words are rare; caching them would let one request fill memory
     std::unique_lock lock(cache_mutex);
     if (cache.size() > 200000) cache.clear();
     cache.emplace(std::string(word), std::move(sym));
+  }
+
+  // Merges the lowest-ranked adjacent pair (leftmost on ties) until none is in the merge table, as
+  // HF's word merge does: candidate pairs in a min-heap keyed (rank, position), symbols in a linked
+  // list, a popped pair skipped when either side has changed since it was pushed. O(n log n).
+  void merge(std::vector<int32_t>& sym) const {
+    const size_t n = sym.size();
+    if (n < 2) return;
+    struct Candidate {
+      int32_t rank;
+      uint32_t pos;
+      int32_t left, right, merged;
+      bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    };
+    std::vector<uint32_t> next(n), prev(n);
+    std::vector<bool> alive(n, true);
+    for (size_t i = 0; i < n; ++i) {
+      next[i] = uint32_t(i + 1);
+      prev[i] = uint32_t(i - 1);  // wraps for i = 0: never read
+    }
+    std::vector<Candidate> heap;
+    const auto push = [&](uint32_t i) {
+      if (next[i] >= n) return;
+      auto it = merges.find(pair_key(sym[i], sym[next[i]]));
+      if (it == merges.end()) return;
+      heap.push_back({it->second.first, i, sym[i], sym[next[i]], it->second.second});
+      std::push_heap(heap.begin(), heap.end(), std::greater<>());
+    };
+    for (uint32_t i = 0; i + 1 < n; ++i) push(i);
+    while (!heap.empty()) {
+      std::pop_heap(heap.begin(), heap.end(), std::greater<>());
+      const Candidate c = heap.back();
+      heap.pop_back();
+      const uint32_t i = c.pos, j = next[i];
+      if (!alive[i] || j >= n || sym[i] != c.left || sym[j] != c.right) continue;  // stale
+      sym[i] = c.merged;
+      alive[j] = false;
+      next[i] = next[j];
+      if (next[j] < n) prev[next[j]] = i;
+      if (i > 0) push(prev[i]);
+      push(i);
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i = next[i]) sym[k++] = sym[i];
+    sym.resize(k);
+  }
+
+  // A word longer than kMaxWordBytes (a pasted blob without a break) is encoded in pieces of at most
+  // that many bytes, cut at code-point boundaries: the one place m2 may differ from HF, which merges
+  // across the cut.
+  void bpe_bounded(std::string_view word, std::vector<int32_t>& out) const {
+    while (word.size() > kMaxWordBytes) {
+      size_t cut = kMaxWordBytes;
+      while (cut > 0 && (static_cast<unsigned char>(word[cut]) & 0xC0) == 0x80) --cut;
+      bpe(word.substr(0, cut), out);
+      word.remove_prefix(cut);
+    }
+    if (!word.empty()) bpe(word, out);
   }
 
   // Text between raw added tokens: normalize, split at normalized added tokens, then the model.
@@ -502,12 +545,10 @@ struct Tokenizer::Impl {
   void encode_normalized(std::string_view text, std::vector<int32_t>& out) const {
     if (text.empty()) return;
     if (!pre_tokenizer) {
-      bpe(std::string(text), out);
+      bpe_bounded(text, out);
       return;
     }
-    pre_tokenizer->each(text, 0, [&](std::string_view p) {
-      if (!p.empty()) bpe(p, out);
-    });
+    pre_tokenizer->each(text, 0, [&](std::string_view p) { bpe_bounded(p, out); });
   }
 };
 

@@ -32,8 +32,15 @@ class Tokenizer {
   std::optional<int32_t> token_to_id(std::string_view token) const;
   std::string id_to_token(int32_t id) const;  // "" when unknown
   bool is_special(int32_t id) const;
-  // Drops the word → ids cache (it is rebuilt as text is encoded; bounded at 200k words).
+  // Drops the word → ids cache (it is rebuilt as text is encoded; bounded at 200k words of at most
+  // kMaxCachedWordBytes each).
   void clear_cache() const;
+
+  // BPE merges a word in O(n log n). A single pre-tokenized word longer than kMaxWordBytes is cut
+  // into pieces of at most that many bytes (at code-point boundaries) and each piece merged alone:
+  // the only input on which m2's ids can differ from HF's.
+  static constexpr size_t kMaxWordBytes = size_t(1) << 20;
+  static constexpr size_t kMaxCachedWordBytes = 256;
 
  private:
   Tokenizer();

@@ -231,7 +231,7 @@ bool ToolCallParser::step(ToolParserDelta& d, bool at_end) {
         if (!value.empty() && value.back() == '\n') value.pop_back();
         buf_.erase(0, end + kParamClose.size());
         json v = convert(tool_name_, name, value);
-        std::string frag = (params_ ? ", " : "{") + json(name).dump() + ": " + v.dump(-1, ' ', false);
+        std::string frag = (params_ ? ", " : "{") + json(name).dump(-1, ' ', false, json::error_handler_t::replace) + ": " + v.dump(-1, ' ', false, json::error_handler_t::replace);
         params_ = true;
         d.tool_calls.push_back({calls_ - 1, "", "", frag});
         return true;

@@ -63,8 +63,8 @@ TEST(Config, UnsupportedValuesNameFieldAndValue) {
       {"attn_type_list", json::array({1, 0}), "'attn_type_list[1]' = 0"},
       {"model_type", "llama", "model_type 'llama'"},
       {"hidden_size", "big", "'hidden_size' must be an integer"},
-      {"num_experts_per_tok", 99, "exceeds num_local_experts"},
-      {"rotary_dim", 33, "rotary_dim = 33"},
+      {"num_experts_per_tok", 99, "'num_experts_per_tok' = 99 is out of range (must be in [1, 8])"},
+      {"rotary_dim", 33, "'rotary_dim' = 33 is out of range (must be in [1, 32])"},
       {"rope_scaling", json{{"rope_type", "yarn"}}, "'rope_scaling'"},
       {"sliding_window", 4096, "'sliding_window'"},
   };
@@ -98,6 +98,32 @@ TEST(Config, MalformedJsonFileNamesTheFile) {
   } catch (const FormatError& e) {
     EXPECT_NE(std::string(e.what()).find("config.json: malformed JSON"), std::string::npos) << e.what();
   }
+}
+
+// Every integer field is range-checked before it is narrowed or multiplied: a huge value (one that
+// narrows to 0 in int and used to divide by zero) or a negative one is an error naming the field.
+TEST(Config, HugeAndNegativeIntegersAreRefusedByName) {
+  for (const char* field : {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                            "head_dim", "intermediate_size", "num_local_experts", "num_experts_per_tok",
+                            "max_position_embeddings", "rotary_dim", "num_mtp_modules"}) {
+    for (const json& v : {json(int64_t(1) << 40), json(uint64_t(1) << 63), json(int64_t(-3)), json(int64_t(1) << 32)}) {
+      json j = official();
+      j[field] = v;
+      const std::string msg = error_of(j);
+      EXPECT_NE(msg.find(std::string("'") + field + "' = " + v.dump() + " is out of range"), std::string::npos)
+          << field << " = " << v.dump() << " → " << msg;
+    }
+  }
+  for (const char* field : {"bos_token_id", "eos_token_id"}) {
+    json j = official();
+    j[field] = int64_t(1) << 33;
+    EXPECT_NE(error_of(j).find("outside the vocabulary"), std::string::npos) << field;
+  }
+  json j = official();
+  j["partial_rotary_factor"] = 1e300;
+  j.erase("rotary_dim");
+  j.erase("rope_parameters");
+  EXPECT_NE(error_of(j).find("partial_rotary_factor"), std::string::npos) << error_of(j);
 }
 
 }  // namespace

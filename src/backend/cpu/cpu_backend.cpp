@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/units.h"
 
 namespace m2 {
 
@@ -35,6 +36,8 @@ void* CpuBackend::allocate(size_t bytes) {
 }
 
 void CpuBackend::release(void* ptr, size_t) noexcept { std::free(ptr); }
+
+size_t CpuBackend::free_memory() const { return available_host_memory(); }
 
 void CpuBackend::upload(const TensorView& dst, const void* src, size_t bytes) {
   if (bytes > dst.nbytes()) fail<InvalidArgument>("upload of {} bytes into tensor {}", bytes, dst.str());

@@ -13,6 +13,7 @@ class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int threads = 0, LinearPath path = LinearPath::Auto);
   const char* name() const override { return "cpu"; }
+  size_t free_memory() const override;
   Device device() const override { return Device::Cpu; }
   ThreadPool& pool() { return pool_; }
   LinearPath linear_path() const { return path_; }

@@ -118,6 +118,7 @@ std::string replace(const std::string& s, const std::string& from, const std::st
         ++n;
       }
       r += cp;
+      check_bytes(r.size(), "replace()");
     }
     if (count < 0 || n < count) r += to;
     return r;
@@ -126,6 +127,7 @@ std::string replace(const std::string& s, const std::string& from, const std::st
   int64_t n = 0;
   for (size_t p = s.find(from); p != std::string::npos && (count < 0 || n < count); p = s.find(from, start)) {
     r += s.substr(start, p - start) + to;
+    check_bytes(r.size(), "replace()");
     start = p + from.size();
     ++n;
   }
@@ -228,7 +230,10 @@ Value string_method(const std::string& s, const std::string& name) {
       const Value* it = a.get(0, "iterable");
       std::string r;
       if (it && it->is_list())
-        for (size_t i = 0; i < it->list().size(); ++i) r += (i ? x : "") + to_str(it->list()[i]);
+        for (size_t i = 0; i < it->list().size(); ++i) {
+          r += (i ? x : "") + to_str(it->list()[i]);
+          check_bytes(r.size(), "join()");
+        }
       return Value(r);
     }, s);
   if (name == "splitlines")
@@ -395,6 +400,8 @@ Value get_item(const Value& obj, const Value& key, Context& ctx, int line) {
 }
 
 std::vector<Value> iterate(const Value& v, Context& ctx, int line) {
+  if (v.is_list() || v.is_dict() || v.is_string())
+    charge_steps(ctx, line, int64_t(v.is_list() ? v.list().size() : v.is_dict() ? v.dict().items.size() : v.str().size()));
   if (v.is_undefined() || v.is_none()) {
     if (v.is_none()) ctx.error(line, "'NoneType' object is not iterable");
     return {};
@@ -519,6 +526,7 @@ Value apply_filter(const std::string& name, const Value& v, Args& a, Context& ct
       for (size_t i = 0; i < items.size(); ++i) {
         if (i && sep) r += to_str(*sep);
         r += to_str(attr ? attribute_path(items[i], to_str(*attr), ctx, line) : items[i]);
+        check_bytes(r.size(), "join");
       }
       return Value(r);
     }
@@ -564,6 +572,7 @@ Value apply_filter(const std::string& name, const Value& v, Args& a, Context& ct
     if (name == "indent") {
       int64_t width = arg_int(a, 0, "width", 4);
       const Value* w = a.get(0, "width");
+      if (!(w && w->is_string())) check_bytes(uint64_t(std::max<int64_t>(width, 0)), "indent width");
       std::string pad = w && w->is_string() ? w->str() : std::string(size_t(width), ' ');
       const Value* first = a.get(1, "first");
       const Value* blank = a.get(2, "blank");
@@ -575,6 +584,7 @@ Value apply_filter(const std::string& name, const Value& v, Args& a, Context& ct
         std::string ln = s.substr(start, nl == std::string::npos ? std::string::npos : nl - start);
         bool indent_it = first_line ? (first && first->truthy()) : (!ln.empty() || (blank && blank->truthy()));
         r += (indent_it ? pad : "") + ln;
+        check_bytes(r.size(), "indent");
         if (nl == std::string::npos) break;
         r += '\n';
         start = nl + 1;
@@ -659,6 +669,7 @@ Value apply_filter(const std::string& name, const Value& v, Args& a, Context& ct
     }
     if (name == "center") {
       int64_t width = arg_int(a, 0, "width", 80);
+      check_bytes(uint64_t(std::max<int64_t>(width, 0)), "center width");
       std::string s = to_str(v);
       int64_t n = int64_t(code_points(s).size());
       if (n >= width) return Value(s);
@@ -768,6 +779,11 @@ Value make_globals_function(const std::string& name) {
         if (a.positional.size() > 2) step = a.positional[2].as_int();
       }
       if (step == 0) fail<InvalidArgument>("range() arg 3 must not be zero");
+      const __int128 span = step > 0 ? __int128(stop) - start : __int128(start) - stop;
+      const __int128 count = span <= 0 ? 0 : (span + (step > 0 ? step : -__int128(step)) - 1) / (step > 0 ? step : -__int128(step));
+      if (count > Limits::kMaxItems)
+        fail<InvalidArgument>("range() of {} items is over the template limit of {}", int64_t(count), Limits::kMaxItems);
+      charge_items(int64_t(count));
       List out;
       for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) out.push_back(Value(i));
       return Value(std::move(out));

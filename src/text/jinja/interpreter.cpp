@@ -17,6 +17,32 @@ void Context::error(int line, const std::string& msg) const {
 }
 
 namespace {
+thread_local int64_t steps_left = Limits::kMaxSteps;
+}
+
+void reset_budget() { steps_left = Limits::kMaxSteps; }
+
+void charge_step(const Context& ctx, int line) {
+  if (--steps_left < 0)
+    ctx.error(line, fmt::format("the template exceeded its budget of {} steps (a loop without bound?)", Limits::kMaxSteps));
+}
+
+void charge_steps(const Context& ctx, int line, int64_t n) {
+  steps_left -= n;
+  charge_step(ctx, line);
+}
+
+void charge_items(int64_t n) {
+  steps_left -= n;
+  if (steps_left < 0) fail<InvalidArgument>("the template exceeded its budget of {} steps (a loop without bound?)", Limits::kMaxSteps);
+}
+
+void check_bytes(uint64_t bytes, const char* what) {
+  if (bytes > Limits::kMaxBytes)
+    fail<InvalidArgument>("{} would build {} bytes, over the template limit of {}", what, bytes, Limits::kMaxBytes);
+}
+
+namespace {
 
 Args eval_args(const Expr& e, Context& ctx) {
   Args a;
@@ -30,11 +56,23 @@ void require_defined(const Value& v, const Context& ctx, int line, const char* w
 }
 
 Value arithmetic(const std::string& op, const Value& a, const Value& b, Context& ctx, int line) {
-  if (op == "~") return Value(to_str(a) + to_str(b));
+  const auto bounded = [&](uint64_t bytes) {
+    if (bytes > Limits::kMaxBytes)
+      ctx.error(line, fmt::format("'{}' would build a string of {} bytes, over the template limit of {}", op, bytes, Limits::kMaxBytes));
+  };
+  if (op == "~") {
+    std::string r = to_str(a);
+    const std::string rb = to_str(b);
+    bounded(uint64_t(r.size()) + rb.size());
+    return Value(r + rb);
+  }
   require_defined(a, ctx, line, "operand");
   require_defined(b, ctx, line, "operand");
   if (op == "+") {
-    if (a.is_string() && b.is_string()) return Value(a.str() + b.str());
+    if (a.is_string() && b.is_string()) {
+      bounded(uint64_t(a.str().size()) + b.str().size());
+      return Value(a.str() + b.str());
+    }
     if (a.is_list() && b.is_list()) {
       List l = a.list();
       l.insert(l.end(), b.list().begin(), b.list().end());
@@ -43,7 +81,8 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b, Context&
   }
   if (op == "*" && ((a.is_string() && b.is_int()) || (a.is_int() && b.is_string()))) {
     const std::string& s = a.is_string() ? a.str() : b.str();
-    int64_t n = a.is_int() ? a.as_int() : b.as_int();
+    const int64_t n = a.is_int() ? a.as_int() : b.as_int();
+    if (n > 0 && !s.empty()) bounded(uint64_t(n) > Limits::kMaxBytes ? uint64_t(n) : uint64_t(n) * s.size());
     std::string r;
     for (int64_t i = 0; i < n; ++i) r += s;
     return Value(r);
@@ -86,10 +125,11 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b, Context&
     return op == "//" ? Value(q) : Value(x - q * y);
   }
   if (op == "**") {
-    if (ints && b.as_int() >= 0) {
-      int64_t r = 1;
-      for (int64_t i = 0; i < b.as_int(); ++i) r *= a.as_int();
-      return Value(r);
+    if (ints && b.as_int() >= 0) {  // by squaring (int64 wraps where Python grows)
+      uint64_t r = 1, base = uint64_t(a.as_int());
+      for (uint64_t e = uint64_t(b.as_int()); e; e >>= 1, base *= base)
+        if (e & 1) r *= base;
+      return Value(int64_t(r));
     }
     return Value(std::pow(a.as_double(), b.as_double()));
   }
@@ -160,6 +200,7 @@ Value slice(const Value& obj, const Expr& e, Context& ctx) {
 }  // namespace
 
 Value eval(const Expr& e, Context& ctx) {
+  charge_step(ctx, e.line);
   switch (e.kind) {
     case Expr::Literal: return e.value;
     case Expr::Name: {
@@ -286,7 +327,8 @@ Value make_macro(const Node& n, Context& def_ctx) {
       Guard() { ++depth; }
       ~Guard() { --depth; }
     } guard;
-    if (depth > 100) caller_ctx.error(node->line, fmt::format("macro '{}' recursed more than 100 deep", node->name));
+    if (depth > Limits::kMaxMacroDepth)
+      caller_ctx.error(node->line, fmt::format("macro '{}' recursed more than {} deep", node->name, Limits::kMaxMacroDepth));
     Context ctx{where, {}};
     for (const auto& f : root) {
       auto frame = f.lock();
@@ -341,6 +383,9 @@ void assign(Context& ctx, const Node& n, Value v) {
 Flow exec(const Body& body, Context& ctx, std::string& out) {
   for (const auto& np : body) {
     const Node& n = *np;
+    charge_step(ctx, n.line);
+    if (out.size() > Limits::kMaxBytes)
+      ctx.error(n.line, fmt::format("the template's output passed the limit of {} bytes", Limits::kMaxBytes));
     switch (n.kind) {
       case Node::Text: out += n.text; break;
       case Node::Output: out += to_str(eval(*n.expr, ctx)); break;
@@ -491,6 +536,8 @@ ChatTemplate::ChatTemplate(const std::string& source, const std::string& where) 
     throw;
   } catch (const Error& e) {
     throw TemplateError(e.what());
+  } catch (const std::exception& e) {  // a library call the parser makes: still this template's error
+    throw TemplateError(where + ": " + e.what());
   }
 }
 ChatTemplate::ChatTemplate(ChatTemplate&&) noexcept = default;
@@ -505,8 +552,11 @@ std::string ChatTemplate::render(const nlohmann::ordered_json& variables) const 
     for (auto it = variables.begin(); it != variables.end(); ++it) globals->set(it.key(), jinja::from_json(*it));
   ctx.frames = {globals, std::make_shared<jinja::Dict>()};
   std::string out;
+  jinja::reset_budget();
   try {
     jinja::exec(impl_->body, ctx, out);
+    if (out.size() > jinja::Limits::kMaxBytes)
+      fail<TemplateError>("{}: the template's output passed the limit of {} bytes", impl_->where, jinja::Limits::kMaxBytes);
   } catch (const TemplateError&) {
     throw;
   } catch (const std::exception& e) {  // anything else a builtin raised: still a template error

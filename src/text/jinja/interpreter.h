@@ -16,6 +16,26 @@ struct Context {
   [[noreturn]] void error(int line, const std::string& msg) const;
 };
 
+// The execution budget of one render: a template (or the data it is given) cannot loop, print,
+// build values or recurse without bound. Exceeding one is a TemplateError naming the line.
+struct Limits {
+  static constexpr int64_t kMaxSteps = 10'000'000;     // statements executed + expressions evaluated
+  static constexpr size_t kMaxBytes = size_t(64) << 20;  // the output, and any one string built
+  static constexpr int64_t kMaxItems = 1'000'000;      // range() and list repetition
+  static constexpr int kMaxMacroDepth = 100;
+};
+// Starts a render's budget (ChatTemplate::render).
+void reset_budget();
+// One step of work at `line`; throws once the render has taken Limits::kMaxSteps.
+void charge_step(const Context& ctx, int line);
+// `n` steps at once (iterating n items); builtins without a line use charge_items (InvalidArgument,
+// the caller adds the line).
+void charge_steps(const Context& ctx, int line, int64_t n);
+void charge_items(int64_t n);
+// Throws InvalidArgument naming `what` when a string of `bytes` would pass Limits::kMaxBytes
+// (builtins: the caller adds the line).
+void check_bytes(uint64_t bytes, const char* what);
+
 enum class Flow { Normal, Break, Continue };
 
 Flow exec(const Body& body, Context& ctx, std::string& out);

@@ -1,6 +1,8 @@
 // Lexer and parser: template text → Body, with Jinja2's whitespace control as HF configures it
 // (trim_blocks and lstrip_blocks on).
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/error.h"
@@ -10,6 +12,24 @@
 namespace m2::jinja {
 
 namespace {
+
+// The code point of a \u / \x escape: exactly `digits` hex digits at s[at].
+uint32_t hex_escape(const std::string& s, size_t at, int digits, const std::string& where, int line) {
+  uint32_t cp = 0;
+  for (int i = 0; i < digits; ++i) {
+    const char c = at + size_t(i) < s.size() ? s[at + size_t(i)] : '\0';
+    if (!std::isxdigit(static_cast<unsigned char>(c))) fail<FormatError>("{} line {}: a \\{} escape needs {} hex digits", where, line, digits == 4 ? 'u' : 'x', digits);
+    cp = cp * 16 + uint32_t(std::isdigit(static_cast<unsigned char>(c)) ? c - '0' : std::tolower(c) - 'a' + 10);
+  }
+  return cp;
+}
+
+int64_t int_literal(const std::string& text, const std::string& where, int line) {
+  errno = 0;
+  const long long v = std::strtoll(text.c_str(), nullptr, 10);
+  if (errno == ERANGE) fail<FormatError>("{} line {}: integer literal {} does not fit in 64 bits", where, line, text);
+  return v;
+}
 
 enum class Tok { Text, VarBegin, VarEnd, BlockBegin, BlockEnd, Name, String, Int, Float, Op, End };
 
@@ -179,13 +199,13 @@ class Lexer {
               case '"': out += '"'; break;
               case '0': out += '\0'; break;
               case 'u': {
-                uint32_t cp = uint32_t(std::stoul(s_.substr(q + 1, 4), nullptr, 16));
+                const uint32_t cp = hex_escape(s_, q + 1, 4, where_, line);
                 q += 4;
                 append_utf8(out, cp);
                 break;
               }
               case 'x': {
-                uint32_t cp = uint32_t(std::stoul(s_.substr(q + 1, 2), nullptr, 16));
+                const uint32_t cp = hex_escape(s_, q + 1, 2, where_, line);
                 q += 2;
                 append_utf8(out, cp);
                 break;
@@ -241,6 +261,10 @@ class Parser {
   [[noreturn]] void error(const std::string& msg) const {
     fail<FormatError>("{} line {}: {}{}", where_, peek().line, msg,
                       peek().text.empty() ? "" : " near '" + peek().text + "'");
+  }
+  int64_t int_token() {
+    const Token& t = next();
+    return int_literal(t.text, where_, t.line);
   }
   bool is_op(const char* op, size_t k = 0) const { return peek(k).type == Tok::Op && peek(k).text == op; }
   bool is_name(const char* n, size_t k = 0) const { return peek(k).type == Tok::Name && peek(k).text == n; }
@@ -644,7 +668,7 @@ class Parser {
         auto a = make(Expr::Attr, peek().line);
         if (peek().type == Tok::Int) {  // x.0 → x[0]
           auto lit = make(Expr::Literal, peek().line);
-          lit->value = Value(int64_t(std::stoll(next().text)));
+          lit->value = Value(int_token());
           a->kind = Expr::Item;
           a->b = std::move(lit);
         } else {
@@ -704,12 +728,12 @@ class Parser {
     }
     if (tk.type == Tok::Int) {
       auto e = make(Expr::Literal, line);
-      e->value = Value(int64_t(std::stoll(next().text)));
+      e->value = Value(int_token());
       return e;
     }
     if (tk.type == Tok::Float) {
       auto e = make(Expr::Literal, line);
-      e->value = Value(std::stod(next().text));
+      e->value = Value(std::strtod(next().text.c_str(), nullptr));  // overflow is inf, as in Python
       return e;
     }
     if (tk.type == Tok::Name) {
