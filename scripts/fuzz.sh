@@ -10,8 +10,10 @@ SECONDS_EACH=${1:-600}
 shift || true
 NAMES=("$@")
 [ ${#NAMES[@]} -eq 0 ] && NAMES=(fuzz_safetensors fuzz_config fuzz_tokenizer_json fuzz_tokenize fuzz_detokenizer fuzz_jinja fuzz_parsers fuzz_http)
-cmake --preset fuzz >/dev/null
-cmake --build build/fuzz -j"$(nproc)" --target "${NAMES[@]}"
+if [ -z "${M2_FUZZ_NO_BUILD:-}" ]; then  # M2_FUZZ_NO_BUILD=1: the harnesses are built already
+  cmake --preset fuzz >/dev/null
+  cmake --build build/fuzz -j"$(nproc)" --target "${NAMES[@]}"
+fi
 mkdir -p build/fuzz/findings
 for n in "${NAMES[@]}"; do
   mkdir -p "build/fuzz/corpus/$n"
