@@ -65,4 +65,11 @@ size_t available_host_memory() {
   return avail;
 }
 
+std::optional<int64_t> whole_int64(double d) {
+  if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0)) return std::nullopt;
+  const int64_t i = static_cast<int64_t>(d);
+  if (static_cast<double>(i) != d) return std::nullopt;
+  return i;
+}
+
 }  // namespace m2

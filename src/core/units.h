@@ -1,6 +1,8 @@
 // Byte sizes as people write them on command lines (4GiB, 512MB, 1000000) and as m2 prints them.
 #pragma once
 #include <cstddef>
+#include <cstdint>
+#include <optional>
 #include <string>
 
 namespace m2 {
@@ -13,5 +15,8 @@ std::string human_bytes(double bytes);
 // Memory this process can still get: MemAvailable of /proc/meminfo, lowered to what the cgroup
 // (v2 memory.max − memory.current) leaves; SIZE_MAX where neither can be read.
 size_t available_host_memory();
+// `d` as an int64 when it is a whole number inside int64's range, else nullopt (a plain cast of a
+// double outside the range is undefined behaviour; JSON numbers like 1e300 reach here).
+std::optional<int64_t> whole_int64(double d);
 
 }  // namespace m2

@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 
+#include "core/units.h"
 #include "server/api_error.h"
 
 namespace m2 {
@@ -36,7 +37,8 @@ inline std::optional<double> number_field(const json& obj, const std::string& ke
 inline std::optional<int64_t> int_field(const json& obj, const std::string& key) {
   const json* v = field_ptr(obj, key);
   if (!v) return std::nullopt;
-  if (v->is_number_float() && v->get<double>() == double(int64_t(v->get<double>()))) return int64_t(v->get<double>());
+  if (v->is_number_float())
+    if (const auto i = whole_int64(v->get<double>())) return *i;
   if (!v->is_number_integer()) wrong_type(key, "an integer", *v);
   if (v->is_number_unsigned() && v->get<uint64_t>() > uint64_t(INT64_MAX))
     throw ApiError(400, fmt::format("'{}' is too large", key), key);

@@ -559,6 +559,15 @@ Tokenizer::~Tokenizer() = default;
 
 namespace {
 
+// A token id field: an integer in [0, INT32_MAX] (a float or an out-of-range number is an error,
+// never a narrowing cast).
+int32_t checked_id(const json& v, const std::string& where, const char* what) {
+  if (!v.is_number_integer() || (v.is_number_unsigned() ? v.get<uint64_t>() > uint64_t(INT32_MAX)
+                                                         : (v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX)))
+    fail<FormatError>("{}: {} must be an integer in [0, {}], found {}", where, what, INT32_MAX, v.dump());
+  return int32_t(v.get<int64_t>());
+}
+
 std::string str(const json& j, const char* key, const std::string& where, const std::string& def = "") {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return def;
@@ -686,7 +695,7 @@ Tokenizer Tokenizer::from_json_checked(const json& j, const std::string& where) 
   }
   const json* added = j.contains("added_tokens") && j["added_tokens"].is_array() ? &j["added_tokens"] : nullptr;
   if (added)
-    for (const auto& a : *added) max_id = std::max(max_id, a.at("id").get<int32_t>());
+    for (const auto& a : *added) max_id = std::max(max_id, checked_id(a.at("id"), where, "added_tokens id"));
   if (max_id >= (1 << 24))  // ids index dense tables; no real vocabulary comes near this
     fail<FormatError>("{}: token id {} is implausibly large (limit {})", where, max_id, 1 << 24);
   I.id_to_token.assign(size_t(max_id + 1), std::string());
@@ -725,7 +734,7 @@ Tokenizer Tokenizer::from_json_checked(const json& j, const std::string& where) 
   }
   if (added) {
     for (const auto& a : *added) {
-      AddedToken tok{a.at("id").get<int32_t>(), a.at("content").get<std::string>(), flag(a, "special", false),
+      AddedToken tok{checked_id(a.at("id"), where, "added_tokens id"), a.at("content").get<std::string>(), flag(a, "special", false),
                      flag(a, "lstrip", false),  flag(a, "rstrip", false),          flag(a, "single_word", false),
                      flag(a, "normalized", false), {}};
       if (tok.id < 0) fail<FormatError>("{}: added token '{}' has negative id {}", where, tok.content, tok.id);
@@ -762,7 +771,7 @@ Tokenizer Tokenizer::from_json_checked(const json& j, const std::string& where) 
         } else if (piece.contains("SpecialToken")) {
           std::string id = piece["SpecialToken"].at("id").get<std::string>();
           const json& ids = p.at("special_tokens").at(id).at("ids");
-          for (const auto& x : ids) I.template_single.push_back({false, x.get<int32_t>()});
+          for (const auto& x : ids) I.template_single.push_back({false, checked_id(x, where, "post_processor special token id")});
         }
       }
     };

@@ -1,5 +1,7 @@
 #include "text/tool_parser.h"
 
+#include "core/units.h"
+
 #include <algorithm>
 #include <random>
 
@@ -93,7 +95,8 @@ json ToolCallParser::convert(const std::string& tool, const std::string& param, 
     try {
       json v = json::parse(value);
       if (v.is_number_integer()) return v;
-      if (v.is_number_float() && v.get<double>() == double(int64_t(v.get<double>()))) return int64_t(v.get<double>());
+      if (v.is_number_float())
+        if (const auto i = whole_int64(v.get<double>())) return *i;
     } catch (const json::exception&) {
     }
   }

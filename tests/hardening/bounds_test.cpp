@@ -132,7 +132,12 @@ TEST(Bounds, TemplatesRunWithinABudget) {
             std::string::npos) << render_error("x\n{{ 99999999999999999999 }}");
   EXPECT_NE(render_error("{{ '\\uZZ' }}").find("t.jinja line 1: a \\u escape needs 4 hex digits"), std::string::npos)
       << render_error("{{ '\\uZZ' }}");
-  EXPECT_EQ(render_error("{{ 1e999 }}"), "no error");  // inf, as Python  // by squaring, not 10^15 multiplications
+  EXPECT_EQ(render_error("{{ 1e999 }}"), "no error");  // inf, as Python
+  // 64-bit integer overflow (Python's integers grow; m2's report it instead of wrapping undefinedly):
+  for (const char* expr : {"9 * 9199999999999999998", "9223372036854775807 + 1", "-9223372036854775807 - 2",
+                           "(-9223372036854775807 - 1) // -1", "-(-9223372036854775807 - 1)", "[9223372036854775807, 1] | sum"})
+    EXPECT_NE(render_error(std::string("{{ ") + expr + " }}").find("integer overflow"), std::string::npos)
+        << expr << " → " << render_error(std::string("{{ ") + expr + " }}");  // by squaring, not 10^15 multiplications
   // The budget is per render: a template that uses most of it (8M of 10M steps) renders again.
   ChatTemplate t("{% for i in range(4) %}{% set l = range(1000000) | list %}{% endfor %}ok", "t");
   for (int i = 0; i < 3; ++i) EXPECT_EQ(t.render(nlohmann::ordered_json::object()), "ok");

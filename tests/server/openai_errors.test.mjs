@@ -72,6 +72,8 @@ test('bad sampling values and limits', async () => {
     [{ logprobs: true, top_logprobs: 50 }, /'top_logprobs' = 50 is out of range/],
     [{ presence_penalty: 9 }, /presence_penalty = 9 is out of range/],
     [{ max_tokens: 1000 }, /maximum context length is 256 tokens/],
+    [{ max_tokens: 1e300 }, /'max_tokens' must be an integer/],  // once an undefined double → int64 cast
+    [{ seed: -1e30 }, /'seed' must be an integer/],
   ];
   for (const [extra, pattern] of cases)
     await expectError(client.chat.completions.create({ model: 'demo', messages: user('hi'), max_tokens: 2, ...extra }),

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <ctime>
 
+#include "core/units.h"
 #include "text/jinja/interpreter.h"
 #include "text/regex.h"
 #include "text/utf8.h"
@@ -533,7 +534,10 @@ Value apply_filter(const std::string& name, const Value& v, Args& a, Context& ct
     if (name == "int") {
       if (v.is_int()) return v;
       if (v.is_bool()) return Value(v.as_int());
-      if (v.is_float()) return Value(int64_t(v.as_double()));
+      if (v.is_float()) {
+        if (const auto i = whole_int64(std::trunc(v.as_double()))) return Value(*i);
+        ctx.error(line, fmt::format("int() of {} is outside the 64-bit range", v.as_double()));
+      }
       if (v.is_string()) {
         try {
           size_t used = 0;
@@ -541,7 +545,8 @@ Value apply_filter(const std::string& name, const Value& v, Args& a, Context& ct
           int64_t x = std::stoll(s, &used);
           if (used == s.size()) return Value(x);
           double d = std::stod(s, &used);
-          if (used == s.size()) return Value(int64_t(d));
+          if (used == s.size())
+            if (const auto i = whole_int64(std::trunc(d))) return Value(*i);
         } catch (const std::exception&) {
         }
       }
@@ -558,7 +563,10 @@ Value apply_filter(const std::string& name, const Value& v, Args& a, Context& ct
       }
     }
     if (name == "abs") {
-      if (v.is_int()) return Value(std::abs(v.as_int()));
+      if (v.is_int()) {
+        if (v.as_int() == INT64_MIN) ctx.error(line, "integer overflow in abs()");
+        return Value(std::abs(v.as_int()));
+      }
       return Value(std::fabs(v.as_double()));
     }
     if (name == "round") {
@@ -615,7 +623,11 @@ Value apply_filter(const std::string& name, const Value& v, Args& a, Context& ct
       Value total = a.get(size_t(-1), "start") ? *a.get(size_t(-1), "start") : Value(int64_t(0));
       for (auto& x : iterate(v, ctx, line)) {
         Value y = attr ? attribute_path(x, to_str(*attr), ctx, line) : x;
-        if (total.is_int() && y.is_int()) total = Value(total.as_int() + y.as_int());
+        int64_t r = 0;
+        if (total.is_int() && y.is_int()) {
+          if (__builtin_add_overflow(total.as_int(), y.as_int(), &r)) ctx.error(line, "integer overflow in sum()");
+          total = Value(r);
+        }
         else total = Value(total.as_double() + y.as_double());
       }
       return total;
@@ -761,6 +773,7 @@ Value make_globals_function(const std::string& name) {
   if (name == "namespace")
     return bound([](Args& a, Context&) {
       Namespace ns{std::make_shared<Dict>()};
+      track_namespace(ns.attrs);
       for (const auto& p : a.positional)
         if (p.is_dict())
           for (const auto& [k, v] : p.dict().items) ns.attrs->set(k, v);

@@ -22,6 +22,18 @@ thread_local int64_t steps_left = Limits::kMaxSteps;
 
 void reset_budget() { steps_left = Limits::kMaxSteps; }
 
+namespace {
+thread_local std::vector<std::shared_ptr<Dict>> render_namespaces;
+}
+
+void track_namespace(const std::shared_ptr<Dict>& attrs) { render_namespaces.push_back(attrs); }
+
+void release_namespaces() {
+  std::vector<std::shared_ptr<Dict>> made;
+  made.swap(render_namespaces);
+  for (auto& d : made) d->items.clear();  // breaks any cycle through the namespace
+}
+
 void charge_step(const Context& ctx, int line) {
   if (--steps_left < 0)
     ctx.error(line, fmt::format("the template exceeded its budget of {} steps (a loop without bound?)", Limits::kMaxSteps));
@@ -114,6 +126,7 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b, Context&
   if (op == "//" || op == "%") {
     if (b.as_double() == 0) ctx.error(line, "integer division or modulo by zero");
     if (ints) {
+      if (a.as_int() == INT64_MIN && b.as_int() == -1) ctx.error(line, fmt::format("integer overflow in '{}'", op));
       int64_t x = a.as_int(), y = b.as_int(), q = x / y, r = x % y;
       if (r != 0 && ((r < 0) != (y < 0))) {
         --q;
@@ -133,9 +146,13 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b, Context&
     }
     return Value(std::pow(a.as_double(), b.as_double()));
   }
-  if (ints) {
-    int64_t x = a.as_int(), y = b.as_int();
-    return op == "+" ? Value(x + y) : op == "-" ? Value(x - y) : Value(x * y);
+  if (ints) {  // Python's integers grow; m2's are 64-bit, and overflowing one is an error
+    const int64_t x = a.as_int(), y = b.as_int();
+    int64_t r = 0;
+    const bool over = op == "+" ? __builtin_add_overflow(x, y, &r) : op == "-" ? __builtin_sub_overflow(x, y, &r)
+                                                                        : __builtin_mul_overflow(x, y, &r);
+    if (over) ctx.error(line, fmt::format("integer overflow in {} {} {}", x, op, y));
+    return Value(r);
   }
   double x = a.as_double(), y = b.as_double();
   return op == "+" ? Value(x + y) : op == "-" ? Value(x - y) : Value(x * y);
@@ -268,7 +285,10 @@ Value eval(const Expr& e, Context& ctx) {
     case Expr::Neg:
     case Expr::Pos: {
       Value v = eval(*e.a, ctx);
-      if (v.is_int() || v.is_bool()) return Value(e.kind == Expr::Neg ? -v.as_int() : v.as_int());
+      if (v.is_int() || v.is_bool()) {
+        if (e.kind == Expr::Neg && v.as_int() == INT64_MIN) ctx.error(e.line, "integer overflow in unary '-'");
+        return Value(e.kind == Expr::Neg ? -v.as_int() : v.as_int());
+      }
       if (v.is_float()) return Value(e.kind == Expr::Neg ? -v.as_double() : v.as_double());
       ctx.error(e.line, fmt::format("bad operand type for unary -: '{}'", v.type_name()));
     }
@@ -553,6 +573,9 @@ std::string ChatTemplate::render(const nlohmann::ordered_json& variables) const 
   ctx.frames = {globals, std::make_shared<jinja::Dict>()};
   std::string out;
   jinja::reset_budget();
+  struct Release {
+    ~Release() { jinja::release_namespaces(); }
+  } release;
   try {
     jinja::exec(impl_->body, ctx, out);
     if (out.size() > jinja::Limits::kMaxBytes)

@@ -26,6 +26,10 @@ struct Limits {
 };
 // Starts a render's budget (ChatTemplate::render).
 void reset_budget();
+// Namespaces made during the current render: a namespace can hold itself (ns.a = [ns]), a cycle of
+// shared pointers; the render clears every one it made when it ends, so cycles never outlive it.
+void track_namespace(const std::shared_ptr<Dict>& attrs);
+void release_namespaces();
 // One step of work at `line`; throws once the render has taken Limits::kMaxSteps.
 void charge_step(const Context& ctx, int line);
 // `n` steps at once (iterating n items); builtins without a line use charge_items (InvalidArgument,
