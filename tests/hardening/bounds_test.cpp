@@ -133,6 +133,9 @@ TEST(Bounds, TemplatesRunWithinABudget) {
   EXPECT_NE(render_error("{{ '\\uZZ' }}").find("t.jinja line 1: a \\u escape needs 4 hex digits"), std::string::npos)
       << render_error("{{ '\\uZZ' }}");
   EXPECT_EQ(render_error("{{ 1e999 }}"), "no error");  // inf, as Python
+  // An unclosed '{' in str.format looped forever (found by fuzz_jinja):
+  EXPECT_NE(render_error("{{ 'a {b'.format(1) }}").find("single '{' encountered"), std::string::npos)
+      << render_error("{{ 'a {b'.format(1) }}");
   // 64-bit integer overflow (Python's integers grow; m2's report it instead of wrapping undefinedly):
   for (const char* expr : {"9 * 9199999999999999998", "9223372036854775807 + 1", "-9223372036854775807 - 2",
                            "(-9223372036854775807 - 1) // -1", "-(-9223372036854775807 - 1)", "[9223372036854775807, 1] | sum"})

@@ -172,6 +172,7 @@ Value string_method(const std::string& s, const std::string& name) {
       if (arg_int(a, 1, "maxsplit", -1) >= 0 && a.get(0, "sep") && a.get(0, "sep")->is_string()) {
         // rsplit with a limit: split from the right.
         const std::string& d = a.get(0, "sep")->str();
+        if (d.empty()) fail<InvalidArgument>("empty separator");
         int64_t max = arg_int(a, 1, "maxsplit", -1);
         List out;
         size_t end = x.size();
@@ -282,7 +283,8 @@ Value string_method(const std::string& s, const std::string& name) {
         if (x[i] == '{' && i + 1 < x.size() && x[i + 1] == '{') r += x[i++];
         else if (x[i] == '}' && i + 1 < x.size() && x[i + 1] == '}') r += x[i++];
         else if (x[i] == '{') {
-          size_t close = x.find('}', i);
+          const size_t close = x.find('}', i);
+          if (close == std::string::npos) fail<InvalidArgument>("format(): single '{{' encountered in the format string");
           std::string key = x.substr(i + 1, close - i - 1);
           const Value* v = key.empty() ? a.get(k++, "") : std::isdigit((unsigned char)key[0]) ? a.get(size_t(std::stoul(key)), "") : a.get(size_t(-1), key.c_str());
           r += v ? to_str(*v) : "";
