@@ -72,17 +72,31 @@ uint8_t nvfp4_block(const float* w, double ws2, ScaleSearch search, const float*
   return best;
 }
 
+namespace {
+
+// Rows of w [rows, cols] block by block: `block` encodes B weights (with their B activation
+// weights, or null) to codes and returns the block's scale byte; codes are packed two per byte.
+template <int B, typename BlockFn>
+void quantize_rows(const float* w, int64_t rows, int64_t cols, const float* cw, uint8_t* packed, uint8_t* scales,
+                   BlockFn block) {
+  std::vector<uint8_t> codes(static_cast<size_t>(cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* wr = w + r * cols;
+    for (int64_t b = 0; b < cols / B; ++b)
+      scales[r * (cols / B) + b] = block(wr + B * b, cw ? cw + B * b : nullptr, codes.data() + B * b);
+    pack_row(codes.data(), cols, packed + r * (cols / 2));
+  }
+}
+
+}  // namespace
+
 double nvfp4_global_scale(double amax) { return amax > 0 ? amax / kNvMax : 1.0 / kNvMax; }
 
 void quantize_nvfp4(const float* w, int64_t rows, int64_t cols, double ws2, ScaleSearch search, const float* cw,
                     uint8_t* packed, uint8_t* scales) {
-  std::vector<uint8_t> codes(static_cast<size_t>(cols));
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* wr = w + r * cols;
-    for (int64_t b = 0; b < cols / 16; ++b)
-      scales[r * (cols / 16) + b] = nvfp4_block(wr + 16 * b, ws2, search, cw ? cw + 16 * b : nullptr, codes.data() + 16 * b);
-    pack_row(codes.data(), cols, packed + r * (cols / 2));
-  }
+  quantize_rows<16>(w, rows, cols, cw, packed, scales, [&](const float* wb, const float* cwb, uint8_t* codes) {
+    return nvfp4_block(wb, ws2, search, cwb, codes);
+  });
 }
 
 double nvfp4_error(const Nvfp4Tensor& t, double ws2) {
@@ -147,13 +161,9 @@ uint8_t mxfp4_block(const float* blk, MxRule rule, ScaleSearch search, const flo
 
 void quantize_mxfp4(const float* w, int64_t rows, int64_t cols, MxRule rule, ScaleSearch search, const float* cw,
                     uint8_t* packed, uint8_t* exponents) {
-  std::vector<uint8_t> codes(static_cast<size_t>(cols));
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* wr = w + r * cols;
-    for (int64_t b = 0; b < cols / 32; ++b)
-      exponents[r * (cols / 32) + b] = mxfp4_block(wr + 32 * b, rule, search, cw ? cw + 32 * b : nullptr, codes.data() + 32 * b);
-    pack_row(codes.data(), cols, packed + r * (cols / 2));
-  }
+  quantize_rows<32>(w, rows, cols, cw, packed, exponents, [&](const float* wb, const float* cwb, uint8_t* codes) {
+    return mxfp4_block(wb, rule, search, cwb, codes);
+  });
 }
 
 }  // namespace m2

@@ -70,15 +70,21 @@ TEST(Gptq, GramMatrixIsTheSumOfOuterProducts) {
 
 class GptqFormats : public ::testing::TestWithParam<GptqTarget::Format> {};
 
+// The target of `format` for weights w, with NVFP4's global scale from their amax.
+GptqTarget target_for(GptqTarget::Format format, const std::vector<float>& w) {
+  GptqTarget t;
+  t.format = format;
+  double amax = 0;
+  for (float v : w) amax = std::max(amax, double(std::fabs(v)));
+  t.ws2 = nvfp4_global_scale(amax);
+  return t;
+}
+
 TEST_P(GptqFormats, UncorrelatedInputsGiveRoundToNearest) {
   std::mt19937_64 rng(test::fresh_seed());
   const int64_t rows = 20, cols = 256;
   auto w = normal(rng, rows * cols, 0.05f);
-  GptqTarget t;
-  t.format = GetParam();
-  double amax = 0;
-  for (float v : w) amax = std::max(amax, double(std::fabs(v)));
-  t.ws2 = nvfp4_global_scale(amax);
+  const GptqTarget t = target_for(GetParam(), w);
   const int g = t.format == GptqTarget::Format::Nvfp4 ? 16 : 32;
   std::vector<double> h(static_cast<size_t>(cols * cols), 0.0);
   for (int64_t i = 0; i < cols; ++i) h[size_t(i * cols + i)] = 3.0;
@@ -105,11 +111,7 @@ TEST_P(GptqFormats, CorrelatedInputsLowerTheOutputError) {
       for (int k = 0; k < 16; ++k) v += double(z[size_t(i * 16 + k)]) * mix[size_t(k * cols + c)];
       x[size_t(i * cols + c)] = float(v * (1.0 + 3.0 * (c % 7 == 0)));
     }
-  GptqTarget t;
-  t.format = GetParam();
-  double amax = 0;
-  for (float v : w) amax = std::max(amax, double(std::fabs(v)));
-  t.ws2 = nvfp4_global_scale(amax);
+  const GptqTarget t = target_for(GetParam(), w);
   const int g = t.format == GptqTarget::Format::Nvfp4 ? 16 : 32;
   std::vector<double> h;
   accumulate_gram(x.data(), n, cols, {}, h);
