@@ -47,6 +47,7 @@ void BM_Memcpy(benchmark::State& state) {
 // range(1): number of distinct weights cycled; 96 streams from memory, 1 stays in cache (decode cost).
 void BM_LinearDecode(benchmark::State& state) {
   const int f = int(state.range(0));
+  const Activations act = state.range(2) ? Activations::Q8 : Activations::F32;
   auto& ws = weights(f, int(state.range(1)));
   std::mt19937_64 rng(1);
   auto x = test::random_floats(rng, 3072);
@@ -54,10 +55,10 @@ void BM_LinearDecode(benchmark::State& state) {
   size_t i = 0, bytes = 0;
   for (auto _ : state) {
     const auto& w = ws[i++ % ws.size()].view;
-    linear(w, x.data(), y.data(), 1, pool());
+    linear(w, x.data(), y.data(), 1, pool(), LinearPath::Auto, act);
     bytes += w.bytes();
   }
-  state.SetLabel(kFormats[f].name);
+  state.SetLabel(std::string(kFormats[f].name) + " " + std::string(activations_name(act)));
   state.counters["bytes_per_second"] = benchmark::Counter(double(bytes), benchmark::Counter::kIsRate);
 }
 
@@ -78,8 +79,8 @@ void BM_LinearPrefill(benchmark::State& state) {
 
 BENCHMARK(BM_Memcpy)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
 BENCHMARK(BM_LinearDecode)
-    ->ArgsProduct({{0, 1, 2, 3}, {96, 1}})
-    ->ArgNames({"format", "weights"})
+    ->ArgsProduct({{0, 1, 2, 3}, {96, 1}, {0, 1}})
+    ->ArgNames({"format", "weights", "q8"})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime()
     ->MinTime(1.0);

@@ -123,6 +123,8 @@ int main(int argc, char** argv) {
   app.add_option("--prompt", prompt, "prefill length")->capture_default_str();
   app.add_option("--decode", decode, "decoded tokens at batch 1")->capture_default_str();
   app.add_option("--threads", threads, "threads (0 = all)")->capture_default_str();
+  std::string activations = "q8";
+  app.add_option("--activations", activations, "q8 | f32 (FP4 products' activations, as m2 serve)")->capture_default_str();
   app.add_option("--batches", batches, "batched-decode sizes (empty: skip)")->delimiter(',');
   app.add_option("--batch-prompt", batch_prompt, "prompt length of each batched request")->capture_default_str();
   app.add_option("--batch-steps", batch_steps, "timed decode steps per batch size")->capture_default_str();
@@ -135,7 +137,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (!ngram_text.empty()) return speculation(dir, ngram_text, ngram_k, ngram_tokens, threads);
 
-  CpuBackend backend(threads);
+  CpuBackend backend(threads, LinearPath::Auto, parse_activations(activations));
   const double copy_bw = bench::copy_bandwidth(backend.pool());
   const double read_bw = bench::read_bandwidth(backend.pool());
   const double fma_peak = bench::fma_peak_flops(backend.pool());
@@ -173,7 +175,8 @@ int main(int argc, char** argv) {
   const double tok_s = decode / decode_s;
 
   fmt::print("model            {} ({})\n", dir, w.scheme.description());
-  fmt::print("cpu              {} threads, kernels {}\n", backend.pool().size(), cpu_features().describe());
+  fmt::print("cpu              {} threads, kernels {}, {} activations\n", backend.pool().size(), cpu_features().describe(),
+             activations_name(backend.activations()));
   fmt::print("weights          {:.3f} GB on disk, prefaulted in {:.2f} s\n", touched / 1e9, prefault_s);
   fmt::print("read bandwidth   {:.2f} GB/s (multi-stream read kernel, all threads)\n", read_bw / 1e9);
   fmt::print("memcpy           {:.2f} GB/s (bytes copied per second, all threads)\n", copy_bw / 1e9);

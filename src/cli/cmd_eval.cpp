@@ -31,6 +31,7 @@ struct EvalFlags {
   int64_t ctx = 1024, max_tokens = 0;
   bool streaming = false, quiet = false;
   int threads = 0;
+  std::string activations = "f32";
 };
 
 std::vector<int32_t> read_ids(const EvalFlags& f) {
@@ -79,8 +80,16 @@ int eval_text(const EvalFlags& f) {
   const ModelWeights q = ModelWeights::load(f.model);
   std::unique_ptr<ModelWeights> r;
   if (!f.ref.empty()) r = std::make_unique<ModelWeights>(ModelWeights::load(f.ref));
-  CpuBackend be(f.threads);
+  // The model runs with --activations; the reference always with exact fp32 activations, so that
+  // `m2 eval M --ref M --activations q8` measures what int8 activations cost.
+  const Activations act = parse_activations(f.activations);
+  CpuBackend be(f.threads, LinearPath::Auto, act);
+  std::unique_ptr<CpuBackend> ref_be;
   EvalOptions o;
+  if (r && act != Activations::F32) {
+    ref_be = std::make_unique<CpuBackend>(f.threads);
+    o.ref_backend = ref_be.get();
+  }
   o.ctx = f.ctx;
   o.streaming = f.streaming;
   o.progress = progress_bar(!f.quiet);
@@ -151,6 +160,10 @@ Runner add_eval(CLI::App& app) {
   app.add_option("--plots", f->plots, "With --experts: directory for the SVG heatmaps and histogram");
   app.add_option("--json", f->json, "Write the results as JSON");
   app.add_option("--threads,-t", f->threads, "Threads (0 = all cores)")->capture_default_str();
+  app.add_option("--activations", f->activations,
+                 "f32 (exact, the default here) | q8 (int8 activations for FP4 weights, as m2 serve's default); "
+                 "the --ref model always runs f32")
+      ->capture_default_str();
   app.add_flag("--quiet,-q", f->quiet, "No progress bar");
   return [f] { return eval_main(*f); };
 }

@@ -33,6 +33,7 @@ struct RunOptions {
   int max_tokens = 16;
   std::string logits_out;
   int threads = 0;
+  std::string activations = "q8";
   bool stop_at_eos = true;
   std::string reasoning = "auto";
   double temperature = 0.0;  // greedy unless asked
@@ -84,7 +85,7 @@ std::string read_input(const std::string& path) {
 // One request through the engine, on the CPU backend: calls on_output for every step's output.
 class Generator {
  public:
-  Generator(const RunOptions& o, const ModelWeights& w, const Tokenizer* tok) : o_(o), w_(w), backend_(o.threads) {
+  Generator(const RunOptions& o, const ModelWeights& w, const Tokenizer* tok) : o_(o), w_(w), backend_(o.threads, LinearPath::Auto, parse_activations(o.activations)) {
     gen_ = GenerationConfig::load(o.model_dir, w.config);
     tok_ = tok;
   }
@@ -247,6 +248,10 @@ Runner add_run(CLI::App& app) {
   app.add_option("--max-tokens,-n", o->max_tokens, "Tokens to generate")->capture_default_str();
   app.add_option("--logits-out", o->logits_out, "Write the prompt's logits [T, vocab] as F32 safetensors");
   app.add_option("--threads,-t", o->threads, "Worker threads (0 = all cores)")->capture_default_str();
+  app.add_option("--activations", o->activations,
+                 "q8 (int8 activations in FP4 products, as llama.cpp) | f32 (exact; what --logits-out "
+                 "comparisons with a reference want)")
+      ->capture_default_str();
   app.add_option("--reasoning-parser", o->reasoning,
                  "auto | minimax_m2 | model_opens | minimax_m2_append_think | none")->capture_default_str();
   app.add_flag("!--no-stop", o->stop_at_eos, "Do not stop at the EOS token");

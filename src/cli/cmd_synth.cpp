@@ -49,13 +49,7 @@ struct Rng {
   float uniform() { return float(next() >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f; }  // [-1, 1)
 };
 
-// Owned bytes of one tensor to be written.
-struct Owned {
-  std::string name;
-  DType dtype;
-  std::vector<int64_t> shape;
-  std::vector<uint8_t> bytes;
-};
+using Owned = OwnedTensor;  // owned bytes of one tensor to be written
 
 class Writer {
  public:
@@ -201,7 +195,7 @@ class Writer {
 void write_shard(const fs::path& path, const std::vector<Owned>& tensors, json& weight_map) {
   std::vector<TensorToWrite> view;
   for (const auto& t : tensors) {
-    view.push_back({t.name, t.dtype, t.shape, t.bytes});
+    view.push_back(t.to_write());
     weight_map[t.name] = path.filename().string();
   }
   write_safetensors(path, view, {{"format", "pt"}});

@@ -40,7 +40,7 @@ EvalSummary evaluate(const ModelWeights& q, const ModelWeights* r, Backend& be, 
   if (windows.empty()) fail<InvalidArgument>("{} tokens: at least 2 are needed to score one", ids.size());
   const int64_t len = std::min<int64_t>(o.ctx + 1, int64_t(ids.size()));
   LayerStream sq(q, be, len, o.chunk);
-  std::unique_ptr<LayerStream> sr = r ? std::make_unique<LayerStream>(*r, be, len, o.chunk) : nullptr;
+  std::unique_ptr<LayerStream> sr = r ? std::make_unique<LayerStream>(*r, o.ref_backend ? *o.ref_backend : be, len, o.chunk) : nullptr;
   const int64_t L = q.config.num_layers + (r ? r->config.num_layers : 0);
   const int64_t total = int64_t(windows.size()) * L;
   int64_t done = 0;

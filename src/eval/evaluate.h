@@ -24,6 +24,7 @@ struct EvalOptions {
   bool streaming = false;  // layer by layer over all windows, each layer's pages released after it
   int64_t chunk = 128;     // rows per step (and of logits held at once)
   std::function<void(int64_t done, int64_t total, const char* what)> progress;
+  Backend* ref_backend = nullptr;  // runs the reference model (null: the same backend as the model)
 };
 
 // `ref` may be null: perplexity only. The two models must share the vocabulary.

@@ -94,6 +94,14 @@ struct TensorToWrite {
   std::vector<int64_t> shape;
   std::span<const uint8_t> bytes;
 };
+// A tensor whose bytes are held until written (what the quantizer and m2 synth produce).
+struct OwnedTensor {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  std::vector<uint8_t> bytes;
+  TensorToWrite to_write() const { return {name, dtype, shape, bytes}; }
+};
 void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 

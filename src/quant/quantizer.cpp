@@ -81,13 +81,7 @@ struct Module {
   std::string group;          // modules sharing a per-tensor scale (q/k/v; w1/w3 of an expert)
 };
 
-// One tensor of the output.
-struct OutTensor {
-  std::string name;
-  DType dtype;
-  std::vector<int64_t> shape;
-  std::vector<uint8_t> bytes;
-};
+using OutTensor = OwnedTensor;  // one tensor of the output
 
 // A unit of output work: copy one input tensor (or dequantize an unquantized FP8 module to BF16), or
 // quantize one module.
@@ -629,7 +623,7 @@ void Quantizer::write_shard(size_t i) {
   });
   std::vector<TensorToWrite> view;
   for (const auto& r : results)
-    for (const auto& t : r) view.push_back({t.name, t.dtype, t.shape, t.bytes});
+    for (const auto& t : r) view.push_back(t.to_write());
   const fs::path tmp = path.string() + ".tmp";
   write_safetensors(tmp, view, {{"format", "pt"}});
   kill_point(fmt::format("shard-written:{}", i));

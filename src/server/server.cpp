@@ -47,7 +47,7 @@ struct Server::Impl {
 
   explicit Impl(const ServeOptions& o)
       : opt(o), weights(ModelWeights::load(o.model_dir)), tokenizer(Tokenizer::load(o.model_dir)),
-        backend(o.threads),
+        backend(o.threads, LinearPath::Auto, parse_activations(o.activations)),
         metrics(o.served_model_names.empty() ? std::filesystem::path(o.model_dir).filename().string()
                                              : o.served_model_names[0]) {}
 };
@@ -124,8 +124,8 @@ Server::Server(const ServeOptions& o) : impl_(std::make_unique<Impl>(o)) {
              human(double(kv.bytes())), opt.enable_prefix_caching ? "on" : "off", max_model_len, opt.max_num_seqs,
              opt.max_num_batched_tokens,
              opt.speculative_ngram ? fmt::format(", n-gram speculation k = {}", opt.speculative_ngram) : "");
-  fmt::print(stderr, "  threads: {} ({}); reasoning parser {}; tool-call parser {}; chat template {}\n", m.backend.pool().size(),
-             cpu_features().describe(), opt.reasoning_parser, opt.tool_call_parser.empty() ? "off" : opt.tool_call_parser,
+  fmt::print(stderr, "  threads: {} ({}, {} activations); reasoning parser {}; tool-call parser {}; chat template {}\n",
+             m.backend.pool().size(), cpu_features().describe(), activations_name(m.backend.activations()), opt.reasoning_parser, opt.tool_call_parser.empty() ? "off" : opt.tool_call_parser,
              m.chat ? (opt.chat_template.empty() ? "the model's" : opt.chat_template) : "none");
   m.engine = std::make_unique<AsyncEngine>(std::move(engine));
 

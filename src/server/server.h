@@ -25,6 +25,7 @@ struct ServeOptions {
   bool enable_prefix_caching = true;
   int speculative_ngram = 0;
   int threads = 0;
+  std::string activations = "q8";  // FP4 products: q8 (int8 activations, as llama.cpp) | f32 (exact)
   // API.
   std::string api_key;
   bool enable_auto_tool_choice = false;

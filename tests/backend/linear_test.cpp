@@ -1,9 +1,12 @@
 // Every fast path of the linear layer against the scalar reference, on fresh random weights and inputs.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "backend/cpu/cpu_features.h"
 #include "backend/cpu/linear.h"
 #include "backend/random_weight.h"
+#include "core/error.h"
 #include "test_util.h"
 
 namespace m2 {
@@ -86,6 +89,90 @@ TEST(Linear, Fp4NibbleOrderAndScales) {
       EXPECT_EQ(row[size_t(c)], e2m1_to_f32(code) * scale) << w->name << " col " << c;
     }
   }
+}
+
+// The int8-activation path (Activations::Q8) for FP4 weights: Q8 rows at 1-4 tokens, fp32 tiles on
+// the rounded x at 5+.
+//  1. Against the reference run on the rounded activations x̃ = q · scale (recovered from the Q8 rows,
+//     so the layout is checked too): only fp32 accumulation differs, 2e-6 of Σ|x̃ w|.
+//  2. Against the exact reference: per output, |y − ref| ≤ Σ_blocks (max|x_b| / 254) · Σ_b |w|
+//     (round to nearest: each |x − x̃| ≤ scale / 2), plus the fp32 slack of 1.
+std::vector<float> q8_rounded_x(const std::vector<uint8_t>& rows, int64_t tokens, int64_t cols) {
+  const int64_t nb = cols / 32;
+  std::vector<float> out(size_t(tokens * cols));
+  for (int64_t t = 0; t < tokens; ++t) {
+    const uint8_t* row = rows.data() + t * q8_row_bytes(cols);
+    const float* scale = reinterpret_cast<const float*>(row + 12 * nb);
+    const int8_t* q = reinterpret_cast<const int8_t*>(row + 24 * nb);
+    for (int64_t b = 0; b < nb; ++b)
+      for (int i = 0; i < 16; ++i) {
+        out[size_t(t * cols + 32 * b + 2 * i)] = float(q[32 * b + i]) * scale[b];
+        out[size_t(t * cols + 32 * b + 2 * i + 1)] = float(q[32 * b + 16 + i]) * scale[b];
+      }
+  }
+  return out;
+}
+
+TEST(Linear, Q8ActivationsWithinTheirRoundingBound) {
+  if (!cpu_features().avx2_fma_f16c) GTEST_SKIP() << "no AVX2: the Q8 path is not used on this CPU";
+  std::mt19937_64 rng(test::fresh_seed());
+  ThreadPool pool(2);
+  // cols: one partial scale group (96), groups + a tail (320), the real widths, and > 8192 columns
+  // (more than one column stripe per pass).
+  for (auto format : {WeightFormat::Nvfp4, WeightFormat::Mxfp4})
+    for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{37, 96}, {19, 320}, {64, 3072}, {9, 1536}, {5, 8256}})
+      for (int64_t tokens : {1, 2, 3, 4, 6}) {  // 6: the fp32 tiles on the rounded x
+        auto w = test::random_weight(format, DType::U8, rows, cols, rng);
+        auto x = test::random_floats(rng, size_t(tokens * cols));
+        for (size_t i = 0; i < x.size(); i += 97) x[i] *= 20.0f;  // outliers, as activations have
+        ASSERT_EQ(linear_wants_q8(LinearPath::Avx2, Activations::Q8, w.view, tokens), tokens <= 4);
+        ASSERT_TRUE(linear_rounds_q8(LinearPath::Avx2, Activations::Q8, w.view));
+        std::vector<float> got(size_t(tokens * rows)), ref(got.size()), ref_rounded(got.size());
+        linear(w.view, x.data(), got.data(), tokens, pool, LinearPath::Avx2, Activations::Q8);
+        std::vector<uint8_t> q8(size_t(tokens * q8_row_bytes(cols)));
+        quantize_q8_rows(x.data(), tokens, cols, q8.data());
+        const auto xr = q8_rounded_x(q8, tokens, cols);
+        linear_ref(w.view, x.data(), ref.data(), tokens);
+        linear_ref(w.view, xr.data(), ref_rounded.data(), tokens);
+        std::vector<float> wrow(static_cast<size_t>(cols));
+        int bad = 0;
+        for (int64_t r = 0; r < rows; ++r) {
+          dequant_row_ref(w.view, r, wrow.data());
+          for (int64_t t = 0; t < tokens; ++t) {
+            double abs_dot = 0, bound = 0;
+            for (int64_t b = 0; b < cols / 32; ++b) {
+              double amax = 0, wsum = 0;
+              for (int64_t c = 32 * b; c < 32 * b + 32; ++c) {
+                amax = std::max(amax, std::fabs(double(x[size_t(t * cols + c)])));
+                wsum += std::fabs(double(wrow[size_t(c)]));
+                abs_dot += std::fabs(double(xr[size_t(t * cols + c)]) * wrow[size_t(c)]);
+              }
+              bound += amax / 254.0 * wsum;
+            }
+            const size_t i = size_t(t * rows + r);
+            if (std::fabs(double(got[i]) - ref_rounded[i]) > 2e-6 * abs_dot + 1e-30) ++bad;
+            if (std::fabs(double(got[i]) - ref[i]) > bound * (1 + 1e-5) + 2e-6 * abs_dot) ++bad;
+          }
+        }
+        EXPECT_EQ(bad, 0) << weight_format_name(format) << " " << rows << "x" << cols << " tokens " << tokens;
+      }
+}
+
+TEST(Linear, Q8IsNotUsedWhereItDoesNotApply) {
+  std::mt19937_64 rng(test::fresh_seed());
+  auto nv = test::random_weight(WeightFormat::Nvfp4, DType::U8, 8, 64, rng);
+  auto bf = test::random_weight(WeightFormat::Dense, DType::BF16, 8, 64, rng);
+  auto nv48 = test::random_weight(WeightFormat::Nvfp4, DType::U8, 8, 48, rng);
+  EXPECT_FALSE(linear_wants_q8(LinearPath::Avx2, Activations::F32, nv.view, 1));      // exact requested
+  EXPECT_FALSE(linear_wants_q8(LinearPath::Generic, Activations::Q8, nv.view, 1));    // portable path
+  EXPECT_FALSE(linear_wants_q8(LinearPath::Avx2, Activations::Q8, bf.view, 1));       // not FP4
+  EXPECT_FALSE(linear_wants_q8(LinearPath::Avx2, Activations::Q8, nv.view, 5));       // prefill: fp32 tiles
+  EXPECT_TRUE(linear_rounds_q8(LinearPath::Avx2, Activations::Q8, nv.view));          // ... on the rounded x
+  EXPECT_FALSE(linear_rounds_q8(LinearPath::Avx2, Activations::Q8, bf.view));
+  EXPECT_FALSE(linear_wants_q8(LinearPath::Avx2, Activations::Q8, nv48.view, 1));     // cols % 32 != 0
+  EXPECT_EQ(parse_activations("q8"), Activations::Q8);
+  EXPECT_EQ(parse_activations("f32"), Activations::F32);
+  EXPECT_THROW(parse_activations("int8"), InvalidArgument);
 }
 
 }  // namespace

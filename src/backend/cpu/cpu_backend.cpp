@@ -25,8 +25,8 @@ size_t ExpertStack::bytes_per_expert() const {
   return n;
 }
 
-CpuBackend::CpuBackend(int threads, LinearPath path)
-    : pool_(threads), path_(resolve_linear_path(path)), scores_(size_t(pool_.size())) {}
+CpuBackend::CpuBackend(int threads, LinearPath path, Activations act)
+    : pool_(threads), path_(resolve_linear_path(path)), act_(act), scores_(size_t(pool_.size())) {}
 
 void* CpuBackend::allocate(size_t bytes) {
   const size_t rounded = (bytes + 63) / 64 * 64;
@@ -107,7 +107,7 @@ void CpuBackend::linear(const WeightView& w, const TensorView& x, const TensorVi
   const int64_t M = x.rank ? x.dim(0) : 0;
   expect_tensor(x, DType::F32, {M, w.cols}, "linear input", w.name);
   expect_tensor(y, DType::F32, {M, w.rows}, "linear output", w.name);
-  m2::linear(w, x.ptr<float>(), y.ptr<float>(), M, pool_, path_);
+  m2::linear(w, x.ptr<float>(), y.ptr<float>(), M, pool_, path_, act_);
 }
 
 void CpuBackend::embed(const WeightView& table, const TensorView& ids, const TensorView& out) {

@@ -11,12 +11,13 @@ namespace m2 {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads = 0, LinearPath path = LinearPath::Auto);
+  explicit CpuBackend(int threads = 0, LinearPath path = LinearPath::Auto, Activations act = Activations::F32);
   const char* name() const override { return "cpu"; }
   size_t free_memory() const override;
   Device device() const override { return Device::Cpu; }
   ThreadPool& pool() { return pool_; }
   LinearPath linear_path() const { return path_; }
+  Activations activations() const { return act_; }
 
   void* allocate(size_t bytes) override;
   void release(void* ptr, size_t bytes) noexcept override;
@@ -55,13 +56,18 @@ class CpuBackend final : public Backend {
  private:
   ThreadPool pool_;
   LinearPath path_;
+  Activations act_;
   std::vector<std::vector<float>> scores_;  // per thread: [context] attention scores
   std::vector<int32_t> expert_fill_;        // [experts] slots filled per expert while permuting
   std::vector<float> x_deinterleaved_;      // [S, cols] grouped-linear input for the AVX-512 FP4 gemv
+  std::vector<uint8_t> x_q8_;               // [S, q8_row_bytes(cols)] grouped-linear input as Q8 rows
+  std::vector<float> x_rounded_;            // [S, cols] grouped-linear input rounded to Q8 (5+ rows)
   struct GroupItem {                        // one expert × part of a grouped call
     LinearJob job;
     int64_t grain, units;                   // rows per work unit, units
     double unit_cost;
+    bool q8;                                // the job reads Q8 rows of x
+    bool rounded;                           // the job reads x rounded to Q8 (fp32 tiles)
   };
   std::vector<GroupItem> group_items_;
 };

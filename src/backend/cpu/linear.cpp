@@ -1,5 +1,7 @@
 #include "backend/cpu/linear.h"
 
+#include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "backend/cpu/cpu_features.h"
@@ -40,6 +42,73 @@ LinearPath resolve_linear_path(LinearPath path) {
   return path;
 }
 
+Activations parse_activations(std::string_view name) {
+  if (name == "f32") return Activations::F32;
+  if (name == "q8") return Activations::Q8;
+  fail<InvalidArgument>("activations: expected f32 or q8, found '{}'", printable(name));
+}
+
+std::string_view activations_name(Activations a) { return a == Activations::Q8 ? "q8" : "f32"; }
+
+int64_t q8_row_bytes(int64_t cols) { return cols / 32 * 56; }
+
+namespace {
+// One 32-column block of x → int8 codes (column order) and the block's scale (max|x| / 127).
+inline float quantize_q8_block(const float* xb, int8_t q[32]) {
+  float amax = 0.0f;
+  for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
+  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  for (int i = 0; i < 32; ++i) q[i] = int8_t(std::nearbyint(xb[i] * inv));
+  return amax / 127.0f;
+}
+}  // namespace
+
+void quantize_q8_rows(const float* x, int64_t tokens, int64_t cols, uint8_t* out) {
+  const int64_t nb = cols / 32;
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* xt = x + t * cols;
+    uint8_t* row = out + t * q8_row_bytes(cols);
+    float* corr2 = reinterpret_cast<float*>(row);
+    float* corr1 = reinterpret_cast<float*>(row + 8 * nb);
+    float* scale = reinterpret_cast<float*>(row + 12 * nb);
+    float* scale2 = reinterpret_cast<float*>(row + 16 * nb);
+    int8_t* q = reinterpret_cast<int8_t*>(row + 24 * nb);
+    for (int64_t b = 0; b < nb; ++b) {
+      int8_t cq[32];
+      const float d = quantize_q8_block(xt + 32 * b, cq);
+      scale[b] = scale2[2 * b] = scale2[2 * b + 1] = d;
+      int8_t* qb = q + 32 * b;
+      int32_t half[2] = {0, 0};
+      for (int i = 0; i < 16; ++i) {
+        qb[i] = cq[2 * i];
+        qb[16 + i] = cq[2 * i + 1];
+        half[i / 8] += cq[2 * i] + cq[2 * i + 1];  // columns 2i, 2i+1 lie in half i / 8
+      }
+      corr2[2 * b] = float(12 * half[0]);
+      corr2[2 * b + 1] = float(12 * half[1]);
+      corr1[b] = float(12 * (half[0] + half[1]));
+    }
+  }
+}
+
+void round_q8(const float* x, int64_t tokens, int64_t cols, float* out) {
+  for (int64_t i = 0; i < tokens * (cols / 32); ++i) {
+    const int64_t t = i / (cols / 32), b = i % (cols / 32);
+    int8_t q[32];
+    const float d = quantize_q8_block(x + t * cols + 32 * b, q);
+    for (int j = 0; j < 32; ++j) out[t * cols + 32 * b + j] = float(q[j]) * d;
+  }
+}
+
+bool linear_rounds_q8(LinearPath path, Activations act, const WeightView& w) {
+  return act == Activations::Q8 && (path == LinearPath::Avx2 || path == LinearPath::Avx512) &&
+         (w.format == WeightFormat::Nvfp4 || w.format == WeightFormat::Mxfp4) && w.cols % 32 == 0 && w.cols > 0;
+}
+
+bool linear_wants_q8(LinearPath path, Activations act, const WeightView& w, int64_t tokens) {
+  return tokens <= 4 && linear_rounds_q8(path, act, w);
+}
+
 int64_t linear_grain(LinearPath path, const WeightView& w, int64_t tokens) {
   switch (path) {
     case LinearPath::Avx512:
@@ -69,6 +138,7 @@ void deinterleave_pairs(const float* x, int64_t tokens, int64_t K, float* out) {
 }
 
 void linear_rows(LinearPath path, const LinearJob& job, int64_t r0, int64_t r1) {
+  if (job.xq) return detail::rows_q8_avx2(job, r0, r1);
   switch (path) {
     case LinearPath::Avx512: return detail::rows_avx512(job, r0, r1);
     case LinearPath::Avx2: return detail::rows_avx2(job, r0, r1);
@@ -76,10 +146,21 @@ void linear_rows(LinearPath path, const LinearJob& job, int64_t r0, int64_t r1) 
   }
 }
 
-void linear(const WeightView& w, const float* x, float* y, int64_t tokens, ThreadPool& pool, LinearPath path) {
+void linear(const WeightView& w, const float* x, float* y, int64_t tokens, ThreadPool& pool, LinearPath path,
+            Activations act) {
   path = resolve_linear_path(path);
-  LinearJob job{&w, x, x, y, w.rows, tokens};
-  if (linear_wants_deinterleaved(path, w, tokens)) {
+  LinearJob job{&w, x, x, nullptr, y, w.rows, tokens};
+  if (linear_wants_q8(path, act, w, tokens)) {
+    thread_local std::vector<uint8_t> q8;  // grows once; the decode loop then reuses it
+    if (int64_t(q8.size()) < tokens * q8_row_bytes(w.cols)) q8.resize(size_t(tokens * q8_row_bytes(w.cols)));
+    quantize_q8_rows(x, tokens, w.cols, q8.data());
+    job.xq = q8.data();
+  } else if (linear_rounds_q8(path, act, w)) {  // 5+ tokens: the fp32 tiles on the same rounded x
+    thread_local std::vector<float> rounded;
+    if (int64_t(rounded.size()) < tokens * w.cols) rounded.resize(size_t(tokens * w.cols));
+    round_q8(x, tokens, w.cols, rounded.data());
+    job.x = job.xd = rounded.data();
+  } else if (linear_wants_deinterleaved(path, w, tokens)) {
     thread_local std::vector<float> buf;  // grows once; the decode loop then reuses it
     if (int64_t(buf.size()) < tokens * w.cols) buf.resize(size_t(tokens * w.cols));
     deinterleave_pairs(x, tokens, w.cols, buf.data());

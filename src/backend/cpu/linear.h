@@ -2,6 +2,7 @@
 // row-range kernels that grouped products (all experts of a step in one call) are built from.
 #pragma once
 #include <cstdint>
+#include <string_view>
 
 #include "core/thread_pool.h"
 #include "quant/weight.h"
@@ -17,9 +18,37 @@ enum class LinearPath {
 // Auto → the best path of this CPU; a path the CPU cannot run is an InvalidArgument.
 LinearPath resolve_linear_path(LinearPath requested);
 
+// The activation precision of the FP4 products at 1-4 tokens (decode).
+enum class Activations {
+  F32,  // exact: fp32 activations × decoded weights, fp32 accumulation (the reference; eval's default)
+  Q8,   // x rounded to int8 per 32-column block (scale max|x|/127, as llama.cpp's Q8_0), then
+        // int8 × FP4-code integer dot products: a 32-column chunk in ~12 instructions instead of ~25.
+        // Error per output ≤ Σ_blocks (max|x_b| / 254) · Σ_b |w| (tests/backend/linear_test.cpp).
+};
+Activations parse_activations(std::string_view name);  // "f32" | "q8"; else InvalidArgument
+std::string_view activations_name(Activations a);
+
 // x: [tokens, w.cols] row-major fp32; y: [tokens, w.rows] fp32 (overwritten).
 void linear(const WeightView& w, const float* x, float* y, int64_t tokens, ThreadPool& pool,
-            LinearPath path = LinearPath::Auto);
+            LinearPath path = LinearPath::Auto, Activations act = Activations::F32);
+
+// Q8 activations, one row per token, q8_row_bytes(cols) bytes each (cols % 32 == 0; nb = cols / 32):
+//   float corr2[nb][2]  12 × Σq over each 16-column half of a block, and
+//   float corr1[nb]     12 × Σq over the block: the kernel's weight codes carry a +12 offset (so that
+//                       they are unsigned bytes for vpmaddubsw), whose contribution these remove
+//   float scale[nb]     per 32-column block (max|x| / 127)
+//   float scale2[nb][2] the same, each twice (NVFP4's two 16-column blocks per chunk)
+//   int8  q[nb][32]     round(x / scale), per block the 16 even columns then the 16 odd ones
+int64_t q8_row_bytes(int64_t cols);
+void quantize_q8_rows(const float* x, int64_t tokens, int64_t cols, uint8_t* out);
+// Whether a product with these activations sees x rounded to Q8 (FP4 weights on the AVX2/AVX-512
+// paths): at 1-4 tokens linear_rows runs it from Q8 rows (linear_wants_q8; the caller fills
+// LinearJob::xq), at 5+ the fp32 tiles run on round_q8(x), so that a request's products do not
+// depend on how many tokens its batch put through an expert.
+bool linear_rounds_q8(LinearPath path, Activations act, const WeightView& w);
+bool linear_wants_q8(LinearPath path, Activations act, const WeightView& w, int64_t tokens);
+// x [tokens, cols] → the values the Q8 rows stand for (q · scale), in column order.
+void round_q8(const float* x, int64_t tokens, int64_t cols, float* out);
 
 // One product of a grouped call, computed a row range at a time on the calling thread:
 // y[t * ldy + r] = Σ_c x[t * w.cols + c] · W[r, c] for t < tokens. `xd` is x de-interleaved
@@ -28,6 +57,7 @@ struct LinearJob {
   const WeightView* w = nullptr;
   const float* x = nullptr;
   const float* xd = nullptr;
+  const uint8_t* xq = nullptr;  // Q8 rows of x (quantize_q8_rows) when linear_wants_q8 says so, else null
   float* y = nullptr;
   int64_t ldy = 0;
   int64_t tokens = 0;
@@ -48,6 +78,8 @@ namespace detail {
 // 1-4 tokens: gemv over any row range; 5+ tokens: 16-row tiles.
 void rows_avx2(const LinearJob& job, int64_t r0, int64_t r1);
 constexpr int64_t kAvx2TileRows = 16;
+// FP4 gemv over Q8 rows (linear_q8_avx2.cpp): 1-4 tokens, cols % 32 == 0.
+void rows_q8_avx2(const LinearJob& job, int64_t r0, int64_t r1);
 void dequant_row_avx2(const WeightView& w, int64_t r, float* out);
 // Decodes W[r0 .. r0+tile_rows) × [k0 .. k0+kc) into tile[k][tile_rows], zero rows past the end.
 void decode_tile_avx2(const WeightView& w, int64_t r0, int tile_rows, int64_t k0, int64_t kc, float* tile);

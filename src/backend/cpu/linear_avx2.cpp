@@ -42,76 +42,111 @@ inline void fp4_unpack32(const uint8_t* p, __m128i& lo16, __m128i& hi16) {
 
 inline __m256 i8x8_to_ps(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
 
-// Decodes columns [k0, k0 + 32) of row r into out[0..3] (8 columns each). k0 % 32 == 0.
-struct Decoder {
-  const WeightView& w;
+// The element encodings the kernels are specialised for (one instantiation each, no branch per chunk).
+enum class Kind { Bf16, F16, F32, E4m3, E5m2, Nvfp4, Mxfp4 };
 
-  inline void decode(int64_t r, int64_t k0, __m256 out[4]) const {
-    const uint8_t* row = w.data + r * w.row_bytes;
-    switch (w.format) {
-      case WeightFormat::Dense:
-        if (w.dtype == DType::BF16) {
-          const uint8_t* p = row + 2 * k0;
-          for (int j = 0; j < 4; ++j) {
-            __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * j)));
-            out[j] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-          }
-        } else if (w.dtype == DType::F16) {
-          const uint8_t* p = row + 2 * k0;
-          for (int j = 0; j < 4; ++j) out[j] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * j)));
-        } else {
-          const float* p = reinterpret_cast<const float*>(row) + k0;
-          for (int j = 0; j < 4; ++j) out[j] = _mm256_loadu_ps(p + 8 * j);
-        }
-        return;
-      case WeightFormat::Fp8Block: {
-        float s;
-        std::memcpy(&s, w.scales + 4 * ((r / w.block_rows) * w.scale_stride + k0 / w.block_cols), 4);
-        const uint8_t* p = row + k0;
-        if (w.dtype == DType::F8_E5M2) {
-          const __m256 sv = _mm256_set1_ps(s);
-          for (int j = 0; j < 4; ++j) {
-            __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * j)));
-            out[j] = _mm256_mul_ps(_mm256_cvtph_ps(_mm_slli_epi16(b, 8)), sv);
-          }
-        } else {
-          // E4M3 → F16 bits: sign to bit 15, exponent+mantissa shifted by 7; then × 2^(15-7).
-          const __m256 sv = _mm256_set1_ps(s * 256.0f);
-          const __m128i sign = _mm_set1_epi16(0x80), body = _mm_set1_epi16(0x7F);
-          for (int j = 0; j < 4; ++j) {
-            __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * j)));
-            __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(b, sign), 8), _mm_slli_epi16(_mm_and_si128(b, body), 7));
-            out[j] = _mm256_mul_ps(_mm256_cvtph_ps(h), sv);
-          }
-        }
-        return;
-      }
-      case WeightFormat::Nvfp4: {
-        __m128i a, b;
-        fp4_unpack32(row + k0 / 2, a, b);
-        const uint8_t* sc = w.scales + r * w.scale_stride + k0 / 16;
-        const float g = 0.5f * w.global_scale;
-        const __m256 s0 = _mm256_set1_ps(kE4M3ToF32[sc[0]] * g), s1 = _mm256_set1_ps(kE4M3ToF32[sc[1]] * g);
-        out[0] = _mm256_mul_ps(i8x8_to_ps(a), s0);
-        out[1] = _mm256_mul_ps(i8x8_to_ps(_mm_srli_si128(a, 8)), s0);
-        out[2] = _mm256_mul_ps(i8x8_to_ps(b), s1);
-        out[3] = _mm256_mul_ps(i8x8_to_ps(_mm_srli_si128(b, 8)), s1);
-        return;
-      }
-      case WeightFormat::Mxfp4: {
-        __m128i a, b;
-        fp4_unpack32(row + k0 / 2, a, b);
-        const __m256 s = _mm256_set1_ps(0.5f * e8m0_value(w.scales[r * w.scale_stride + k0 / 32]));
-        out[0] = _mm256_mul_ps(i8x8_to_ps(a), s);
-        out[1] = _mm256_mul_ps(i8x8_to_ps(_mm_srli_si128(a, 8)), s);
-        out[2] = _mm256_mul_ps(i8x8_to_ps(b), s);
-        out[3] = _mm256_mul_ps(i8x8_to_ps(_mm_srli_si128(b, 8)), s);
-        return;
-      }
-    }
-    __builtin_unreachable();
+Kind kind_of(const WeightView& w) {
+  switch (w.format) {
+    case WeightFormat::Dense: return w.dtype == DType::BF16 ? Kind::Bf16 : w.dtype == DType::F16 ? Kind::F16 : Kind::F32;
+    case WeightFormat::Fp8Block: return w.dtype == DType::F8_E5M2 ? Kind::E5m2 : Kind::E4m3;
+    case WeightFormat::Nvfp4: return Kind::Nvfp4;
+    case WeightFormat::Mxfp4: return Kind::Mxfp4;
   }
-};
+  __builtin_unreachable();
+}
+
+// Calls f(std::integral_constant<Kind, K>{}) for w's kind.
+template <typename F>
+void with_kind(const WeightView& w, F&& f) {
+  switch (kind_of(w)) {
+    case Kind::Bf16: return f(std::integral_constant<Kind, Kind::Bf16>{});
+    case Kind::F16: return f(std::integral_constant<Kind, Kind::F16>{});
+    case Kind::F32: return f(std::integral_constant<Kind, Kind::F32>{});
+    case Kind::E4m3: return f(std::integral_constant<Kind, Kind::E4m3>{});
+    case Kind::E5m2: return f(std::integral_constant<Kind, Kind::E5m2>{});
+    case Kind::Nvfp4: return f(std::integral_constant<Kind, Kind::Nvfp4>{});
+    case Kind::Mxfp4: return f(std::integral_constant<Kind, Kind::Mxfp4>{});
+  }
+}
+
+// Columns [k0, k0 + 32) of row r, unscaled where the format has block scales: out[0..3] (8 columns
+// each) times block_scale(...) is the weight. FP4 codes give 2× their value (the ½ is in the scale).
+template <Kind K>
+inline void decode_raw(const WeightView& w, int64_t r, int64_t k0, __m256 out[4]) {
+  const uint8_t* row = w.data + r * w.row_bytes;
+  if constexpr (K == Kind::Bf16) {
+    const uint8_t* p = row + 2 * k0;
+    for (int j = 0; j < 4; ++j) {
+      __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * j)));
+      out[j] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    }
+  } else if constexpr (K == Kind::F16) {
+    const uint8_t* p = row + 2 * k0;
+    for (int j = 0; j < 4; ++j) out[j] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * j)));
+  } else if constexpr (K == Kind::F32) {
+    const float* p = reinterpret_cast<const float*>(row) + k0;
+    for (int j = 0; j < 4; ++j) out[j] = _mm256_loadu_ps(p + 8 * j);
+  } else if constexpr (K == Kind::E4m3 || K == Kind::E5m2) {
+    const uint8_t* p = row + k0;
+    for (int h = 0; h < 2; ++h) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * h));
+      __m256i v;
+      if constexpr (K == Kind::E4m3) {
+        // Sign-extended to int16, shifted by 7: exponent+mantissa land as an F16 × 2^-8 (the scale
+        // carries the 256) and the sign in bit 15; bit 14 (a copy of the sign) is cleared.
+        v = _mm256_and_si256(_mm256_slli_epi16(_mm256_cvtepi8_epi16(b), 7), _mm256_set1_epi16(int16_t(0xBFFF)));
+      } else {
+        v = _mm256_slli_epi16(_mm256_cvtepu8_epi16(b), 8);
+      }
+      out[2 * h] = _mm256_cvtph_ps(_mm256_castsi256_si128(v));
+      out[2 * h + 1] = _mm256_cvtph_ps(_mm256_extracti128_si256(v, 1));
+    }
+  } else {
+    __m128i a, b;
+    fp4_unpack32(row + k0 / 2, a, b);
+    out[0] = i8x8_to_ps(a);
+    out[1] = i8x8_to_ps(_mm_srli_si128(a, 8));
+    out[2] = i8x8_to_ps(b);
+    out[3] = i8x8_to_ps(_mm_srli_si128(b, 8));
+  }
+}
+
+// The scale of out[j] of decode_raw at columns [k0, k0 + 32) (1 for unscaled formats).
+template <Kind K>
+inline float block_scale(const WeightView& w, int64_t r, int64_t k0, int j) {
+  if constexpr (K == Kind::E4m3 || K == Kind::E5m2) {
+    float s;
+    std::memcpy(&s, w.scales + 4 * ((r / w.block_rows) * w.scale_stride + k0 / w.block_cols), 4);
+    return K == Kind::E4m3 ? s * 256.0f : s;
+  } else if constexpr (K == Kind::Nvfp4) {
+    return kE4M3ToF32[w.scales[r * w.scale_stride + k0 / 16 + j / 2]] * 0.5f * w.global_scale;
+  } else if constexpr (K == Kind::Mxfp4) {
+    return 0.5f * e8m0_value(w.scales[r * w.scale_stride + k0 / 32]);
+  } else {
+    return 1.0f;
+  }
+}
+
+template <Kind K>
+constexpr bool kScaled = K == Kind::E4m3 || K == Kind::E5m2 || K == Kind::Nvfp4 || K == Kind::Mxfp4;
+
+// Columns [k0, k0 + 32) of row r as fp32 weights.
+template <Kind K>
+inline void decode(const WeightView& w, int64_t r, int64_t k0, __m256 out[4]) {
+  decode_raw<K>(w, r, k0, out);
+  if constexpr (kScaled<K>) {
+    if constexpr (K == Kind::Nvfp4) {
+      const __m256 s0 = _mm256_set1_ps(block_scale<K>(w, r, k0, 0)), s1 = _mm256_set1_ps(block_scale<K>(w, r, k0, 2));
+      out[0] = _mm256_mul_ps(out[0], s0);
+      out[1] = _mm256_mul_ps(out[1], s0);
+      out[2] = _mm256_mul_ps(out[2], s1);
+      out[3] = _mm256_mul_ps(out[3], s1);
+    } else {
+      const __m256 s = _mm256_set1_ps(block_scale<K>(w, r, k0, 0));
+      for (int j = 0; j < 4; ++j) out[j] = _mm256_mul_ps(out[j], s);
+    }
+  }
+}
 
 // Columns that the 32-wide SIMD decode covers; block-FP8 also needs whole chunks inside a scale block.
 int64_t simd_cols(const WeightView& w) {
@@ -126,25 +161,66 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-template <int T>
-void gemv_rows(const WeightView& w, const float* x, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  const Decoder dec{w};
-  const int64_t K = w.cols, Ks = simd_cols(w);
-  for (int64_t r = r0; r < r1; ++r) {
-    __m256 acc[T];
-    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < Ks; k += kChunk) {
+// R rows × T tokens per pass: R independent weight streams (the memory system serves several
+// streams per core faster than one) and R·T accumulator chains. Scaled formats multiply each
+// scale block's partial sum by its scale once instead of every weight.
+template <Kind K, int T, int R>
+inline void gemv_pass(const WeightView& w, const float* x, float* y, int64_t ldy, int64_t r, int64_t Ks) {
+  const int64_t Kc = w.cols;
+  __m256 acc[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < Ks; k += kChunk) {
+    for (int i = 0; i < R; ++i) {
       __m256 wv[4];
-      dec.decode(r, k, wv);
-      for (int t = 0; t < T; ++t)
-        for (int j = 0; j < 4; ++j) acc[t] = _mm256_fmadd_ps(wv[j], _mm256_loadu_ps(x + t * K + k + 8 * j), acc[t]);
-    }
-    for (int t = 0; t < T; ++t) {
-      float s = hsum(acc[t]);
-      for (int64_t k = Ks; k < K; ++k) s += x[t * K + k] * weight_element_ref(w, r, k);
-      y[t * ldy + r] = s;
+      decode_raw<K>(w, r + i, k, wv);
+      if constexpr (K == Kind::Nvfp4) {  // two 16-column scale blocks per chunk
+        const __m256 s0 = _mm256_set1_ps(block_scale<K>(w, r + i, k, 0)), s1 = _mm256_set1_ps(block_scale<K>(w, r + i, k, 2));
+        for (int t = 0; t < T; ++t) {
+          const float* xt = x + t * Kc + k;
+          __m256 p0 = _mm256_mul_ps(wv[0], _mm256_loadu_ps(xt));
+          __m256 p1 = _mm256_mul_ps(wv[2], _mm256_loadu_ps(xt + 16));
+          p0 = _mm256_fmadd_ps(wv[1], _mm256_loadu_ps(xt + 8), p0);
+          p1 = _mm256_fmadd_ps(wv[3], _mm256_loadu_ps(xt + 24), p1);
+          acc[i][t] = _mm256_fmadd_ps(p1, s1, _mm256_fmadd_ps(p0, s0, acc[i][t]));
+        }
+      } else if constexpr (kScaled<K>) {  // one scale over the chunk
+        const __m256 s = _mm256_set1_ps(block_scale<K>(w, r + i, k, 0));
+        for (int t = 0; t < T; ++t) {
+          const float* xt = x + t * Kc + k;
+          __m256 p0 = _mm256_mul_ps(wv[0], _mm256_loadu_ps(xt));
+          __m256 p1 = _mm256_mul_ps(wv[1], _mm256_loadu_ps(xt + 8));
+          p0 = _mm256_fmadd_ps(wv[2], _mm256_loadu_ps(xt + 16), p0);
+          p1 = _mm256_fmadd_ps(wv[3], _mm256_loadu_ps(xt + 24), p1);
+          acc[i][t] = _mm256_fmadd_ps(_mm256_add_ps(p0, p1), s, acc[i][t]);
+        }
+      } else {
+        for (int t = 0; t < T; ++t) {
+          const float* xt = x + t * Kc + k;
+          __m256 p0 = _mm256_mul_ps(wv[0], _mm256_loadu_ps(xt));
+          __m256 p1 = _mm256_mul_ps(wv[1], _mm256_loadu_ps(xt + 8));
+          p0 = _mm256_fmadd_ps(wv[2], _mm256_loadu_ps(xt + 16), p0);
+          p1 = _mm256_fmadd_ps(wv[3], _mm256_loadu_ps(xt + 24), p1);
+          acc[i][t] = _mm256_add_ps(acc[i][t], _mm256_add_ps(p0, p1));
+        }
+      }
     }
   }
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) {
+      float s = hsum(acc[i][t]);
+      for (int64_t k = Ks; k < Kc; ++k) s += x[t * Kc + k] * weight_element_ref(w, r + i, k);
+      y[t * ldy + r + i] = s;
+    }
+}
+
+template <Kind K, int T>
+void gemv_rows(const WeightView& w, const float* x, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  constexpr int R = T == 1 ? 4 : 2;
+  const int64_t Ks = simd_cols(w);
+  int64_t r = r0;
+  for (; r + R <= r1; r += R) gemv_pass<K, T, R>(w, x, y, ldy, r, Ks);
+  for (; r < r1; ++r) gemv_pass<K, T, 1>(w, x, y, ldy, r, Ks);
 }
 
 constexpr int kTileRows = int(kAvx2TileRows), kTileCols = 256, kMr = 6;
@@ -172,9 +248,10 @@ inline void transpose8(__m256 r[8]) {
 }  // namespace
 
 // Decodes W[r0 .. r0+tile_rows) × [k0 .. k0+kc) into tile[k][tile_rows] (rows past N are zero).
+namespace {
 // Groups of 8 rows are decoded 32 columns at a time and transposed in registers.
-void decode_tile_avx2(const WeightView& w, int64_t r0, int tile_rows, int64_t k0, int64_t kc, float* tile) {
-  const Decoder dec{w};
+template <Kind K>
+void decode_tile(const WeightView& w, int64_t r0, int tile_rows, int64_t k0, int64_t kc, float* tile) {
   const int64_t Ks = simd_cols(w);
   // Columns [0, ksimd) go through SIMD decode + transpose; the rest element by element.
   int64_t ksimd = 0;
@@ -189,7 +266,7 @@ void decode_tile_avx2(const WeightView& w, int64_t r0, int tile_rows, int64_t k0
           continue;
         }
         __m256 wv[4];
-        dec.decode(r, k0 + k, wv);
+        decode<K>(w, r, k0 + k, wv);
         for (int j = 0; j < 4; ++j) _mm256_store_ps(rows8[i] + 8 * j, wv[j]);
       }
       for (int j = 0; j < 4; ++j) {
@@ -204,6 +281,12 @@ void decode_tile_avx2(const WeightView& w, int64_t r0, int tile_rows, int64_t k0
       for (int64_t k = ksimd; k < kc; ++k) tile[k * tile_rows + i0 + i] = r < w.rows ? weight_element_ref(w, r, k0 + k) : 0.0f;
     }
   }
+}
+
+}  // namespace
+
+void decode_tile_avx2(const WeightView& w, int64_t r0, int tile_rows, int64_t k0, int64_t kc, float* tile) {
+  with_kind(w, [&](auto k) { decode_tile<decltype(k)::value>(w, r0, tile_rows, k0, kc, tile); });
 }
 
 namespace {
@@ -250,27 +333,27 @@ void gemm_tiles(const WeightView& w, const float* x, float* y, int64_t ldy, int6
 
 void rows_avx2(const LinearJob& job, int64_t r0, int64_t r1) {
   const WeightView& w = *job.w;
-  switch (job.tokens) {
-    case 1: return gemv_rows<1>(w, job.x, job.y, job.ldy, r0, r1);
-    case 2: return gemv_rows<2>(w, job.x, job.y, job.ldy, r0, r1);
-    case 3: return gemv_rows<3>(w, job.x, job.y, job.ldy, r0, r1);
-    case 4: return gemv_rows<4>(w, job.x, job.y, job.ldy, r0, r1);
-    default: break;
+  if (job.tokens <= 4) {
+    with_kind(w, [&](auto k) {
+      constexpr Kind K = decltype(k)::value;
+      dispatch_rows<4>(int(job.tokens), [&](auto t) { gemv_rows<K, decltype(t)::value>(w, job.x, job.y, job.ldy, r0, r1); });
+    });
+    return;
   }
   // 5+ tokens: the 16-row tiles covering [r0, r1); r0 is tile-aligned and r1 is too unless it is w.rows.
   gemm_tiles(w, job.x, job.y, job.ldy, job.tokens, r0 / kTileRows, (r1 + kTileRows - 1) / kTileRows);
 }
 
 void dequant_row_avx2(const WeightView& w, int64_t r, float* out) {
-  const Decoder dec{w};
   const int64_t Ks = simd_cols(w);
-  int64_t k = 0;
-  for (; k < Ks; k += kChunk) {
-    __m256 wv[4];
-    dec.decode(r, k, wv);
-    for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + k + 8 * j, wv[j]);
-  }
-  for (; k < w.cols; ++k) out[k] = weight_element_ref(w, r, k);
+  with_kind(w, [&](auto kind) {
+    for (int64_t k = 0; k < Ks; k += kChunk) {
+      __m256 wv[4];
+      decode<decltype(kind)::value>(w, r, k, wv);
+      for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + k + 8 * j, wv[j]);
+    }
+  });
+  for (int64_t k = Ks; k < w.cols; ++k) out[k] = weight_element_ref(w, r, k);
 }
 
 }  // namespace m2::detail

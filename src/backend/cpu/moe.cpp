@@ -106,7 +106,7 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
   float* yp = y.ptr<float>();
   const float* xd = xp;
   group_items_.clear();  // capacity kept: no allocation once warmed up
-  bool deinterleave = false;
+  bool deinterleave = false, q8 = false, rounded = false;
   for (int64_t e = 0; e < w.experts; ++e) {
     const int64_t n = off[e + 1] - off[e];
     if (n < 0) fail<InvalidArgument>("grouped_linear: offsets decrease at expert {}", e);
@@ -116,9 +116,13 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
       const WeightView& v = w.part(e, p);
       if (v.cols != w.cols) fail<InvalidArgument>("grouped_linear: {} has {} columns, expected {}", v.name, v.cols, w.cols);
       const int64_t grain = linear_grain(path_, v, n);
-      deinterleave |= linear_wants_deinterleaved(path_, v, n);
-      LinearJob job{&v, xp + int64_t(off[e]) * w.cols, nullptr, yp + int64_t(off[e]) * w.rows + row0, w.rows, n};
-      group_items_.push_back({job, grain, (v.rows + grain - 1) / grain, double(grain) * double(4 + n)});
+      const bool wants_q8 = linear_wants_q8(path_, act_, v, n);
+      q8 |= wants_q8;
+      rounded |= !wants_q8 && linear_rounds_q8(path_, act_, v);
+      deinterleave |= !wants_q8 && linear_wants_deinterleaved(path_, v, n);
+      LinearJob job{&v, xp + int64_t(off[e]) * w.cols, nullptr, nullptr, yp + int64_t(off[e]) * w.rows + row0, w.rows, n};
+      group_items_.push_back({job, grain, (v.rows + grain - 1) / grain, double(grain) * double(4 + n), wants_q8,
+                              !wants_q8 && linear_rounds_q8(path_, act_, v)});
       row0 += v.rows;
     }
     if (row0 != w.rows) fail<InvalidArgument>("grouped_linear: expert {} has {} rows, expected {}", e, row0, w.rows);
@@ -128,9 +132,22 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
     deinterleave_pairs(xp, S, w.cols, x_deinterleaved_.data());
     xd = x_deinterleaved_.data();
   }
+  if (rounded) {  // experts with 5+ rows: the fp32 tiles on the Q8-rounded input
+    if (int64_t(x_rounded_.size()) < S * w.cols) x_rounded_.resize(size_t(S * w.cols));
+    round_q8(xp, S, w.cols, x_rounded_.data());
+    for (auto& it : group_items_)
+      if (it.rounded) it.job.x = x_rounded_.data() + (it.job.x - xp);
+  }
+  if (q8) {
+    const int64_t rb = q8_row_bytes(w.cols);
+    if (int64_t(x_q8_.size()) < S * rb) x_q8_.resize(size_t(S * rb));
+    quantize_q8_rows(xp, S, w.cols, x_q8_.data());
+    for (auto& it : group_items_)
+      if (it.q8) it.job.xq = x_q8_.data() + (it.job.x - xp) / w.cols * rb;
+  }
   double total = 0;
   for (auto& it : group_items_) {
-    it.job.xd = xd + (it.job.x - xp);
+    it.job.xd = it.rounded ? it.job.x : xd + (it.job.x - xp);
     total += it.unit_cost * double(it.units);
   }
   const int threads = pool_.size();

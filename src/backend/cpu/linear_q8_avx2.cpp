@@ -1,0 +1,190 @@
+// AVX2 gemv (1-4 tokens) for FP4 weights with int8 activations (Activations::Q8).
+// E2M1 codes are exact small integers once doubled (0, ±1, ±2, ±3, ±4, ±6, ±8, ±12), so a 32-column
+// chunk is: 16 packed bytes → nibbles → one pshufb to (2·value + 12) as unsigned bytes → vpmaddubsw
+// with the activations' int8 (layout in linear.h: de-interleaved per block, so no unpacking) →
+// vpmaddwd → int32 lane sums, from which the +12 offset is removed with the row's precomputed
+// correction. One int→float conversion and one FMA with (weight scale × activation scale) per chunk.
+// int32 lane l of a chunk covers bytes 4l..4l+3: lanes 0-3 are even columns 0-30, lanes 4-7 odd ones,
+// so for NVFP4 (16-column blocks) the scale vector is [s0 s0 s1 s1 s0 s0 s1 s1].
+// note: only POD fields of WeightView are touched here, so no std::string code is emitted with AVX2.
+#if defined(__x86_64__)
+#pragma GCC target("avx2,fma,f16c")
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "backend/cpu/gemm_driver.h"
+#include "backend/cpu/linear.h"
+
+namespace m2::detail {
+
+namespace {
+
+struct Q8Row {  // one token's prepared activations (see quantize_q8_rows)
+  const float* corr;   // [nb][2] per 16-column half
+  const float* corr1;  // [nb] per 32-column block
+  const float* scale;
+  const float* scale2;
+  const int8_t* q;
+};
+
+inline Q8Row q8_row(const uint8_t* base, int64_t cols) {
+  const int64_t nb = cols / 32;
+  return {reinterpret_cast<const float*>(base), reinterpret_cast<const float*>(base + 8 * nb),
+          reinterpret_cast<const float*>(base + 12 * nb), reinterpret_cast<const float*>(base + 16 * nb),
+          reinterpret_cast<const int8_t*>(base + 24 * nb)};
+}
+
+// Codes of 32 columns → (2·value + 12) as bytes: low lane even columns, high lane odd columns.
+// The 16 packed bytes are broadcast to both lanes and the high lane shifted by a nibble.
+inline __m256i fp4_offset_codes(const uint8_t* p, __m256i lut, __m256i nib, __m256i shift) {
+  const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srlv_epi64(both, shift), nib));
+}
+
+constexpr int kMaxChunks = 256;  // 8192 columns per pass; wider rows run in column stripes
+
+// Scale products (weight scale × activation scale) of chunks [c0, c0 + n) of row r, token x:
+// NVFP4: 128-bit patterns [s0 s0 s1 s1], one per chunk, in the order 0 2 1 3 within each whole group
+// of 4 chunks (what two unpacks give; the dot loop visits chunks in that order) and in chunk order in
+// a last partial group; MXFP4: out[j] is chunk j's scalar.
+// Returns Σ scale × (12 · Σq) over the scale blocks: what the weights' +12 offset added to the dots.
+template <bool Nv>
+inline float scale_products(const WeightView& w, int64_t r, const Q8Row& x, int64_t c0, int64_t n, float* out) {
+  const uint8_t* sc = w.scales + r * w.scale_stride;
+  int64_t j = 0;
+  __m256 corr = _mm256_setzero_ps();
+  float corr_tail = 0.0f;
+  if constexpr (Nv) {
+    const __m256 g = _mm256_set1_ps(128.0f * w.global_scale);  // ½ × 2^8 (the F16 trick's offset)
+    for (; j + 4 <= n; j += 4) {
+      // E4M3 → F16 bits (× 2^-8): sign-extend, shift exponent+mantissa into place, clear bit 14.
+      const __m128i b = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc + 2 * (c0 + j))));
+      const __m128i h = _mm_and_si128(_mm_slli_epi16(b, 7), _mm_set1_epi16(int16_t(0xBFFF)));
+      const __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(h), g), _mm256_loadu_ps(x.scale2 + 2 * (c0 + j)));
+      corr = _mm256_fmadd_ps(v, _mm256_loadu_ps(x.corr + 2 * (c0 + j)), corr);
+      _mm256_storeu_ps(out + 4 * j, _mm256_unpacklo_ps(v, v));      // chunks j, j+2
+      _mm256_storeu_ps(out + 4 * j + 8, _mm256_unpackhi_ps(v, v));  // chunks j+1, j+3
+    }
+    for (; j < n; ++j) {  // a last partial group: the same order, element by element
+      const int64_t c = c0 + j, slot = 4 * j;
+      const float xs = x.scale[c] * 0.5f * w.global_scale;
+      const float s0 = kE4M3ToF32[sc[2 * c]] * xs, s1 = kE4M3ToF32[sc[2 * c + 1]] * xs;
+      out[slot] = out[slot + 1] = s0;
+      out[slot + 2] = out[slot + 3] = s1;
+      corr_tail += s0 * x.corr[2 * c] + s1 * x.corr[2 * c + 1];
+    }
+  } else {
+    for (; j + 8 <= n; j += 8) {
+      // E8M0 → float bits: e << 23; e = 0 is 2^-127 (0x00400000), which max() supplies.
+      const __m256i e = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc + c0 + j)));
+      const __m256i bits = _mm256_max_epi32(_mm256_slli_epi32(e, 23), _mm256_set1_epi32(0x00400000));
+      const __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_loadu_ps(x.scale + c0 + j)),
+                                     _mm256_set1_ps(0.5f));
+      _mm256_storeu_ps(out + j, v);
+      corr = _mm256_fmadd_ps(v, _mm256_loadu_ps(x.corr1 + c0 + j), corr);
+    }
+    for (; j < n; ++j) {
+      out[j] = 0.5f * e8m0_to_f32(sc[c0 + j]) * x.scale[c0 + j];
+      corr_tail += out[j] * x.corr1[c0 + j];
+    }
+  }
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(corr), _mm256_extractf128_ps(corr, 1));
+  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+  return _mm_cvtss_f32(s4) + corr_tail;
+}
+
+// The scale vector at position j of scale_products' output.
+template <bool Nv>
+inline __m256 chunk_scale(const float* sp, int64_t j) {
+  if constexpr (Nv) return _mm256_broadcast_ps(reinterpret_cast<const __m128*>(sp + 4 * j));
+  else return _mm256_broadcast_ss(sp + j);
+}
+
+// R rows × T tokens over chunks [c0, c0 + n): first every scale product, then the integer dots.
+template <bool Nv, int T, int R>
+inline void gemv_q8_pass(const WeightView& w, const Q8Row* xr, int64_t r, int64_t c0, int64_t n, __m256 acc[R][T],
+                         float corr[R][T]) {
+  constexpr int P = Nv ? 4 : 1;  // floats per chunk in the scale products
+  alignas(32) float sp[R][T][kMaxChunks * P];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) corr[i][t] += scale_products<Nv>(w, r + i, xr[t], c0, n, sp[i][t]);
+  const __m256i lut = _mm256_broadcastsi128_si256(_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
+  const __m256i nib = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), shift = _mm256_setr_epi64x(0, 0, 4, 4);
+  const uint8_t* rows[R];
+  for (int i = 0; i < R; ++i) rows[i] = w.data + (r + i) * w.row_bytes + 16 * c0;
+  // Chunk j (relative to c0) with the scale products at position pos.
+  auto step = [&](int64_t j, int64_t pos) __attribute__((always_inline)) {
+    __m256i xq[T];
+    for (int t = 0; t < T; ++t) xq[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[t].q + 32 * (c0 + j)));
+    for (int i = 0; i < R; ++i) {
+      const __m256i wq = fp4_offset_codes(rows[i] + 16 * j, lut, nib, shift);
+      for (int t = 0; t < T; ++t) {
+        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, xq[t]), ones);
+        acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), chunk_scale<Nv>(sp[i][t], pos), acc[i][t]);
+      }
+    }
+  };
+  int64_t j = 0;
+  if constexpr (Nv) {
+    for (; j + 4 <= n; j += 4) {  // the 0 2 1 3 order of scale_products
+      step(j, j);
+      step(j + 2, j + 1);
+      step(j + 1, j + 2);
+      step(j + 3, j + 3);
+    }
+  }
+  for (; j < n; ++j) step(j, j);
+}
+
+template <bool Nv, int T, int R>
+inline void gemv_q8_block(const WeightView& w, const Q8Row* xr, float* y, int64_t ldy, int64_t r) {
+  const int64_t nb = w.cols / 32;
+  __m256 acc[R][T];
+  float corr[R][T] = {};
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+  for (int64_t c0 = 0; c0 < nb; c0 += kMaxChunks)
+    gemv_q8_pass<Nv, T, R>(w, xr, r, c0, std::min<int64_t>(kMaxChunks, nb - c0), acc, corr);
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) {
+      __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[i][t]), _mm256_extractf128_ps(acc[i][t], 1));
+      s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+      s = _mm_add_ss(s, _mm_movehdup_ps(s));
+      y[t * ldy + r + i] = _mm_cvtss_f32(s) - corr[i][t];
+    }
+}
+
+template <bool Nv, int T>
+void gemv_q8_rows(const LinearJob& job, int64_t r0, int64_t r1) {
+  constexpr int R = T == 1 ? 4 : 2;
+  Q8Row xr[T];
+  for (int t = 0; t < T; ++t) xr[t] = q8_row(job.xq + t * q8_row_bytes(job.w->cols), job.w->cols);
+  int64_t r = r0;
+  for (; r + R <= r1; r += R) gemv_q8_block<Nv, T, R>(*job.w, xr, job.y, job.ldy, r);
+  for (; r < r1; ++r) gemv_q8_block<Nv, T, 1>(*job.w, xr, job.y, job.ldy, r);
+}
+
+}  // namespace
+
+void rows_q8_avx2(const LinearJob& job, int64_t r0, int64_t r1) {
+  const bool nv = job.w->format == WeightFormat::Nvfp4;
+  dispatch_rows<4>(int(job.tokens), [&](auto t) {
+    constexpr int T = decltype(t)::value;
+    if (nv) gemv_q8_rows<true, T>(job, r0, r1);
+    else gemv_q8_rows<false, T>(job, r0, r1);
+  });
+}
+
+}  // namespace m2::detail
+#else
+#include "backend/cpu/linear.h"
+#include "core/error.h"
+namespace m2::detail {
+void rows_q8_avx2(const LinearJob& job, int64_t, int64_t) {
+  fail("linear {}: the AVX2 int8-activation path is not compiled for this architecture", job.w->name);
+}
+}  // namespace m2::detail
+#endif
