@@ -38,19 +38,19 @@ void store_rows(const float* k, const float* v, const int64_t* slots, int64_t M,
   }, 4);
 }
 
-template <typename E>
-inline float dot(const float* q, const E* k, int n) {
+inline float dot(const float* q, const float* k, int n) {
   float d = 0;
 #pragma omp simd reduction(+ : d)
-  for (int i = 0; i < n; ++i) d += q[i] * to_f32(k[i]);
+  for (int i = 0; i < n; ++i) d += q[i] * k[i];
   return d;
 }
 
-template <typename E>
-inline void axpy(float p, const E* v, float* o, int n) {
+inline void axpy(float p, const float* v, float* o, int n) {
 #pragma omp simd
-  for (int i = 0; i < n; ++i) o[i] += p * to_f32(v[i]);
+  for (int i = 0; i < n; ++i) o[i] += p * v[i];
 }
+
+constexpr int kMaxGroup = 64;  // q heads per kv head (paged_attention refuses more)
 
 struct AttentionArgs {
   const float* q;
@@ -62,7 +62,20 @@ struct AttentionArgs {
   float k_scale, v_scale;  // 1 for fp32 and bf16
 };
 
-// Work items (sequence, new token, head), flattened in that order and split across threads.
+// Converts one cached K or V row to fp32 (a copy only for bf16 / fp8 caches).
+template <typename E>
+inline const float* row_f32(const E* src, float* buf, int n) {
+  if constexpr (std::is_same_v<E, float>) {
+    return src;
+  } else {
+    for (int i = 0; i < n; ++i) buf[i] = to_f32(src[i]);
+    return buf;
+  }
+}
+
+// Work items (sequence, new token, kv head), flattened in that order and split across threads. The
+// q heads that share a kv head (GQA group) are computed together, so that each cached K and V row
+// is read once per token instead of once per q head.
 template <typename E>
 void attend(const AttentionArgs& a, const E* kc, const E* vc, int64_t total_tokens,
             std::vector<std::vector<float>>& scores_per_thread, ThreadPool& pool) {
@@ -70,50 +83,60 @@ void attend(const AttentionArgs& a, const E* kc, const E* vc, int64_t total_toke
   const int64_t q_dim = int64_t(a.heads) * a.head_dim, kv_dim = int64_t(a.kv_heads) * a.head_dim;
   const int64_t bs = a.block_size;
   const float scale = 1.0f / std::sqrt(float(a.head_dim));
-  pool.parallel_for(total_tokens * a.heads, [&](int64_t i0, int64_t i1, int thread) {
-    float* scores = scores_per_thread[size_t(thread)].data();
+  pool.parallel_for(total_tokens * a.kv_heads, [&](int64_t i0, int64_t i1, int thread) {
+    // [group, context] scores, then one converted K/V row.
+    std::vector<float>& buf = scores_per_thread[size_t(thread)];
     int64_t seq = 0, seq_first_item = 0;
     for (int64_t item = i0; item < i1; ++item) {
-      while (item >= seq_first_item + int64_t(a.seqs[seq].query_len) * a.heads) {
-        seq_first_item += int64_t(a.seqs[seq].query_len) * a.heads;
+      while (item >= seq_first_item + int64_t(a.seqs[seq].query_len) * a.kv_heads) {
+        seq_first_item += int64_t(a.seqs[seq].query_len) * a.kv_heads;
         ++seq;
       }
       const AttentionSeq& S = a.seqs[seq];
       const int64_t local = item - seq_first_item;
-      const int64_t t = local / a.heads;
-      const int h = int(local % a.heads);
+      const int64_t t = local / a.kv_heads;
+      const int g = int(local % a.kv_heads);
       const int64_t row = S.query_start + t;
       const int64_t ctx = S.context_len - S.query_len + t + 1;  // causal: positions 0 .. ctx - 1
       const int32_t* table = a.tables + S.block_table_start;
-      const float* qv = a.q + row * q_dim + int64_t(h) * a.head_dim;
-      const int64_t kv_off = int64_t(h / group) * a.head_dim;
-      float mx = -INFINITY;
+      const float* qv = a.q + row * q_dim + int64_t(g) * group * a.head_dim;  // [group, head_dim]
+      const int64_t kv_off = int64_t(g) * a.head_dim;
+      float* scores = buf.data();                       // [group][ctx]
+      float* kv_row = buf.data() + int64_t(group) * ctx;  // [head_dim]
+      float mx[kMaxGroup];
+      for (int hh = 0; hh < group; ++hh) mx[hh] = -INFINITY;
+      const float k_mul = (std::is_same_v<E, float> ? 1.0f : a.k_scale) * scale;
       for (int64_t j0 = 0, b = 0; j0 < ctx; j0 += bs, ++b) {
         const E* kb = kc + int64_t(table[b]) * bs * kv_dim + kv_off;
         const int64_t n = std::min(bs, ctx - j0);
         for (int64_t r = 0; r < n; ++r) {
-          float d = dot(qv, kb + r * kv_dim, a.head_dim);
-          if constexpr (!std::is_same_v<E, float>) d *= a.k_scale;
-          d *= scale;
-          scores[j0 + r] = d;
-          mx = std::max(mx, d);
+          const float* k = row_f32(kb + r * kv_dim, kv_row, a.head_dim);
+          for (int hh = 0; hh < group; ++hh) {
+            const float d = dot(qv + int64_t(hh) * a.head_dim, k, a.head_dim) * k_mul;
+            scores[hh * ctx + j0 + r] = d;
+            mx[hh] = std::max(mx[hh], d);
+          }
         }
       }
-      double sum = 0;
-      for (int64_t j = 0; j < ctx; ++j) {
-        scores[j] = std::exp(scores[j] - mx);
-        sum += scores[j];
+      float inv[kMaxGroup];
+      for (int hh = 0; hh < group; ++hh) {
+        float* sc = scores + hh * ctx;
+        double sum = 0;
+        for (int64_t j = 0; j < ctx; ++j) {
+          sc[j] = std::exp(sc[j] - mx[hh]);
+          sum += sc[j];
+        }
+        inv[hh] = float(1.0 / sum) * (std::is_same_v<E, float> ? 1.0f : a.v_scale);
       }
-      const float inv = float(1.0 / sum);
-      float* o = a.out + row * q_dim + int64_t(h) * a.head_dim;
-      for (int i = 0; i < a.head_dim; ++i) o[i] = 0.0f;
+      float* o = a.out + row * q_dim + int64_t(g) * group * a.head_dim;  // [group, head_dim]
+      std::fill_n(o, int64_t(group) * a.head_dim, 0.0f);
       for (int64_t j0 = 0, b = 0; j0 < ctx; j0 += bs, ++b) {
         const E* vb = vc + int64_t(table[b]) * bs * kv_dim + kv_off;
         const int64_t n = std::min(bs, ctx - j0);
         for (int64_t r = 0; r < n; ++r) {
-          float p = scores[j0 + r] * inv;
-          if constexpr (!std::is_same_v<E, float>) p *= a.v_scale;
-          axpy(p, vb + r * kv_dim, o, a.head_dim);
+          const float* v = row_f32(vb + r * kv_dim, kv_row, a.head_dim);
+          for (int hh = 0; hh < group; ++hh)
+            axpy(scores[hh * ctx + j0 + r] * inv[hh], v, o + int64_t(hh) * a.head_dim, a.head_dim);
         }
       }
     }
@@ -168,6 +191,8 @@ void CpuBackend::paged_attention(const PagedKv& kv, int layer, const TensorView&
   if (heads <= 0 || kv_heads <= 0 || heads % kv_heads || int64_t(kv_heads) * head_dim != kv.kv_dim)
     fail<InvalidArgument>("paged_attention: {} heads / {} kv heads of {} dims against a cache of {} dims", heads,
                           kv_heads, head_dim, kv.kv_dim);
+  if (heads / kv_heads > kMaxGroup)
+    fail<InvalidArgument>("paged_attention: {} q heads per kv head (at most {})", heads / kv_heads, kMaxGroup);
   const int64_t M = q.rank == 2 ? q.dim(0) : 0, S = batch.seqs.rank == 2 ? batch.seqs.dim(0) : 0;
   expect_tensor(q, DType::F32, {M, int64_t(heads) * head_dim}, "paged_attention queries");
   expect_tensor(out, DType::F32, {M, int64_t(heads) * head_dim}, "paged_attention output");
@@ -193,7 +218,11 @@ void CpuBackend::paged_attention(const PagedKv& kv, int layer, const TensorView&
     max_context = std::max<int64_t>(max_context, a.context_len);
   }
   if (total != M) fail<InvalidArgument>("paged_attention: the sequences cover {} rows, the queries have {}", total, M);
-  reserve(M, max_context);
+  // Per thread: the scores of a GQA group over the context and one K/V row, sized for the longest
+  // context reserved (the first call grows the buffers once; later steps allocate nothing).
+  const int64_t need = int64_t(heads / kv_heads) * std::max(max_context, reserved_context_) + head_dim;
+  for (auto& s : scores_)
+    if (int64_t(s.size()) < need) s.resize(size_t(need));
   const PagedKvLayer& L = kv.layers[size_t(layer)];
   AttentionArgs a{q.ptr<float>(), out.ptr<float>(), seqs, S, tables, heads, kv_heads, head_dim, kv.block_size,
                   L.k_scale, L.v_scale};

@@ -99,6 +99,7 @@ BackendWeights CpuBackend::prepare(const ModelWeights& w, const ShardSpec& shard
 }
 
 void CpuBackend::reserve(int64_t tokens, int64_t context) {
+  reserved_context_ = std::max(reserved_context_, context);
   for (auto& s : scores_)
     if (int64_t(s.size()) < context) s.resize(size_t(context));
 }

@@ -295,25 +295,45 @@ namespace {
 template <int M>
 void micro_kernel(const float* x, int64_t ldx, const float* tile, int64_t kc, float* y, int64_t ldy, int rows,
                   bool first) {
+  // The accumulators must stay in registers: GCC 12 kept a stack copy of them up to date on every k
+  // step (12 stores per 12 FMAs, a third of the FMA peak) while the partial-tile epilogue read them
+  // through memory. Full tiles are therefore written straight from the registers.
   __m256 acc[M][2];
+#pragma GCC unroll 8
   for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
     const __m256 w0 = _mm256_load_ps(tile + k * kTileRows), w1 = _mm256_load_ps(tile + k * kTileRows + 8);
+#pragma GCC unroll 8
     for (int m = 0; m < M; ++m) {
       const __m256 xb = _mm256_broadcast_ss(x + m * ldx + k);
       acc[m][0] = _mm256_fmadd_ps(xb, w0, acc[m][0]);
       acc[m][1] = _mm256_fmadd_ps(xb, w1, acc[m][1]);
     }
   }
-  alignas(32) float out[kTileRows];
+  if (rows == kTileRows) {
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) {
+      float* yr = y + m * ldy;
+      if (!first) {
+        acc[m][0] = _mm256_add_ps(acc[m][0], _mm256_loadu_ps(yr));
+        acc[m][1] = _mm256_add_ps(acc[m][1], _mm256_loadu_ps(yr + 8));
+      }
+      _mm256_storeu_ps(yr, acc[m][0]);
+      _mm256_storeu_ps(yr + 8, acc[m][1]);
+    }
+    return;
+  }
+  alignas(32) float out[M][kTileRows];
   for (int m = 0; m < M; ++m) {
-    _mm256_store_ps(out, acc[m][0]);
-    _mm256_store_ps(out + 8, acc[m][1]);
+    _mm256_store_ps(out[m], acc[m][0]);
+    _mm256_store_ps(out[m] + 8, acc[m][1]);
+  }
+  for (int m = 0; m < M; ++m) {
     float* yr = y + m * ldy;
     if (first)
-      for (int i = 0; i < rows; ++i) yr[i] = out[i];
+      for (int i = 0; i < rows; ++i) yr[i] = out[m][i];
     else
-      for (int i = 0; i < rows; ++i) yr[i] += out[i];
+      for (int i = 0; i < rows; ++i) yr[i] += out[m][i];
   }
 }
 
