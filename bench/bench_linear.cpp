@@ -1,4 +1,4 @@
-// One linear layer per weight format at the real MiniMax-M2 widths, against memcpy.
+// One linear layer per weight format at the real MiniMax-M2 widths, against the read limit and memcpy.
 //   decode (1 token): bytes of weight streamed per second (counter "bytes_per_second")
 //   prefill (512 tokens): GFLOP/s (counter "flops")
 // Each weight set is larger than the last-level cache so decode streams from memory.
@@ -7,6 +7,7 @@
 #include "backend/cpu/linear.h"
 #include "backend/random_weight.h"
 #include "memory_bandwidth.h"
+#include "read_bandwidth.h"
 
 using namespace m2;
 
@@ -36,6 +37,13 @@ std::vector<test::OwnedWeight>& weights(int f, int copies) {
     for (int i = 0; i < copies; ++i) v.push_back(test::random_weight(kFormats[f].format, kFormats[f].dtype, 1536, 3072, rng));
   }
   return v;
+}
+
+// The decode limit: a multi-stream read kernel over 1 GiB with all threads (bench/read_bandwidth.cpp).
+void BM_ReadBandwidth(benchmark::State& state) {
+  double bw = 0;
+  for (auto _ : state) bw = bench::read_bandwidth(pool(), size_t(1) << 30, 3);
+  state.counters["bytes_per_second"] = bw;
 }
 
 void BM_Memcpy(benchmark::State& state) {
@@ -77,6 +85,7 @@ void BM_LinearPrefill(benchmark::State& state) {
 
 }  // namespace
 
+BENCHMARK(BM_ReadBandwidth)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
 BENCHMARK(BM_Memcpy)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
 BENCHMARK(BM_LinearDecode)
     ->ArgsProduct({{0, 1, 2, 3}, {96, 1}, {0, 1}})

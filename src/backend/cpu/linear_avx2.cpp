@@ -128,6 +128,9 @@ inline float block_scale(const WeightView& w, int64_t r, int64_t k0, int j) {
 }
 
 template <Kind K>
+constexpr int64_t kElementBits = K == Kind::F32 ? 32 : K == Kind::Bf16 || K == Kind::F16 ? 16 : K == Kind::E4m3 || K == Kind::E5m2 ? 8 : 4;
+
+template <Kind K>
 constexpr bool kScaled = K == Kind::E4m3 || K == Kind::E5m2 || K == Kind::Nvfp4 || K == Kind::Mxfp4;
 
 // Columns [k0, k0 + 32) of row r as fp32 weights.
@@ -170,7 +173,14 @@ inline void gemv_pass(const WeightView& w, const float* x, float* y, int64_t ldy
   __m256 acc[R][T];
   for (int i = 0; i < R; ++i)
     for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+  // The next passes' rows follow in memory: prefetch them at the offset being read, one line per row
+  // per 64 bytes of row (short rows end before the hardware prefetcher has ramped up).
+  constexpr int64_t elem_bits = kElementBits<K>;
+  const int64_t chunk_bytes = kChunk * elem_bits / 8, ahead = 2 * R * w.row_bytes;
   for (int64_t k = 0; k < Ks; k += kChunk) {
+    if (r + 2 * R < w.rows && (k * elem_bits / 8) % 64 < chunk_bytes)
+      for (int i = 0; i < R; ++i)
+        _mm_prefetch(reinterpret_cast<const char*>(w.data + (r + i) * w.row_bytes + k * elem_bits / 8 + ahead), _MM_HINT_T0);
     for (int i = 0; i < R; ++i) {
       __m256 wv[4];
       decode_raw<K>(w, r + i, k, wv);

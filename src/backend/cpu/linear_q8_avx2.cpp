@@ -115,6 +115,13 @@ inline void gemv_q8_pass(const WeightView& w, const Q8Row* xr, int64_t r, int64_
   const __m256i nib = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), shift = _mm256_setr_epi64x(0, 0, 4, 4);
   const uint8_t* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = w.data + (r + i) * w.row_bytes + 16 * c0;
+  // Rows are short (1536 bytes at the expert widths): the hardware prefetcher sees R streams that end
+  // after 24 lines and never ramps up. The next R rows follow in memory, so each pass prefetches them
+  // one line per row every 4 chunks, at the offset it is reading.
+  const int64_t ahead = 2 * R * w.row_bytes;
+  auto prefetch_next = [&](int64_t j) __attribute__((always_inline)) {
+    for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + ahead + 16 * j), _MM_HINT_T0);
+  };
   // Chunk j (relative to c0) with the scale products at position pos.
   auto step = [&](int64_t j, int64_t pos) __attribute__((always_inline)) {
     __m256i xq[T];
@@ -130,13 +137,17 @@ inline void gemv_q8_pass(const WeightView& w, const Q8Row* xr, int64_t r, int64_
   int64_t j = 0;
   if constexpr (Nv) {
     for (; j + 4 <= n; j += 4) {  // the 0 2 1 3 order of scale_products
+      prefetch_next(j);
       step(j, j);
       step(j + 2, j + 1);
       step(j + 1, j + 2);
       step(j + 3, j + 3);
     }
   }
-  for (; j < n; ++j) step(j, j);
+  for (; j < n; ++j) {
+    if ((j & 3) == 0) prefetch_next(j);
+    step(j, j);
+  }
 }
 
 template <bool Nv, int T, int R>
