@@ -16,6 +16,7 @@ packages=(
   liblapack-dev libblas-dev # GPTQ (m2 quantize --gptq): Cholesky (LAPACK), matrix products (CBLAS)
   curl                      # the main job's demo request
   python3-jinja2            # the reference the chat-template tests compare against byte for byte
+  g++-aarch64-linux-gnu qemu-user  # the NEON kernels, cross-compiled and tested under emulation
 )
 missing=()
 for p in "${packages[@]}"; do

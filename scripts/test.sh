@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: set up, build, run every test; then build with AddressSanitizer + UBSan and run
+# The test command: set up, build, run every test, and the AArch64 kernel and fixture tests under
+# qemu (scripts/test_arm64.sh); then build with AddressSanitizer + UBSan and run
 # every test again (bad input must never corrupt memory). `scripts/test.sh --quick` skips the second pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,7 @@ scripts/fetch_tokenizers.sh
 scripts/fetch_node_deps.sh
 scripts/build.sh
 ctest --test-dir build/release -j"$(nproc)" --output-on-failure
+scripts/test_arm64.sh
 if [ "${1:-}" != "--quick" ]; then
   cmake --preset asan >/dev/null
   cmake --build build/asan -j"$(nproc)"

@@ -34,6 +34,7 @@ void check_paths(const FormatCase& f, int64_t rows, int64_t cols, int64_t tokens
   std::vector<LinearPath> paths = {LinearPath::Generic};
   if (cpu_features().avx2_fma_f16c) paths.push_back(LinearPath::Avx2);
   if (cpu_features().avx512) paths.push_back(LinearPath::Avx512);
+  if (cpu_features().neon) paths.push_back(LinearPath::Neon);
   for (auto path : paths) {
     std::fill(got.begin(), got.end(), NAN);
     linear(w.view, x.data(), got.data(), tokens, pool, path);
@@ -113,8 +114,16 @@ std::vector<float> q8_rounded_x(const std::vector<uint8_t>& rows, int64_t tokens
   return out;
 }
 
+// The path with a Q8 kernel on this CPU (AVX2, or NEON with dotprod); Generic when there is none.
+LinearPath q8_path() {
+  if (cpu_features().avx2_fma_f16c) return LinearPath::Avx2;
+  if (cpu_features().neon && cpu_features().dotprod) return LinearPath::Neon;
+  return LinearPath::Generic;
+}
+
 TEST(Linear, Q8ActivationsWithinTheirRoundingBound) {
-  if (!cpu_features().avx2_fma_f16c) GTEST_SKIP() << "no AVX2: the Q8 path is not used on this CPU";
+  const LinearPath path = q8_path();
+  if (path == LinearPath::Generic) GTEST_SKIP() << "no AVX2 and no NEON dotprod: the Q8 path is not used on this CPU";
   std::mt19937_64 rng(test::fresh_seed());
   ThreadPool pool(2);
   // cols: one partial scale group (96), groups + a tail (320), the real widths, and > 8192 columns
@@ -125,10 +134,10 @@ TEST(Linear, Q8ActivationsWithinTheirRoundingBound) {
         auto w = test::random_weight(format, DType::U8, rows, cols, rng);
         auto x = test::random_floats(rng, size_t(tokens * cols));
         for (size_t i = 0; i < x.size(); i += 97) x[i] *= 20.0f;  // outliers, as activations have
-        ASSERT_EQ(linear_wants_q8(LinearPath::Avx2, Activations::Q8, w.view, tokens), tokens <= 4);
-        ASSERT_TRUE(linear_rounds_q8(LinearPath::Avx2, Activations::Q8, w.view));
+        ASSERT_EQ(linear_wants_q8(path, Activations::Q8, w.view, tokens), tokens <= 4);
+        ASSERT_TRUE(linear_rounds_q8(path, Activations::Q8, w.view));
         std::vector<float> got(size_t(tokens * rows)), ref(got.size()), ref_rounded(got.size());
-        linear(w.view, x.data(), got.data(), tokens, pool, LinearPath::Avx2, Activations::Q8);
+        linear(w.view, x.data(), got.data(), tokens, pool, path, Activations::Q8);
         std::vector<uint8_t> q8(size_t(tokens * q8_row_bytes(cols)));
         quantize_q8_rows(x.data(), tokens, cols, q8.data());
         const auto xr = q8_rounded_x(q8, tokens, cols);
@@ -159,17 +168,19 @@ TEST(Linear, Q8ActivationsWithinTheirRoundingBound) {
 }
 
 TEST(Linear, Q8IsNotUsedWhereItDoesNotApply) {
+  const LinearPath path = q8_path();
+  if (path == LinearPath::Generic) GTEST_SKIP() << "no AVX2 and no NEON dotprod: the Q8 path is not used on this CPU";
   std::mt19937_64 rng(test::fresh_seed());
   auto nv = test::random_weight(WeightFormat::Nvfp4, DType::U8, 8, 64, rng);
   auto bf = test::random_weight(WeightFormat::Dense, DType::BF16, 8, 64, rng);
   auto nv48 = test::random_weight(WeightFormat::Nvfp4, DType::U8, 8, 48, rng);
-  EXPECT_FALSE(linear_wants_q8(LinearPath::Avx2, Activations::F32, nv.view, 1));      // exact requested
+  EXPECT_FALSE(linear_wants_q8(path, Activations::F32, nv.view, 1));      // exact requested
   EXPECT_FALSE(linear_wants_q8(LinearPath::Generic, Activations::Q8, nv.view, 1));    // portable path
-  EXPECT_FALSE(linear_wants_q8(LinearPath::Avx2, Activations::Q8, bf.view, 1));       // not FP4
-  EXPECT_FALSE(linear_wants_q8(LinearPath::Avx2, Activations::Q8, nv.view, 5));       // prefill: fp32 tiles
-  EXPECT_TRUE(linear_rounds_q8(LinearPath::Avx2, Activations::Q8, nv.view));          // ... on the rounded x
-  EXPECT_FALSE(linear_rounds_q8(LinearPath::Avx2, Activations::Q8, bf.view));
-  EXPECT_FALSE(linear_wants_q8(LinearPath::Avx2, Activations::Q8, nv48.view, 1));     // cols % 32 != 0
+  EXPECT_FALSE(linear_wants_q8(path, Activations::Q8, bf.view, 1));       // not FP4
+  EXPECT_FALSE(linear_wants_q8(path, Activations::Q8, nv.view, 5));       // prefill: fp32 tiles
+  EXPECT_TRUE(linear_rounds_q8(path, Activations::Q8, nv.view));          // ... on the rounded x
+  EXPECT_FALSE(linear_rounds_q8(path, Activations::Q8, bf.view));
+  EXPECT_FALSE(linear_wants_q8(path, Activations::Q8, nv48.view, 1));     // cols % 32 != 0
   EXPECT_EQ(parse_activations("q8"), Activations::Q8);
   EXPECT_EQ(parse_activations("f32"), Activations::F32);
   EXPECT_THROW(parse_activations("int8"), InvalidArgument);

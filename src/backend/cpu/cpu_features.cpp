@@ -5,6 +5,10 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
+#if defined(__aarch64__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#endif
 
 namespace m2 {
 
@@ -21,8 +25,14 @@ CpuFeatures detect() {
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   if (const char* a = std::getenv("M2_CPU_NO_AVX512"); a && std::string(a) == "1") f.avx512 = false;
 #endif
+#if defined(__aarch64__)
+  f.neon = true;
+  f.dotprod = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+  if (const char* d = std::getenv("M2_CPU_NO_DOTPROD"); d && std::string(d) == "1") f.dotprod = false;
+#endif
   // M2_CPU_GENERIC=1 forces the portable kernels (for tests and for comparing paths).
-  if (const char* g = std::getenv("M2_CPU_GENERIC"); g && std::string(g) == "1") f.avx2_fma_f16c = f.avx512 = false;
+  if (const char* g = std::getenv("M2_CPU_GENERIC"); g && std::string(g) == "1")
+    f.avx2_fma_f16c = f.avx512 = f.neon = f.dotprod = false;
   return f;
 }
 }  // namespace
@@ -34,6 +44,7 @@ const CpuFeatures& cpu_features() {
 
 std::string CpuFeatures::describe() const {
   if (avx2_fma_f16c) return avx512 ? "avx512 gemv + avx2/fma/f16c" : "avx2+fma+f16c";
+  if (neon) return dotprod ? "neon+dotprod" : "neon";
   return "generic";
 }
 

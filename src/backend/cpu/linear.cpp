@@ -34,7 +34,11 @@ void rows_generic(const LinearJob& job, int64_t r0, int64_t r1) {
 LinearPath resolve_linear_path(LinearPath path) {
   const CpuFeatures& cpu = cpu_features();
   if (path == LinearPath::Auto)
-    return cpu.avx512 ? LinearPath::Avx512 : cpu.avx2_fma_f16c ? LinearPath::Avx2 : LinearPath::Generic;
+    return cpu.avx512          ? LinearPath::Avx512
+           : cpu.avx2_fma_f16c ? LinearPath::Avx2
+           : cpu.neon          ? LinearPath::Neon
+                               : LinearPath::Generic;
+  if (path == LinearPath::Neon && !cpu.neon) fail<InvalidArgument>("linear: NEON path requested on a CPU without NEON");
   if (path == LinearPath::Avx512 && !cpu.avx512)
     fail<InvalidArgument>("linear: AVX-512 path requested on a CPU without AVX-512");
   if (path == LinearPath::Avx2 && !cpu.avx2_fma_f16c)
@@ -101,7 +105,9 @@ void round_q8(const float* x, int64_t tokens, int64_t cols, float* out) {
 }
 
 bool linear_rounds_q8(LinearPath path, Activations act, const WeightView& w) {
-  return act == Activations::Q8 && (path == LinearPath::Avx2 || path == LinearPath::Avx512) &&
+  const bool has_q8_kernel = path == LinearPath::Avx2 || path == LinearPath::Avx512 ||
+                             (path == LinearPath::Neon && cpu_features().dotprod);
+  return act == Activations::Q8 && has_q8_kernel &&
          (w.format == WeightFormat::Nvfp4 || w.format == WeightFormat::Mxfp4) && w.cols % 32 == 0 && w.cols > 0;
 }
 
@@ -115,6 +121,7 @@ int64_t linear_grain(LinearPath path, const WeightView& w, int64_t tokens) {
       if (!detail::gemv_avx512_supports(w, tokens) && tokens > 4) return detail::kAvx512TileRows;
       return detail::kAvx2TileRows;
     case LinearPath::Avx2: return detail::kAvx2TileRows;
+    case LinearPath::Neon: return tokens <= 4 ? 4 * kGenericGrain : kGenericGrain;
     default: return kGenericGrain;
   }
 }
@@ -138,8 +145,11 @@ void deinterleave_pairs(const float* x, int64_t tokens, int64_t K, float* out) {
 }
 
 void linear_rows(LinearPath path, const LinearJob& job, int64_t r0, int64_t r1) {
-  if (job.xq) return detail::rows_q8_avx2(job, r0, r1);
+  if (job.xq) return path == LinearPath::Neon ? detail::rows_q8_neon(job, r0, r1) : detail::rows_q8_avx2(job, r0, r1);
   switch (path) {
+    case LinearPath::Neon:
+      if (job.tokens <= 4) return detail::rows_neon(job, r0, r1);
+      return rows_generic(job, r0, r1);
     case LinearPath::Avx512: return detail::rows_avx512(job, r0, r1);
     case LinearPath::Avx2: return detail::rows_avx2(job, r0, r1);
     default: return rows_generic(job, r0, r1);

@@ -14,6 +14,7 @@ enum class LinearPath {
   Generic,  // portable C++: row dequantised to a buffer, then dot products
   Avx2,     // fused SIMD decode + FMA (gemv for few tokens, tiled gemm for many)
   Avx512,   // AVX-512 gemv for packed FP4/FP8 at 1-4 tokens and AVX-512 gemm; otherwise as Avx2
+  Neon,     // AArch64: NEON gemv at 1-4 tokens (SDOT for FP4 × Q8 where dotprod exists); else Generic
 };
 // Auto → the best path of this CPU; a path the CPU cannot run is an InvalidArgument.
 LinearPath resolve_linear_path(LinearPath requested);
@@ -80,6 +81,10 @@ void rows_avx2(const LinearJob& job, int64_t r0, int64_t r1);
 constexpr int64_t kAvx2TileRows = 16;
 // FP4 gemv over Q8 rows (linear_q8_avx2.cpp): 1-4 tokens, cols % 32 == 0.
 void rows_q8_avx2(const LinearJob& job, int64_t r0, int64_t r1);
+// The AArch64 kernels (linear_neon.cpp), 1-4 tokens: every format with fp32 activations, and FP4
+// over Q8 rows (only called when cpu_features().dotprod).
+void rows_neon(const LinearJob& job, int64_t r0, int64_t r1);
+void rows_q8_neon(const LinearJob& job, int64_t r0, int64_t r1);
 void dequant_row_avx2(const WeightView& w, int64_t r, float* out);
 // Decodes W[r0 .. r0+tile_rows) × [k0 .. k0+kc) into tile[k][tile_rows], zero rows past the end.
 void decode_tile_avx2(const WeightView& w, int64_t r0, int tile_rows, int64_t k0, int64_t kc, float* tile);

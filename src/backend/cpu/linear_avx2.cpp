@@ -12,6 +12,7 @@
 
 #include "backend/cpu/gemm_driver.h"
 #include "backend/cpu/linear.h"
+#include "backend/cpu/weight_kind.h"
 
 namespace m2::detail {
 
@@ -19,12 +20,6 @@ namespace {
 
 constexpr int kChunk = 32;  // columns decoded per step
 
-inline float e8m0_value(uint8_t e) {
-  uint32_t b = e == 0 ? 0x00400000u : uint32_t(e) << 23;
-  float f;
-  std::memcpy(&f, &b, 4);
-  return f;
-}
 
 // FP4 E2M1 codes → 2×value as int8, through pshufb.
 inline __m128i fp4_lut() { return _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12); }
@@ -42,35 +37,8 @@ inline void fp4_unpack32(const uint8_t* p, __m128i& lo16, __m128i& hi16) {
 
 inline __m256 i8x8_to_ps(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
 
-// The element encodings the kernels are specialised for (one instantiation each, no branch per chunk).
-enum class Kind { Bf16, F16, F32, E4m3, E5m2, Nvfp4, Mxfp4 };
-
-Kind kind_of(const WeightView& w) {
-  switch (w.format) {
-    case WeightFormat::Dense: return w.dtype == DType::BF16 ? Kind::Bf16 : w.dtype == DType::F16 ? Kind::F16 : Kind::F32;
-    case WeightFormat::Fp8Block: return w.dtype == DType::F8_E5M2 ? Kind::E5m2 : Kind::E4m3;
-    case WeightFormat::Nvfp4: return Kind::Nvfp4;
-    case WeightFormat::Mxfp4: return Kind::Mxfp4;
-  }
-  __builtin_unreachable();
-}
-
-// Calls f(std::integral_constant<Kind, K>{}) for w's kind.
-template <typename F>
-void with_kind(const WeightView& w, F&& f) {
-  switch (kind_of(w)) {
-    case Kind::Bf16: return f(std::integral_constant<Kind, Kind::Bf16>{});
-    case Kind::F16: return f(std::integral_constant<Kind, Kind::F16>{});
-    case Kind::F32: return f(std::integral_constant<Kind, Kind::F32>{});
-    case Kind::E4m3: return f(std::integral_constant<Kind, Kind::E4m3>{});
-    case Kind::E5m2: return f(std::integral_constant<Kind, Kind::E5m2>{});
-    case Kind::Nvfp4: return f(std::integral_constant<Kind, Kind::Nvfp4>{});
-    case Kind::Mxfp4: return f(std::integral_constant<Kind, Kind::Mxfp4>{});
-  }
-}
-
 // Columns [k0, k0 + 32) of row r, unscaled where the format has block scales: out[0..3] (8 columns
-// each) times block_scale(...) is the weight. FP4 codes give 2× their value (the ½ is in the scale).
+// each) times chunk_scale_f32(...) is the weight. FP4 codes give 2× their value (the ½ is in the scale).
 template <Kind K>
 inline void decode_raw(const WeightView& w, int64_t r, int64_t k0, __m256 out[4]) {
   const uint8_t* row = w.data + r * w.row_bytes;
@@ -111,51 +79,24 @@ inline void decode_raw(const WeightView& w, int64_t r, int64_t k0, __m256 out[4]
   }
 }
 
-// The scale of out[j] of decode_raw at columns [k0, k0 + 32) (1 for unscaled formats).
-template <Kind K>
-inline float block_scale(const WeightView& w, int64_t r, int64_t k0, int j) {
-  if constexpr (K == Kind::E4m3 || K == Kind::E5m2) {
-    float s;
-    std::memcpy(&s, w.scales + 4 * ((r / w.block_rows) * w.scale_stride + k0 / w.block_cols), 4);
-    return K == Kind::E4m3 ? s * 256.0f : s;
-  } else if constexpr (K == Kind::Nvfp4) {
-    return kE4M3ToF32[w.scales[r * w.scale_stride + k0 / 16 + j / 2]] * 0.5f * w.global_scale;
-  } else if constexpr (K == Kind::Mxfp4) {
-    return 0.5f * e8m0_value(w.scales[r * w.scale_stride + k0 / 32]);
-  } else {
-    return 1.0f;
-  }
-}
-
-template <Kind K>
-constexpr int64_t kElementBits = K == Kind::F32 ? 32 : K == Kind::Bf16 || K == Kind::F16 ? 16 : K == Kind::E4m3 || K == Kind::E5m2 ? 8 : 4;
-
-template <Kind K>
-constexpr bool kScaled = K == Kind::E4m3 || K == Kind::E5m2 || K == Kind::Nvfp4 || K == Kind::Mxfp4;
-
 // Columns [k0, k0 + 32) of row r as fp32 weights.
 template <Kind K>
 inline void decode(const WeightView& w, int64_t r, int64_t k0, __m256 out[4]) {
   decode_raw<K>(w, r, k0, out);
   if constexpr (kScaled<K>) {
     if constexpr (K == Kind::Nvfp4) {
-      const __m256 s0 = _mm256_set1_ps(block_scale<K>(w, r, k0, 0)), s1 = _mm256_set1_ps(block_scale<K>(w, r, k0, 2));
+      const __m256 s0 = _mm256_set1_ps(chunk_scale_f32<K>(w, r, k0, 0)), s1 = _mm256_set1_ps(chunk_scale_f32<K>(w, r, k0, 1));
       out[0] = _mm256_mul_ps(out[0], s0);
       out[1] = _mm256_mul_ps(out[1], s0);
       out[2] = _mm256_mul_ps(out[2], s1);
       out[3] = _mm256_mul_ps(out[3], s1);
     } else {
-      const __m256 s = _mm256_set1_ps(block_scale<K>(w, r, k0, 0));
+      const __m256 s = _mm256_set1_ps(chunk_scale_f32<K>(w, r, k0, 0));
       for (int j = 0; j < 4; ++j) out[j] = _mm256_mul_ps(out[j], s);
     }
   }
 }
 
-// Columns that the 32-wide SIMD decode covers; block-FP8 also needs whole chunks inside a scale block.
-int64_t simd_cols(const WeightView& w) {
-  if (w.format == WeightFormat::Fp8Block && w.block_cols % kChunk != 0) return 0;
-  return w.cols / kChunk * kChunk;
-}
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -185,7 +126,7 @@ inline void gemv_pass(const WeightView& w, const float* x, float* y, int64_t ldy
       __m256 wv[4];
       decode_raw<K>(w, r + i, k, wv);
       if constexpr (K == Kind::Nvfp4) {  // two 16-column scale blocks per chunk
-        const __m256 s0 = _mm256_set1_ps(block_scale<K>(w, r + i, k, 0)), s1 = _mm256_set1_ps(block_scale<K>(w, r + i, k, 2));
+        const __m256 s0 = _mm256_set1_ps(chunk_scale_f32<K>(w, r + i, k, 0)), s1 = _mm256_set1_ps(chunk_scale_f32<K>(w, r + i, k, 1));
         for (int t = 0; t < T; ++t) {
           const float* xt = x + t * Kc + k;
           __m256 p0 = _mm256_mul_ps(wv[0], _mm256_loadu_ps(xt));
@@ -195,7 +136,7 @@ inline void gemv_pass(const WeightView& w, const float* x, float* y, int64_t ldy
           acc[i][t] = _mm256_fmadd_ps(p1, s1, _mm256_fmadd_ps(p0, s0, acc[i][t]));
         }
       } else if constexpr (kScaled<K>) {  // one scale over the chunk
-        const __m256 s = _mm256_set1_ps(block_scale<K>(w, r + i, k, 0));
+        const __m256 s = _mm256_set1_ps(chunk_scale_f32<K>(w, r + i, k, 0));
         for (int t = 0; t < T; ++t) {
           const float* xt = x + t * Kc + k;
           __m256 p0 = _mm256_mul_ps(wv[0], _mm256_loadu_ps(xt));

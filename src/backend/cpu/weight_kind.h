@@ -1,0 +1,68 @@
+// The element encodings the SIMD kernels are specialised for: one instantiation per encoding, so no
+// branch runs per chunk. Shared by the AVX2 and NEON kernel files (no intrinsics here).
+#pragma once
+#include <cstdint>
+#include <type_traits>
+
+#include "quant/weight.h"
+
+namespace m2::detail {
+
+enum class Kind { Bf16, F16, F32, E4m3, E5m2, Nvfp4, Mxfp4 };
+
+inline Kind kind_of(const WeightView& w) {
+  switch (w.format) {
+    case WeightFormat::Dense: return w.dtype == DType::BF16 ? Kind::Bf16 : w.dtype == DType::F16 ? Kind::F16 : Kind::F32;
+    case WeightFormat::Fp8Block: return w.dtype == DType::F8_E5M2 ? Kind::E5m2 : Kind::E4m3;
+    case WeightFormat::Nvfp4: return Kind::Nvfp4;
+    case WeightFormat::Mxfp4: return Kind::Mxfp4;
+  }
+  __builtin_unreachable();
+}
+
+// Calls f(std::integral_constant<Kind, K>{}) for w's kind.
+template <typename F>
+void with_kind(const WeightView& w, F&& f) {
+  switch (kind_of(w)) {
+    case Kind::Bf16: return f(std::integral_constant<Kind, Kind::Bf16>{});
+    case Kind::F16: return f(std::integral_constant<Kind, Kind::F16>{});
+    case Kind::F32: return f(std::integral_constant<Kind, Kind::F32>{});
+    case Kind::E4m3: return f(std::integral_constant<Kind, Kind::E4m3>{});
+    case Kind::E5m2: return f(std::integral_constant<Kind, Kind::E5m2>{});
+    case Kind::Nvfp4: return f(std::integral_constant<Kind, Kind::Nvfp4>{});
+    case Kind::Mxfp4: return f(std::integral_constant<Kind, Kind::Mxfp4>{});
+  }
+}
+
+template <Kind K>
+constexpr int64_t kElementBits = K == Kind::F32 ? 32 : K == Kind::Bf16 || K == Kind::F16 ? 16 : K == Kind::E4m3 || K == Kind::E5m2 ? 8 : 4;
+
+// Formats whose elements are multiplied by a block scale.
+template <Kind K>
+constexpr bool kScaled = K == Kind::E4m3 || K == Kind::E5m2 || K == Kind::Nvfp4 || K == Kind::Mxfp4;
+
+// The scale of columns [k0, k0 + 32) of row r (half = 0: columns k0.., half = 1: k0 + 16.. for NVFP4's
+// 16-column blocks), with the FP4 codes' ½ folded in (kernels decode codes as 2 × value) and E4M3's
+// 2^8 (decoded through F16 bit patterns, which carry 2^-8); 1 for unscaled formats.
+template <Kind K>
+inline float chunk_scale_f32(const WeightView& w, int64_t r, int64_t k0, int half) {
+  if constexpr (K == Kind::E4m3 || K == Kind::E5m2) {
+    float s;
+    __builtin_memcpy(&s, w.scales + 4 * ((r / w.block_rows) * w.scale_stride + k0 / w.block_cols), 4);
+    return K == Kind::E4m3 ? s * 256.0f : s;
+  } else if constexpr (K == Kind::Nvfp4) {
+    return kE4M3ToF32[w.scales[r * w.scale_stride + k0 / 16 + half]] * 0.5f * w.global_scale;
+  } else if constexpr (K == Kind::Mxfp4) {
+    return 0.5f * e8m0_to_f32(w.scales[r * w.scale_stride + k0 / 32]);
+  } else {
+    return 1.0f;
+  }
+}
+
+// Columns that the 32-wide SIMD decode covers; block-FP8 also needs whole chunks inside a scale block.
+inline int64_t simd_cols(const WeightView& w) {
+  if (w.format == WeightFormat::Fp8Block && w.block_cols % 32 != 0) return 0;
+  return w.cols / 32 * 32;
+}
+
+}  // namespace m2::detail
