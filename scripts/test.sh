@@ -14,9 +14,10 @@ if [ "${1:-}" != "--quick" ]; then
   cmake --preset asan >/dev/null
   cmake --build build/asan -j"$(nproc)"
   # The sanitizer pass hunts memory errors; the long numeric checks below only slow it down (they run
-  # in the release pass).
+  # in the release pass; Eval.DemoPerplexityAndSelfComparison alone took 284 s of it, its code paths
+  # run under the sanitizers in the other Eval tests).
   # The soak is the release pass's: under ASan its RSS bound means nothing (the allocator's
   # quarantine grows by design) and the request path is fuzzed there already (Fuzz.fuzz_http).
   ctest --test-dir build/asan -j"$(nproc)" --output-on-failure \
-    -E "DemoModel.PerplexityWithinHalfAPercentOfReference|Quantize.GptqBringsTheDemoCloserToBf16|Server.Soak"
+    -E "DemoModel.PerplexityWithinHalfAPercentOfReference|Quantize.GptqBringsTheDemoCloserToBf16|Server.Soak|Eval.DemoPerplexityAndSelfComparison"
 fi
