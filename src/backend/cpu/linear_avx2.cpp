@@ -125,35 +125,18 @@ inline void gemv_pass(const WeightView& w, const float* x, float* y, int64_t ldy
     for (int i = 0; i < R; ++i) {
       __m256 wv[4];
       decode_raw<K>(w, r + i, k, wv);
-      if constexpr (K == Kind::Nvfp4) {  // two 16-column scale blocks per chunk
-        const __m256 s0 = _mm256_set1_ps(chunk_scale_f32<K>(w, r + i, k, 0)), s1 = _mm256_set1_ps(chunk_scale_f32<K>(w, r + i, k, 1));
-        for (int t = 0; t < T; ++t) {
-          const float* xt = x + t * Kc + k;
-          __m256 p0 = _mm256_mul_ps(wv[0], _mm256_loadu_ps(xt));
-          __m256 p1 = _mm256_mul_ps(wv[2], _mm256_loadu_ps(xt + 16));
-          p0 = _mm256_fmadd_ps(wv[1], _mm256_loadu_ps(xt + 8), p0);
-          p1 = _mm256_fmadd_ps(wv[3], _mm256_loadu_ps(xt + 24), p1);
-          acc[i][t] = _mm256_fmadd_ps(p1, s1, _mm256_fmadd_ps(p0, s0, acc[i][t]));
-        }
-      } else if constexpr (kScaled<K>) {  // one scale over the chunk
-        const __m256 s = _mm256_set1_ps(chunk_scale_f32<K>(w, r + i, k, 0));
-        for (int t = 0; t < T; ++t) {
-          const float* xt = x + t * Kc + k;
-          __m256 p0 = _mm256_mul_ps(wv[0], _mm256_loadu_ps(xt));
-          __m256 p1 = _mm256_mul_ps(wv[1], _mm256_loadu_ps(xt + 8));
-          p0 = _mm256_fmadd_ps(wv[2], _mm256_loadu_ps(xt + 16), p0);
-          p1 = _mm256_fmadd_ps(wv[3], _mm256_loadu_ps(xt + 24), p1);
-          acc[i][t] = _mm256_fmadd_ps(_mm256_add_ps(p0, p1), s, acc[i][t]);
-        }
-      } else {
-        for (int t = 0; t < T; ++t) {
-          const float* xt = x + t * Kc + k;
-          __m256 p0 = _mm256_mul_ps(wv[0], _mm256_loadu_ps(xt));
-          __m256 p1 = _mm256_mul_ps(wv[1], _mm256_loadu_ps(xt + 8));
-          p0 = _mm256_fmadd_ps(wv[2], _mm256_loadu_ps(xt + 16), p0);
-          p1 = _mm256_fmadd_ps(wv[3], _mm256_loadu_ps(xt + 24), p1);
+      // Partial sums of columns 0-15 and 16-31 (NVFP4's two scale blocks; one scale for the others).
+      const float s0 = chunk_scale_f32<K>(w, r + i, k, 0), s1 = K == Kind::Nvfp4 ? chunk_scale_f32<K>(w, r + i, k, 1) : s0;
+      for (int t = 0; t < T; ++t) {
+        const float* xt = x + t * Kc + k;
+        __m256 p0 = _mm256_mul_ps(wv[0], _mm256_loadu_ps(xt));
+        __m256 p1 = _mm256_mul_ps(wv[2], _mm256_loadu_ps(xt + 16));
+        p0 = _mm256_fmadd_ps(wv[1], _mm256_loadu_ps(xt + 8), p0);
+        p1 = _mm256_fmadd_ps(wv[3], _mm256_loadu_ps(xt + 24), p1);
+        if constexpr (kScaled<K>)
+          acc[i][t] = _mm256_fmadd_ps(p1, _mm256_set1_ps(s1), _mm256_fmadd_ps(p0, _mm256_set1_ps(s0), acc[i][t]));
+        else
           acc[i][t] = _mm256_add_ps(acc[i][t], _mm256_add_ps(p0, p1));
-        }
       }
     }
   }
@@ -167,11 +150,8 @@ inline void gemv_pass(const WeightView& w, const float* x, float* y, int64_t ldy
 
 template <Kind K, int T>
 void gemv_rows(const WeightView& w, const float* x, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  constexpr int R = T == 1 ? 4 : 2;
   const int64_t Ks = simd_cols(w);
-  int64_t r = r0;
-  for (; r + R <= r1; r += R) gemv_pass<K, T, R>(w, x, y, ldy, r, Ks);
-  for (; r < r1; ++r) gemv_pass<K, T, 1>(w, x, y, ldy, r, Ks);
+  for_row_blocks<T == 1 ? 4 : 2>(r0, r1, [&](int64_t r, auto n) { gemv_pass<K, T, decltype(n)::value>(w, x, y, ldy, r, Ks); });
 }
 
 constexpr int kTileRows = int(kAvx2TileRows), kTileCols = 256, kMr = 6;

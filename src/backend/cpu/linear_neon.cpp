@@ -123,11 +123,8 @@ inline void gemv_pass(const WeightView& w, const float* x, float* y, int64_t ldy
 
 template <Kind K, int T>
 void gemv_rows(const WeightView& w, const float* x, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  constexpr int R = T == 1 ? 4 : 2;
   const int64_t Ks = simd_cols(w);
-  int64_t r = r0;
-  for (; r + R <= r1; r += R) gemv_pass<K, T, R>(w, x, y, ldy, r, Ks);
-  for (; r < r1; ++r) gemv_pass<K, T, 1>(w, x, y, ldy, r, Ks);
+  for_row_blocks<T == 1 ? 4 : 2>(r0, r1, [&](int64_t r, auto n) { gemv_pass<K, T, decltype(n)::value>(w, x, y, ldy, r, Ks); });
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 
 #include "backend/cpu/gemm_driver.h"
 #include "backend/cpu/linear.h"
+#include "backend/cpu/weight_kind.h"
 
 namespace m2::detail {
 
@@ -170,12 +171,11 @@ inline void gemv_q8_block(const WeightView& w, const Q8Row* xr, float* y, int64_
 
 template <bool Nv, int T>
 void gemv_q8_rows(const LinearJob& job, int64_t r0, int64_t r1) {
-  constexpr int R = T == 1 ? 4 : 2;
   Q8Row xr[T];
   for (int t = 0; t < T; ++t) xr[t] = q8_row(job.xq + t * q8_row_bytes(job.w->cols), job.w->cols);
-  int64_t r = r0;
-  for (; r + R <= r1; r += R) gemv_q8_block<Nv, T, R>(*job.w, xr, job.y, job.ldy, r);
-  for (; r < r1; ++r) gemv_q8_block<Nv, T, 1>(*job.w, xr, job.y, job.ldy, r);
+  for_row_blocks<T == 1 ? 4 : 2>(r0, r1, [&](int64_t r, auto n) {
+    gemv_q8_block<Nv, T, decltype(n)::value>(*job.w, xr, job.y, job.ldy, r);
+  });
 }
 
 }  // namespace

@@ -59,6 +59,15 @@ inline float chunk_scale_f32(const WeightView& w, int64_t r, int64_t k0, int hal
   }
 }
 
+// Calls pass(r, std::integral_constant<int, n>{}) over rows [r0, r1): blocks of R rows (the gemv
+// kernels' weight streams per pass), then the rows left one at a time.
+template <int R, typename Pass>
+inline void for_row_blocks(int64_t r0, int64_t r1, Pass&& pass) {
+  int64_t r = r0;
+  for (; r + R <= r1; r += R) pass(r, std::integral_constant<int, R>{});
+  for (; r < r1; ++r) pass(r, std::integral_constant<int, 1>{});
+}
+
 // Columns that the 32-wide SIMD decode covers; block-FP8 also needs whole chunks inside a scale block.
 inline int64_t simd_cols(const WeightView& w) {
   if (w.format == WeightFormat::Fp8Block && w.block_cols % 32 != 0) return 0;
