@@ -116,13 +116,12 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
       const WeightView& v = w.part(e, p);
       if (v.cols != w.cols) fail<InvalidArgument>("grouped_linear: {} has {} columns, expected {}", v.name, v.cols, w.cols);
       const int64_t grain = linear_grain(path_, v, n);
-      const bool wants_q8 = linear_wants_q8(path_, act_, v, n);
+      const bool wants_q8 = linear_wants_q8(path_, act_, v, n), rounds = !wants_q8 && linear_rounds_q8(path_, act_, v);
       q8 |= wants_q8;
-      rounded |= !wants_q8 && linear_rounds_q8(path_, act_, v);
+      rounded |= rounds;
       deinterleave |= !wants_q8 && linear_wants_deinterleaved(path_, v, n);
       LinearJob job{&v, xp + int64_t(off[e]) * w.cols, nullptr, nullptr, yp + int64_t(off[e]) * w.rows + row0, w.rows, n};
-      group_items_.push_back({job, grain, (v.rows + grain - 1) / grain, double(grain) * double(4 + n), wants_q8,
-                              !wants_q8 && linear_rounds_q8(path_, act_, v)});
+      group_items_.push_back({job, grain, (v.rows + grain - 1) / grain, double(grain) * double(4 + n), wants_q8, rounds});
       row0 += v.rows;
     }
     if (row0 != w.rows) fail<InvalidArgument>("grouped_linear: expert {} has {} rows, expected {}", e, row0, w.rows);
