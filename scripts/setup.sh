@@ -17,6 +17,7 @@ packages=(
   curl                      # the main job's demo request
   python3-jinja2            # the reference the chat-template tests compare against byte for byte
   g++-aarch64-linux-gnu qemu-user  # the NEON kernels, cross-compiled and tested under emulation
+  openmpi-bin libopenmpi-dev       # tensor/expert/pipeline parallelism: launch (mpirun), bootstrap, CPU collectives
 )
 missing=()
 for p in "${packages[@]}"; do

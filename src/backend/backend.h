@@ -14,15 +14,42 @@
 
 namespace m2 {
 
-// Which slice of the model this process holds: tensor-parallel rank/size (attention heads and
-// expert columns) and expert-parallel rank/size (whole experts). Accepted now with size 1 only; the
-// parallelism work slices rows/columns/experts in Backend::prepare without touching the model.
+// Which slice of the model this process holds (docs/DESIGN.md, "Parallelism"). Tensor parallel
+// splits attention heads (q heads; kv heads too, replicated when tp_size exceeds them) and, without
+// expert parallelism, every expert's intermediate columns; with expert parallelism (ep_size ==
+// tp_size, the same ranks) each rank holds whole experts [expert_begin, expert_end). Pipeline
+// parallel gives each stage the layers [layer_begin, layer_end). A default ShardSpec is the whole
+// model in one process.
 struct ShardSpec {
   int tp_rank = 0, tp_size = 1;
   int ep_rank = 0, ep_size = 1;
-  // Throws InvalidArgument naming the value when the spec is not one this build can run.
-  void validate() const;
+  int pp_rank = 0, pp_size = 1;
+  int layer_begin = 0, layer_end = -1;  // -1: to the last layer
+  // Pipeline micro-batches per step (0: pp_size), for steps of at least pp_microbatch_min_tokens
+  // tokens and as many sequences: stages overlap on compute-bound steps. A memory-bound decode step
+  // would read each stage's weights once per micro-batch, so small steps run whole.
+  int pp_microbatches = 0;
+  int64_t pp_microbatch_min_tokens = 64;
+  bool whole() const { return tp_size == 1 && ep_size == 1 && pp_size == 1; }
+  // Throws InvalidArgument naming the value when the spec cannot slice this model: a size that does
+  // not divide the heads, experts or intermediate columns, ranks outside their sizes, an empty or
+  // out-of-range layer range. Block cuts are checked where the weights are sliced (slice_rows/cols).
+  void validate(const ModelConfig& config) const;
 };
+
+// The dimensions one shard computes with (equal to the model's when the shard is whole).
+struct ShardDims {
+  int heads = 0, kv_heads = 0;       // local q heads; local kv heads (1 when replicated)
+  int kv_head_begin = 0;             // first global kv head held
+  int kv_replicas = 1;               // ranks holding each kv head (tp_size / kv_heads when that exceeds 1)
+  int64_t q_dim = 0, kv_dim = 0;     // heads × head_dim, kv_heads × head_dim
+  int64_t intermediate = 0;          // expert columns held per expert
+  int64_t expert_begin = 0, expert_end = 0;  // experts held: [begin, end)
+  int layer_begin = 0, layer_end = 0;        // layers held: [begin, end)
+  int64_t local_experts() const { return expert_end - expert_begin; }
+  int local_layers() const { return layer_end - layer_begin; }
+};
+ShardDims shard_dims(const ModelConfig& config, const ShardSpec& shard);
 
 // One projection of every expert of a layer: expert e's matrix [rows, cols] is the row-wise
 // concatenation of views[e * parts + 0 .. parts) (the CPU keeps gate and up as the two stored
@@ -51,6 +78,8 @@ struct BackendLayer {
 // The model's weights as a backend runs them, still in their stored formats (never expanded to fp32).
 struct BackendWeights {
   ShardSpec shard;
+  ShardDims dims;                    // what this shard holds
+  // layers[i] is layer dims.layer_begin + i; of the layers outside the shard nothing is held.
   WeightView embed;                  // [vocab, hidden]
   WeightView lm_head;                // [vocab, hidden]
   TensorView final_norm;             // F32 [hidden]
@@ -116,6 +145,14 @@ class Backend : public Allocator {
   virtual void embed(const WeightView& table, const TensorView& ids, const TensorView& out) = 0;
   // y = weight ⊙ x · rsqrt(mean(x²) + eps) per row. x, y: F32 [rows, dim] (may alias); weight: F32 [dim].
   virtual void rmsnorm(const TensorView& x, const TensorView& weight, const TensorView& y, float eps) = 0;
+  // RMSNorm split across ranks (a tensor-parallel QK-norm over the whole projection): sum_squares
+  // writes ss[r] = Σ_i x[r, i]² (F64 [rows]); after the ranks' sums are added, rmsnorm_with_sums
+  // writes y = weight ⊙ x · rsqrt(ss / count + eps). x, y: F32 [rows, dim]; weight: F32 [dim].
+  virtual void sum_squares(const TensorView& x, const TensorView& ss) = 0;
+  virtual void rmsnorm_with_sums(const TensorView& x, const TensorView& weight, const TensorView& ss,
+                                 double count, const TensorView& y, float eps) = 0;
+  // x = 0 (any dtype).
+  virtual void zero(const TensorView& x) = 0;
   // h += a. h, a: F32 [M, dim].
   virtual void add(const TensorView& h, const TensorView& a) = 0;
   // out[i, :] = x[rows[i], :]. x: F32 [M, dim]; rows: I32 [R]; out: F32 [R, dim].

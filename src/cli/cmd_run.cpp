@@ -8,6 +8,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <optional>
 #include <iostream>
@@ -15,6 +16,7 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "cli/commands.h"
+#include "cli/parallel_flags.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "model/weights.h"
@@ -42,6 +44,9 @@ struct RunOptions {
   std::optional<uint64_t> seed;
   std::string kv_cache_dtype = "auto";
   int ngram = 0;
+  bool stats = false;
+  ParallelFlags parallel;
+  DistributedRun* dist = nullptr;  // the job this process drives (rank 0), when distributed
   CLI::Option *ids_opt = nullptr, *prompt_opt = nullptr, *chat_opt = nullptr;  // which was given
 };
 
@@ -132,7 +137,9 @@ class Generator {
       eo.sample_vocab = tok_->vocab_size();
       p.skip_special_tokens = skip_special;
     }
+    if (o_.dist) o_.dist->configure_root(eo);
     Engine engine(w_, backend_, eo);
+    if (o_.dist) o_.dist->attach(engine);
     for (const auto& n : engine.notices()) fmt::print(stderr, "{}\n", n);
     const int64_t T = int64_t(prompt.size());
     Request r;
@@ -141,8 +148,18 @@ class Generator {
     r.prompt_logits = logits;
     const uint64_t id = engine.add_request(std::move(r));
     std::vector<int32_t> out;
+    using Clock = std::chrono::steady_clock;
+    const Clock::time_point start = Clock::now();
+    Clock::time_point first_step_end{}, last_step{};
+    CollectiveStats after_prefill;
     while (engine.has_work()) {
-      for (const StepOutput& s : engine.step()) {
+      const auto& outputs = engine.step();
+      last_step = Clock::now();
+      if (first_step_end == Clock::time_point{}) {
+        first_step_end = last_step;
+        if (o_.dist) after_prefill = o_.dist->collectives().stats();
+      }
+      for (const StepOutput& s : outputs) {
         if (s.id() != id) continue;
         for (int32_t t : s.new_tokens()) out.push_back(t);
         if (on_text && !s.text.empty()) on_text(s.text);
@@ -152,6 +169,27 @@ class Generator {
                                              {reinterpret_cast<const uint8_t*>(l.data()), l.size() * 4}}});
         }
       }
+    }
+    if (o_.stats) {
+      const double decode_s = std::chrono::duration<double>(last_step - first_step_end).count();
+      const int64_t decoded = int64_t(out.size()) - 1;
+      fmt::print(stderr, "timing: prefill {} tokens in {:.2f} ms; decode {} tokens at {:.1f} tok/s\n", T,
+                 1e3 * std::chrono::duration<double>(first_step_end - start).count(), decoded,
+                 decoded > 0 && decode_s > 0 ? double(decoded) / decode_s : 0.0);
+    }
+    if (o_.dist && o_.stats) {
+      // Decode steps only (the first step, the prefill, excluded): what one generated token costs.
+      const CollectiveStats& c = o_.dist->collectives().stats();
+      const double steps = double(std::max<int64_t>(1, engine.stats().steps - 1));
+      fmt::print(stderr,
+                 "collectives per decode step (rank 0): {:.1f} all-reduces, {:.1f} KiB, {:.3f} ms; {:.1f} stage "
+                 "messages, {:.1f} KiB, {:.3f} ms ({} steps)\n",
+                 double(c.all_reduces - after_prefill.all_reduces) / steps,
+                 double(c.all_reduce_bytes - after_prefill.all_reduce_bytes) / 1024 / steps,
+                 1e3 * (c.all_reduce_seconds - after_prefill.all_reduce_seconds) / steps,
+                 double(c.stage_messages - after_prefill.stage_messages) / steps,
+                 double(c.stage_bytes - after_prefill.stage_bytes) / 1024 / steps,
+                 1e3 * (c.stage_seconds - after_prefill.stage_seconds) / steps, int64_t(steps));
     }
     if (o_.ngram > 0) {
       const EngineStats st = engine.stats();
@@ -179,10 +217,30 @@ ReasoningMode reasoning_mode(const std::string& name, const std::string& prompt)
                         "minimax_m2_append_think or none", name);
 }
 
-int run(const RunOptions& o) {
+int run_root(const RunOptions& o);
+
+// A distributed job: rank 0 runs the request and prints; the other ranks run its steps.
+int run(RunOptions& o) {
   const bool by_ids = o.ids_opt->count() > 0, by_prompt = o.prompt_opt->count() > 0;
   const int modes = by_ids + by_prompt + (o.chat_opt->count() > 0);
   if (modes != 1) fail<InvalidArgument>("give exactly one of --ids, --prompt or --chat");
+  std::unique_ptr<DistributedRun> dist = start_distributed(o.parallel, o.model_dir);
+  if (!dist) return run_root(o);
+  return dist->run([&] {
+    if (!dist->root()) {
+      const ModelWeights weights = ModelWeights::load(o.model_dir);
+      CpuBackend backend(o.threads, LinearPath::Auto, parse_activations(o.activations));
+      return dist->follow(weights, backend);
+    }
+    o.dist = dist.get();
+    const int code = run_root(o);
+    dist->finish();
+    return code;
+  });
+}
+
+int run_root(const RunOptions& o) {
+  const bool by_ids = o.ids_opt->count() > 0, by_prompt = o.prompt_opt->count() > 0;
   ModelWeights weights = ModelWeights::load(o.model_dir);
   for (const auto& n : weights.notices) fmt::print(stderr, "notice: {}\n", n);
 
@@ -264,6 +322,8 @@ Runner add_run(CLI::App& app) {
   app.add_option("--kv-cache-dtype", o->kv_cache_dtype, "auto (fp32 on the CPU) | fp32 | bf16 | fp8")->capture_default_str();
   app.add_option("--speculative-ngram", o->ngram, "Draft up to K tokens by n-gram lookup in the context (0 = off)")
       ->capture_default_str();
+  add_parallel_flags(app, o->parallel);
+  app.add_flag("--stats", o->stats, "Print prefill time, decode tok/s and (distributed) collective volume and time");
   return [o] { return run(*o); };
 }
 

@@ -9,7 +9,9 @@
 
 #include <thread>
 
+#include "backend/cpu/cpu_backend.h"
 #include "cli/commands.h"
+#include "cli/parallel_flags.h"
 #include "core/error.h"
 #include "core/units.h"
 #include "server/server.h"
@@ -29,11 +31,32 @@ void forward_signal(int sig) {
 
 struct ServeFlags {
   ServeOptions o;
+  ParallelFlags parallel;
   std::string kv_cache_memory, max_body;
   bool no_prefix_caching = false, quiet = false;
 };
 
+int serve_until_stopped(ServeFlags& f);
+
+// A distributed job: rank 0 serves (one HTTP front end), the other ranks run its steps.
 int serve(ServeFlags& f) {
+  std::unique_ptr<DistributedRun> dist = start_distributed(f.parallel, f.o.model_dir);
+  if (!dist) return serve_until_stopped(f);
+  return dist->run([&] {
+    if (!dist->root()) {
+      const ModelWeights weights = ModelWeights::load(f.o.model_dir);
+      CpuBackend backend(f.o.threads, LinearPath::Auto, parse_activations(f.o.activations));
+      return dist->follow(weights, backend);
+    }
+    f.o.configure_engine = [&](EngineOptions& eo) { dist->configure_root(eo); };
+    f.o.engine_ready = [&](const Engine& e) { dist->attach(e); };
+    const int code = serve_until_stopped(f);
+    dist->finish();
+    return code;
+  });
+}
+
+int serve_until_stopped(ServeFlags& f) {
   if (!f.kv_cache_memory.empty()) f.o.kv_cache_memory = parse_size(f.kv_cache_memory, "--kv-cache-memory");
   if (!f.max_body.empty()) f.o.max_body_bytes = parse_size(f.max_body, "--max-body-size");
   if (f.no_prefix_caching) f.o.enable_prefix_caching = false;
@@ -107,6 +130,7 @@ Runner add_serve(CLI::App& app) {
   app.add_flag("--debug-decision-margins", o.debug_decision_margins,
                "TESTS: each choice reports m2_decision_margins, how far each token's choice was from flipping");
   app.add_flag("--disable-log-requests", f->quiet, "No log line per request");
+  add_parallel_flags(app, f->parallel);
   return [f] { return serve(*f); };
 }
 

@@ -20,6 +20,8 @@ constexpr DType dtype_of();
 template <>
 constexpr DType dtype_of<float>() { return DType::F32; }
 template <>
+constexpr DType dtype_of<double>() { return DType::F64; }
+template <>
 constexpr DType dtype_of<int32_t>() { return DType::I32; }
 template <>
 constexpr DType dtype_of<int64_t>() { return DType::I64; }

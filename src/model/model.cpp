@@ -13,8 +13,8 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 }  // namespace
 
 Model::Model(const ModelWeights& weights, Backend& backend, const ModelLimits& limits, int kv_block_size,
-             const ShardSpec& shard)
-    : cfg_(weights.config), be_(backend), limits_(limits), block_size_(kv_block_size) {
+             const ShardSpec& shard, Collectives* collectives)
+    : cfg_(weights.config), be_(backend), limits_(limits), block_size_(kv_block_size), comm_(collectives) {
   const auto& c = cfg_;
   if (block_size_ <= 0) fail<InvalidArgument>("KV block size must be positive, found {}", block_size_);
   if (limits_.max_tokens <= 0 || limits_.max_seqs <= 0 || limits_.max_logit_rows <= 0 || limits_.max_context <= 0)
@@ -25,6 +25,9 @@ Model::Model(const ModelWeights& weights, Backend& backend, const ModelLimits& l
                           c.max_position_embeddings);
   if (limits_.max_block_entries <= 0)
     limits_.max_block_entries = limits_.max_seqs * ceil_div(limits_.max_context, block_size_);
+  if (!shard.whole() && !comm_)
+    fail<InvalidArgument>("a model shard (tensor {}, pipeline {}, expert {}) needs the collectives of its ranks",
+                          shard.tp_size, shard.pp_size, shard.ep_size);
   w_ = be_.prepare(weights, shard);
 
   const int half = c.rotary_dim / 2;
@@ -56,6 +59,9 @@ Model::Model(const ModelWeights& weights, Backend& backend, const ModelLimits& l
   ws_.route_ids = f32(M * K);
   ws_.route_w = f32(M * K);
   ws_.offsets = f32(E + 1);
+  ws_.local_offsets = f32(E + 1);
+  ws_.sums = Buffer(be_, size_t(M) * 8);
+  host_.offsets.resize(size_t(E + 1));
   ws_.slot_of = f32(M * K);
   ws_.x_perm = f32(M * K * H);
   ws_.y_perm = f32(M * K * H);
@@ -85,9 +91,9 @@ void Model::validate(const ForwardBatch& b, const PagedKv& kv) const {
   if (b.logit_rows() > limits_.max_logit_rows)
     fail<InvalidArgument>("forward: {} logit rows exceed the model's limit of {} per step", b.logit_rows(),
                           limits_.max_logit_rows);
-  if (kv.block_size != block_size_ || kv.layers.empty() || kv.kv_dim != cfg_.kv_dim())
+  if (kv.block_size != block_size_ || kv.layers.empty() || kv.kv_dim != w_.dims.kv_dim)
     fail<InvalidArgument>("forward: KV cache of {} layers × {} dims in blocks of {}, expected {} dims in blocks of {}",
-                          kv.layers.size(), kv.kv_dim, kv.block_size, cfg_.kv_dim(), block_size_);
+                          kv.layers.size(), kv.kv_dim, kv.block_size, w_.dims.kv_dim, block_size_);
   int64_t row = 0, entries = 0;
   for (size_t s = 0; s < b.seqs.size(); ++s) {
     const SequenceStep& q = b.seqs[s];
@@ -171,7 +177,9 @@ void Model::embed(const TensorView& h) {
 }
 
 void Model::layer(int l, const PagedKv& kv, int kv_layer, const TensorView& h) {
-  if (l < 0 || l >= cfg_.num_layers) fail<InvalidArgument>("layer {} of a {}-layer model", l, cfg_.num_layers);
+  if (l < w_.dims.layer_begin || l >= w_.dims.layer_end)
+    fail<InvalidArgument>("layer {} of a {}-layer model whose shard holds layers [{}, {})", l, cfg_.num_layers,
+                          w_.dims.layer_begin, w_.dims.layer_end);
   if (kv_layer < 0 || kv_layer >= int(kv.layers.size()))
     fail<InvalidArgument>("KV layer {} of a cache with {} layers", kv_layer, kv.layers.size());
   expect_tensor(h, DType::F32, {staged_tokens_, cfg_.hidden_size}, "model hidden state");
@@ -199,26 +207,64 @@ void Model::logits(const TensorView& h, float* logits) {
 }
 
 void Model::forward(const ForwardBatch& b, const PagedKv& kv, float* logits_out) {
-  if (int64_t(kv.layers.size()) != cfg_.num_layers)
-    fail<InvalidArgument>("forward: a KV cache of {} layers for a {}-layer model", kv.layers.size(), cfg_.num_layers);
+  const ShardDims& d = w_.dims;
+  if (int(kv.layers.size()) != d.local_layers())
+    fail<InvalidArgument>("forward: a KV cache of {} layers for a model (shard) of {} layers", kv.layers.size(),
+                          d.local_layers());
+  validate(b, kv);
+  const int parts = microbatches(b);
+  const int64_t T = int64_t(b.tokens.size()), S = int64_t(b.seqs.size()), V = cfg_.vocab_size;
+  // Pipeline micro-batches: consecutive sequences with about T / parts tokens each, run one after
+  // another, so that stage s + 1 works on part p while stage s works on part p + 1. Every rank
+  // derives the same split from the same batch.
+  int64_t row = 0, logit_row = 0, seq = 0;
+  for (int p = 0; p < parts; ++p) {
+    const int64_t left = parts - p, target = (T - row + left - 1) / left;
+    int64_t end = seq, tokens = 0;
+    while (end < S && (end == seq || (tokens < target && S - end > left - 1))) tokens += b.seqs[size_t(end++)].tokens;
+    if (p + 1 == parts)
+      while (end < S) tokens += b.seqs[size_t(end++)].tokens;
+    const ForwardBatch part{b.tokens.subspan(size_t(row), size_t(tokens)), b.positions.subspan(size_t(row), size_t(tokens)),
+                            b.slots.subspan(size_t(row), size_t(tokens)), b.seqs.subspan(size_t(seq), size_t(end - seq))};
+    run_part(part, kv, row, logits_out + logit_row * V);
+    row += tokens;
+    logit_row += part.logit_rows();
+    seq = end;
+  }
+  if (comm_) comm_->logits_to_root(logits_out, size_t(b.logit_rows() * V));
+}
+
+int Model::microbatches(const ForwardBatch& b) const {
+  const ShardSpec& s = w_.shard;
+  if (s.pp_size == 1 || int64_t(b.tokens.size()) < s.pp_microbatch_min_tokens) return 1;
+  const int n = s.pp_microbatches > 0 ? s.pp_microbatches : s.pp_size;
+  return int(std::min<int64_t>(n, int64_t(b.seqs.size())));
+}
+
+void Model::run_part(const ForwardBatch& b, const PagedKv& kv, int64_t row0, float* logits_out) {
+  const ShardDims& d = w_.dims;
   stage(b, kv);
-  const TensorView h = ws_.h.view(DType::F32, {staged_tokens_, cfg_.hidden_size});  // [M, H] residual stream
-  embed(h);
-  for (int l = 0; l < cfg_.num_layers; ++l) layer(l, kv, l, h);
-  logits(h, logits_out);
+  const TensorView h = ws_.h.view(DType::F32, {limits_.max_tokens, cfg_.hidden_size})
+                           .slice(row0, staged_tokens_);  // [part tokens, H] its rows of the residual stream
+  if (first_stage()) embed(h);
+  else comm_->recv_from_previous_stage(h);
+  for (int l = d.layer_begin; l < d.layer_end; ++l) layer(l, kv, l - d.layer_begin, h);
+  if (!last_stage()) comm_->send_to_next_stage(h);
+  else logits(h, logits_out);
 }
 
 void Model::attention_block(int l, const TensorView& h, const PagedKv& kv, int kv_layer) {
   const auto& c = cfg_;
-  const BackendLayer& L = w_.layers[size_t(l)];
-  const int64_t M = h.dim(0), H = c.hidden_size, QD = c.q_dim(), KVD = c.kv_dim();
+  const ShardDims& d = w_.dims;
+  const BackendLayer& L = w_.layers[size_t(l - d.layer_begin)];
+  const int64_t M = h.dim(0), H = c.hidden_size, QD = d.q_dim, KVD = d.kv_dim;
   const int half = c.rotary_dim / 2;
   const float eps = float(c.rms_norm_eps);
   const TensorView x = ws_.x.view(DType::F32, {M, H});         // [M, H]
-  const TensorView q = ws_.q.view(DType::F32, {M, QD});        // [M, heads * head_dim]
-  const TensorView k = ws_.k.view(DType::F32, {M, KVD});       // [M, kv_heads * head_dim]
-  const TensorView v = ws_.v.view(DType::F32, {M, KVD});       // [M, kv_heads * head_dim]
-  const TensorView att = ws_.att.view(DType::F32, {M, QD});    // [M, heads * head_dim]
+  const TensorView q = ws_.q.view(DType::F32, {M, QD});        // [M, local heads * head_dim]
+  const TensorView k = ws_.k.view(DType::F32, {M, KVD});       // [M, local kv_heads * head_dim]
+  const TensorView v = ws_.v.view(DType::F32, {M, KVD});       // [M, local kv_heads * head_dim]
+  const TensorView att = ws_.att.view(DType::F32, {M, QD});    // [M, local heads * head_dim]
   const TensorView proj = ws_.proj.view(DType::F32, {M, H});   // [M, H]
   const TensorView cos = ws_.cos.view(DType::F32, {M, half});  // [M, rotary_dim / 2]
   const TensorView sin = ws_.sin.view(DType::F32, {M, half});  // [M, rotary_dim / 2]
@@ -227,25 +273,39 @@ void Model::attention_block(int l, const TensorView& h, const PagedKv& kv, int k
   be_.linear(L.q, x, q);
   be_.linear(L.k, x, k);
   be_.linear(L.v, x, v);
-  be_.rmsnorm(q, L.q_norm, q, eps);  // over all heads
-  be_.rmsnorm(k, L.k_norm, k, eps);
-  be_.rope(q, c.num_heads, c.head_dim, c.rotary_dim, cos, sin);
-  be_.rope(k, c.num_kv_heads, c.head_dim, c.rotary_dim, cos, sin);
+  projection_norm(q, L.q_norm, c.q_dim(), 1);  // over all heads
+  projection_norm(k, L.k_norm, c.kv_dim(), d.kv_replicas);
+  be_.rope(q, d.heads, c.head_dim, c.rotary_dim, cos, sin);
+  be_.rope(k, d.kv_heads, c.head_dim, c.rotary_dim, cos, sin);
   observe(l, Site::Key, k);
   observe(l, Site::Value, v);
   be_.kv_store(kv, kv_layer, k, v, ws_.slots.view(DType::I64, {M}));
-  be_.paged_attention(kv, kv_layer, q, att, attn_, c.num_heads, c.num_kv_heads, c.head_dim);
+  be_.paged_attention(kv, kv_layer, q, att, attn_, d.heads, d.kv_heads, c.head_dim);
   observe(l, Site::AttnOut, att);
   be_.linear(L.o, att, proj);
+  if (w_.shard.tp_size > 1) comm_->tp_all_reduce(proj);  // row-parallel o_proj: the heads' partial sums
   be_.add(h, proj);
+}
+
+void Model::projection_norm(const TensorView& x, const TensorView& weight, int64_t global_dim, int replicas) {
+  const float eps = float(cfg_.rms_norm_eps);
+  if (w_.shard.tp_size == 1) {
+    be_.rmsnorm(x, weight, x, eps);
+    return;
+  }
+  const TensorView sums = ws_.sums.view(DType::F64, {x.dim(0)});  // [M]
+  be_.sum_squares(x, sums);
+  comm_->tp_all_reduce(sums);
+  be_.rmsnorm_with_sums(x, weight, sums, double(global_dim) * replicas, x, eps);
 }
 
 // Routes every token, groups the (token, expert) pairs by expert, runs every expert of the step in
 // one grouped call per projection, and adds the weighted outputs into the residual stream.
 void Model::moe_block(int l, const TensorView& h) {
   const auto& c = cfg_;
-  const BackendLayer& L = w_.layers[size_t(l)];
-  const int64_t M = h.dim(0), H = c.hidden_size, I = c.intermediate_size, K = c.experts_per_token, E = c.num_experts;
+  const ShardDims& d = w_.dims;
+  const BackendLayer& L = w_.layers[size_t(l - d.layer_begin)];
+  const int64_t M = h.dim(0), H = c.hidden_size, K = c.experts_per_token, E = c.num_experts;
   const int64_t S = M * K;
   const TensorView x = ws_.x.view(DType::F32, {M, H});               // [M, H]
   const TensorView router = ws_.router.view(DType::F32, {M, E});     // [M, E]
@@ -254,8 +314,6 @@ void Model::moe_block(int l, const TensorView& h) {
   const TensorView offsets = ws_.offsets.view(DType::I32, {E + 1});  // [E + 1]
   const TensorView slot_of = ws_.slot_of.view(DType::I32, {S});      // [M * K]
   const TensorView x_perm = ws_.x_perm.view(DType::F32, {S, H});     // [M * K, H]
-  const TensorView gu = ws_.gate_up.view(DType::F32, {S, 2 * I});    // [M * K, 2I]
-  const TensorView act = ws_.act.view(DType::F32, {S, I});           // [M * K, I]
   const TensorView y_perm = ws_.y_perm.view(DType::F32, {S, H});     // [M * K, H]
   be_.rmsnorm(h, L.post_norm, x, float(c.rms_norm_eps));
   observe(l, Site::MoeIn, x);
@@ -264,11 +322,48 @@ void Model::moe_block(int l, const TensorView& h) {
   if (routing_hook) routing_hook(l, ids);
   be_.moe_permute(x, ids, x_perm, offsets, slot_of);
   observe(l, Site::ExpertIn, x_perm, offsets);
-  be_.grouped_linear(L.gate_up, x_perm, offsets, gu);
+  expert_products(l, x_perm, offsets, y_perm);
+  if (w_.shard.whole() || w_.shard.tp_size == 1) {
+    be_.moe_unpermute(y_perm, slot_of, wts, h);
+    return;
+  }
+  // A shard's experts (or expert columns) give a partial sum of the block's output: summed over the
+  // tensor-parallel group, then added to the residual stream, which stays identical on every rank.
+  const TensorView part = ws_.proj.view(DType::F32, {M, H});  // [M, H]
+  be_.zero(part);
+  be_.moe_unpermute(y_perm, slot_of, wts, part);
+  comm_->tp_all_reduce(part);
+  be_.add(h, part);
+}
+
+void Model::expert_products(int l, const TensorView& x_perm, const TensorView& offsets, const TensorView& y_perm) {
+  const ShardDims& d = w_.dims;
+  const BackendLayer& L = w_.layers[size_t(l - d.layer_begin)];
+  const int64_t S = x_perm.dim(0), I = d.intermediate, E = cfg_.num_experts;
+  if (d.local_experts() == E) {
+    const TensorView gu = ws_.gate_up.view(DType::F32, {S, 2 * I});  // [M * K, 2I]
+    const TensorView act = ws_.act.view(DType::F32, {S, I});         // [M * K, I]
+    be_.grouped_linear(L.gate_up, x_perm, offsets, gu);
+    be_.swiglu(gu, act);
+    observe(l, Site::ExpertMid, act, offsets);
+    be_.grouped_linear(L.down, act, offsets, y_perm);
+    return;
+  }
+  // Expert parallelism: this rank's experts hold rows [r0, r1) of the grouped inputs; the other rows
+  // of y_perm are zero so that the combine adds nothing for them.
+  be_.download(host_.offsets.data(), offsets, size_t(E + 1) * 4);
+  const int64_t e0 = d.expert_begin, e1 = d.expert_end, r0 = host_.offsets[size_t(e0)], r1 = host_.offsets[size_t(e1)];
+  if (r0 > 0) be_.zero(y_perm.slice(0, r0));
+  if (r1 < S) be_.zero(y_perm.slice(r1, S - r1));
+  if (r1 == r0) return;
+  for (int64_t e = e0; e <= e1; ++e) host_.offsets[size_t(e - e0)] = host_.offsets[size_t(e)] - int32_t(r0);
+  const TensorView local = ws_.local_offsets.view(DType::I32, {e1 - e0 + 1});  // [local experts + 1]
+  be_.upload(local, host_.offsets.data(), local.nbytes());
+  const TensorView gu = ws_.gate_up.view(DType::F32, {r1 - r0, 2 * I});  // [rows of this rank's experts, 2I]
+  const TensorView act = ws_.act.view(DType::F32, {r1 - r0, I});         // [rows, I]
+  be_.grouped_linear(L.gate_up, x_perm.slice(r0, r1 - r0), local, gu);
   be_.swiglu(gu, act);
-  observe(l, Site::ExpertMid, act, offsets);
-  be_.grouped_linear(L.down, act, offsets, y_perm);
-  be_.moe_unpermute(y_perm, slot_of, wts, h);
+  be_.grouped_linear(L.down, act, local, y_perm.slice(r0, r1 - r0));
 }
 
 }  // namespace m2

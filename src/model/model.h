@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "model/collectives.h"
 #include "model/forward_batch.h"
 #include "model/weights.h"
 
@@ -22,25 +23,32 @@ struct ModelLimits {
 
 class Model {
  public:
+  // A shard other than the whole model needs `collectives` (the ranks holding the other shards),
+  // which must outlive the model.
   Model(const ModelWeights& weights, Backend& backend, const ModelLimits& limits, int kv_block_size,
-        const ShardSpec& shard = {});
+        const ShardSpec& shard = {}, Collectives* collectives = nullptr);
 
   const ModelConfig& config() const { return cfg_; }
   const ModelLimits& limits() const { return limits_; }
   Backend& backend() { return be_; }
   const BackendWeights& weights() const { return w_; }
+  const ShardDims& dims() const { return w_.dims; }
+  bool first_stage() const { return w_.dims.layer_begin == 0; }
+  bool last_stage() const { return w_.dims.layer_end == cfg_.num_layers; }
   int kv_block_size() const { return block_size_; }
 
   // Runs one step: the K/V of every new token is written to its slot of `kv`, and the logits of the
   // rows the batch asks for are written to `logits` (host memory, [batch.logit_rows(), vocab], in
-  // batch order). Checks the batch against the limits and the cache (InvalidArgument naming the
+  // batch order). A shard runs its layers (kv holds those) and every rank of the job must run the
+  // same batch; the logits arrive on world rank 0 (other ranks' buffers are scratch). Checks the batch against the limits and the cache (InvalidArgument naming the
   // sequence and value) before touching anything. Does not allocate.
   void forward(const ForwardBatch& batch, const PagedKv& kv, float* logits);
 
   // Layer-at-a-time execution (calibration, streaming evaluation): stage a batch, then run the
   // embedding, each layer and the logits on hidden states the caller keeps between calls (h: F32
   // [batch tokens, hidden] in the backend's memory). `kv` may hold fewer layers than the model:
-  // layer(l, kv, kv_layer, h) reads and writes kv.layers[kv_layer]. forward() is exactly these.
+  // layer(l, kv, kv_layer, h) reads and writes kv.layers[kv_layer]. forward() is exactly these
+  // (with the pipeline's hand-overs between stages). l must be one of the shard's layers.
   void stage(const ForwardBatch& batch, const PagedKv& kv);
   void embed(const TensorView& h);
   void layer(int l, const PagedKv& kv, int kv_layer, const TensorView& h);
@@ -62,8 +70,17 @@ class Model {
 
  private:
   void validate(const ForwardBatch& batch, const PagedKv& kv) const;
+  // Pipeline micro-batches of a step (1 without pipeline parallelism or for small steps).
+  int microbatches(const ForwardBatch& batch) const;
+  // One micro-batch through this shard's layers: its rows [row0, row0 + tokens) of the residual stream.
+  void run_part(const ForwardBatch& batch, const PagedKv& kv, int64_t row0, float* logits);
   void stage_metadata(const ForwardBatch& batch);
   void attention_block(int layer, const TensorView& h, const PagedKv& kv, int kv_layer);
+  // RMSNorm over the whole projection when this rank holds a slice of it: the ranks' sums of squares
+  // are added first. `replicas`: ranks holding each slice (replicated KV heads count once).
+  void projection_norm(const TensorView& x, const TensorView& weight, int64_t global_dim, int replicas);
+  // The grouped expert products of this shard's experts: y_perm rows of other ranks' experts are 0.
+  void expert_products(int layer, const TensorView& x_perm, const TensorView& offsets, const TensorView& y_perm);
   void moe_block(int layer, const TensorView& h);
   void observe(int layer, Site site, const TensorView& x, const TensorView& offsets = {}) {
     if (activation_hook) activation_hook(layer, site, x, offsets);
@@ -74,6 +91,7 @@ class Model {
   ModelLimits limits_;
   int block_size_;
   BackendWeights w_;
+  Collectives* comm_ = nullptr;
   Buffer inv_freq_;  // F32 [rotary_dim / 2], fp32 as HF computes it
 
   // Host staging of the step's metadata, uploaded once per step.
@@ -83,6 +101,7 @@ class Model {
     std::vector<AttentionSeq> seqs;           // [S]
     std::vector<int32_t> block_tables;        // [Σ blocks]
     std::vector<int32_t> logit_rows;          // [R] row of each logit
+    std::vector<int32_t> offsets;             // [E + 1] expert offsets (expert parallelism)
   } host_;
   // Device copies of the metadata and the activations, sized for the limits. M = new tokens of the
   // step, K = experts per token, E = experts, R = logit rows.
@@ -94,12 +113,14 @@ class Model {
     Buffer x;                       // F32 [M, hidden] normed input of a block
     Buffer q, att;                  // F32 [M, heads * head_dim]
     Buffer k, v;                    // F32 [M, kv_heads * head_dim]
-    Buffer proj;                    // F32 [M, hidden] o_proj output
+    Buffer proj;                    // F32 [M, hidden] o_proj output; a shard's MoE partial sum
     Buffer cos, sin;                // F32 [M, rotary_dim / 2]
     Buffer router;                  // F32 [M, E] router logits
     Buffer route_ids;               // I32 [M, K]
     Buffer route_w;                 // F32 [M, K]
     Buffer offsets;                 // I32 [E + 1] first slot of each expert
+    Buffer local_offsets;           // I32 [local experts + 1] (expert parallelism)
+    Buffer sums;                    // F64 [M] sums of squares (tensor-parallel QK-norm)
     Buffer slot_of;                 // I32 [M * K] slot of each (token, choice)
     Buffer x_perm, y_perm;          // F32 [M * K, hidden] expert inputs / outputs grouped by expert
     Buffer gate_up;                 // F32 [M * K, 2 * intermediate]

@@ -85,7 +85,7 @@ ModelLimits limits_for(const EngineOptions& o) {
 
 Engine::Engine(const ModelWeights& weights, Backend& backend, const EngineOptions& options)
     : opt_(resolve(weights, backend, options)),
-      model_(weights, backend, limits_for(opt_), opt_.kv.block_size, opt_.shard),
+      model_(weights, backend, limits_for(opt_), opt_.kv.block_size, opt_.shard, opt_.collectives),
       kv_(backend, weights.config, model_.weights(), opt_.kv, opt_.checkpoint),
       scheduler_(kv_.blocks(), SchedulerOptions{opt_.max_num_seqs, opt_.max_num_batched_tokens,
                                                 model_.limits().max_logit_rows, opt_.max_model_len, opt_.ngram}),
@@ -107,6 +107,11 @@ Engine::Engine(const ModelWeights& weights, Backend& backend, const EngineOption
 }
 
 Engine::~Engine() = default;
+
+void Engine::run_batch(const ForwardBatch& batch) {
+  model_.forward(batch, kv_.view(), logits_.data());
+  ++counters_.steps;
+}
 
 void Engine::validate(const Request& r) const {
   const int64_t V = config().vocab_size, P = int64_t(r.prompt.size());
@@ -364,6 +369,7 @@ const std::vector<StepOutput>& Engine::step() {
   }
   ForwardBatch fb{{tokens_.data(), size_t(T)}, {positions_.data(), size_t(T)}, {slots_.data(), size_t(T)},
                   {steps_.data(), batch.size()}};
+  if (opt_.before_forward) opt_.before_forward(fb);
   model_.forward(fb, kv_.view(), logits_.data());
   ++counters_.steps;
   const int64_t V = config().vocab_size;

@@ -3,6 +3,7 @@
 // samples (or verifies n-gram drafts), applies stop conditions and reports what each request got.
 // Single-threaded: one thread owns the engine and the model (AsyncEngine runs it on its own thread).
 #pragma once
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -32,7 +33,12 @@ struct EngineOptions {
   int64_t sample_vocab = 0;
   std::string checkpoint;              // named in notices
   bool record_decision_margins = false;  // keep each token's decision margin (Sequence::margins), for checks
+  // Distributed jobs (src/dist, docs/DESIGN.md "Parallelism"): this process's shard, the collectives
+  // of the ranks holding the others, and a hook called with every batch before the model runs it
+  // (rank 0's engine sends it to the other ranks, which run it through their shards in run_batch).
   ShardSpec shard;
+  Collectives* collectives = nullptr;
+  std::function<void(const ForwardBatch&)> before_forward;
 };
 
 struct EngineStats {
@@ -67,6 +73,9 @@ class Engine {
   // the next call.
   const std::vector<StepOutput>& step();
   bool has_work() const;
+  // Runs a batch another rank's engine scheduled through this process's shard (the other ranks of a
+  // distributed job: their KV cache mirrors rank 0's block for block). No requests, no sampling.
+  void run_batch(const ForwardBatch& batch);
 
   const Sequence* find(uint64_t id) const;
   EngineStats stats() const;
@@ -75,6 +84,7 @@ class Engine {
   int64_t max_model_len() const { return opt_.max_model_len; }
   const KvCache& kv_cache() const { return kv_; }
   Model& model() { return model_; }
+  const Model& model() const { return model_; }
   const std::vector<std::string>& notices() const { return notices_; }
 
  private:

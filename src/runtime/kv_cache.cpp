@@ -50,10 +50,14 @@ KvCache::KvCache(Backend& be, const ModelConfig& c, const BackendWeights& w, con
   kv_.dtype = o.dtype;
   kv_.block_size = o.block_size;
   kv_.num_blocks = pool_.num_blocks();
-  kv_.kv_dim = c.kv_dim();
-  const size_t layer_bytes = size_t(kv_.num_blocks) * size_t(o.block_size) * size_t(c.kv_dim()) * dtype_size(o.dtype);
+  // A shard caches its own layers and its own kv heads (docs/DESIGN.md, "Parallelism").
+  kv_.kv_dim = w.dims.kv_dim;
+  const int layers = w.dims.local_layers();
+  if (kv_.kv_dim <= 0 || layers <= 0 || size_t(layers) != w.layers.size())
+    fail<InvalidArgument>("KV cache: the weights hold {} layers of {} KV dims", w.layers.size(), kv_.kv_dim);
+  const size_t layer_bytes = size_t(kv_.num_blocks) * size_t(o.block_size) * size_t(kv_.kv_dim) * dtype_size(o.dtype);
   int missing = 0;
-  for (int l = 0; l < c.num_layers; ++l) {
+  for (int l = 0; l < layers; ++l) {
     storage_.emplace_back(be, layer_bytes);
     storage_.emplace_back(be, layer_bytes);
     PagedKvLayer L;
@@ -72,7 +76,7 @@ KvCache::KvCache(Backend& be, const ModelConfig& c, const BackendWeights& w, con
         "WARNING: FP8 KV cache for {}: {} of {} k_scale/v_scale tensors are missing from the checkpoint; those "
         "scales are 1.0, which clips K/V values beyond ±448 and loses precision on small ones. Calibrate them "
         "(m2 quantize --kv-cache fp8) or use --kv-cache-dtype bf16.",
-        checkpoint, missing, 2 * c.num_layers));
+        checkpoint, missing, 2 * layers));
 }
 
 size_t KvCache::bytes() const {

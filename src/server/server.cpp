@@ -105,7 +105,9 @@ Server::Server(const ServeOptions& o) : impl_(std::make_unique<Impl>(o)) {
   eo.sample_vocab = m.tokenizer.vocab_size();
   eo.checkpoint = opt.model_dir;
   eo.record_decision_margins = opt.debug_decision_margins;
+  if (opt.configure_engine) opt.configure_engine(eo);
   auto engine = std::make_unique<Engine>(m.weights, m.backend, eo);
+  if (opt.engine_ready) opt.engine_ready(*engine);
   for (const auto& n : engine->notices()) fmt::print(stderr, "{}\n", n);
   const int64_t max_model_len = engine->max_model_len();
   const auto& kv = engine->kv_cache();

@@ -1,6 +1,7 @@
 // m2 serve: the OpenAI-compatible HTTP server (cpp-httplib) on one engine. HTTP threads parse,
 // render, tokenize, queue and stream; the engine thread owns the model.
 #pragma once
+#include <functional>
 #include <atomic>
 #include <memory>
 #include <string>
@@ -43,6 +44,10 @@ struct ServeOptions {
   std::string scripted_output;
   bool debug_decision_margins = false;     // each choice reports m2_decision_margins (reproducibility checks)
   bool log_requests = true;
+  // Distributed jobs (m2 serve under mpirun): called with the engine options before the engine is
+  // built (rank 0 sends them to the other ranks and adds its shard) and with the engine once built.
+  std::function<void(EngineOptions&)> configure_engine;
+  std::function<void(const Engine&)> engine_ready;
 };
 
 class Server {

@@ -31,6 +31,9 @@ struct LoadOptions {
   int64_t num_blocks = 512;
   int64_t max_tokens = 1100;  // rows of one step (and of logits)
   int64_t max_seqs = 8;
+  int threads = 2;
+  ShardSpec shard;                     // a distributed shard (tests/dist), with its collectives
+  Collectives* collectives = nullptr;
 };
 
 struct Loaded {
@@ -40,13 +43,13 @@ struct Loaded {
   std::unique_ptr<KvCache> kv;
 
   explicit Loaded(const std::filesystem::path& dir, const LoadOptions& o = {})
-      : weights(ModelWeights::load(dir)), backend(std::make_unique<CpuBackend>(2, o.path)) {
+      : weights(ModelWeights::load(dir)), backend(std::make_unique<CpuBackend>(o.threads, o.path)) {
     ModelLimits limits;
     limits.max_tokens = o.max_tokens;
     limits.max_seqs = o.max_seqs;
     limits.max_logit_rows = o.max_tokens;
     limits.max_context = std::min<int64_t>(weights.config.max_position_embeddings, o.num_blocks * o.block_size);
-    model = std::make_unique<Model>(weights, *backend, limits, o.block_size);
+    model = std::make_unique<Model>(weights, *backend, limits, o.block_size, o.shard, o.collectives);
     KvCacheOptions ko;
     ko.dtype = o.kv_dtype;
     ko.block_size = o.block_size;

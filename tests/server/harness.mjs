@@ -10,9 +10,15 @@ export const BINARY = process.env.M2_BINARY;
 export const DEMO = process.env.M2_DEMO_MODEL;
 if (!BINARY || !DEMO) throw new Error('M2_BINARY and M2_DEMO_MODEL must be set (run through ctest)');
 
+// M2_LAUNCHER (e.g. "mpirun --oversubscribe -np 2") and M2_SERVE_ARGS (e.g. "--tensor-parallel-size 2")
+// run every server test of a file against a distributed job (tests/CMakeLists.txt, *Tp2 tests).
+const LAUNCHER = (process.env.M2_LAUNCHER ?? '').split(' ').filter(Boolean);
+const SERVE_ARGS = (process.env.M2_SERVE_ARGS ?? '').split(' ').filter(Boolean);
+
 // Starts `m2 serve MODEL --port 0 ...args`; resolves once it prints the address it listens on.
-export async function startServer(args = [], { model = DEMO } = {}) {
-  const proc = spawn(BINARY, ['serve', model, '--port', '0', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+export async function startServer(args = [], { model = DEMO, launcher = LAUNCHER, serveArgs = SERVE_ARGS } = {}) {
+  const argv = [...launcher, BINARY, 'serve', model, '--port', '0', ...serveArgs, ...args];
+  const proc = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   proc.stderr.on('data', (d) => { stderr += d.toString(); });
   const port = await new Promise((resolve, reject) => {
@@ -31,13 +37,21 @@ export async function startServer(args = [], { model = DEMO } = {}) {
     proc, port, url,
     get stderr() { return stderr; },
     client(opts = {}) { return new OpenAI({ baseURL: `${url}/v1`, apiKey: 'none', maxRetries: 0, timeout: 120000, ...opts }); },
-    // SIGTERM; resolves with the exit code.
+    // SIGTERM; resolves with the exit code. Under a launcher the signal goes to rank 0 (the server),
+    // which drains its requests and ends the other ranks; mpirun then exits with their code.
     stop() {
       return new Promise((resolve) => {
         if (proc.exitCode !== null) return resolve(proc.exitCode);
         proc.once('exit', (code) => resolve(code));
-        proc.kill('SIGTERM');
+        if (launcher.length) process.kill(server.rankPid(0), 'SIGTERM');
+        else proc.kill('SIGTERM');
       });
+    },
+    // The pid of a rank of a distributed job (each rank prints "m2: rank R: ... (pid P on HOST)").
+    rankPid(rank) {
+      const m = stderr.match(new RegExp(`m2: rank ${rank}: .*\\(pid (\\d+) on`));
+      if (!m) throw new Error(`no rank ${rank} in the server's log:\n${stderr}`);
+      return Number(m[1]);
     },
     rssKiB() {
       const status = readFileSync(`/proc/${proc.pid}/status`, 'utf8');

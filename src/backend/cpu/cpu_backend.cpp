@@ -11,14 +11,6 @@
 
 namespace m2 {
 
-void ShardSpec::validate() const {
-  if (tp_size != 1 || ep_size != 1)
-    fail<InvalidArgument>("tensor-parallel size {} / expert-parallel size {}: this build runs one shard (size 1)",
-                          tp_size, ep_size);
-  if (tp_rank != 0 || ep_rank != 0)
-    fail<InvalidArgument>("shard rank tp {} / ep {} is outside sizes {} / {}", tp_rank, ep_rank, tp_size, ep_size);
-}
-
 size_t ExpertStack::bytes_per_expert() const {
   size_t n = 0;
   for (int p = 0; p < parts && !views.empty(); ++p) n += views[size_t(p)].bytes();
@@ -60,37 +52,52 @@ TensorView host_vector(const std::vector<float>& v) {
   return TensorView(v.data(), DType::F32, {int64_t(v.size())});
 }
 
+// Elements [begin, begin + n) of a host vector.
+TensorView host_slice(const std::vector<float>& v, int64_t begin, int64_t n) {
+  if (begin < 0 || n <= 0 || size_t(begin + n) > v.size())
+    fail<InvalidArgument>("slice [{}, {}) of a vector of {}", begin, begin + n, v.size());
+  return TensorView(v.data() + begin, DType::F32, {n});
+}
+
 }  // namespace
 
 BackendWeights CpuBackend::prepare(const ModelWeights& w, const ShardSpec& shard) {
-  shard.validate();
   const ModelConfig& c = w.config;
   BackendWeights b;
   b.shard = shard;
+  b.dims = shard_dims(c, shard);
+  const ShardDims& d = b.dims;
   b.embed = w.embed;
   b.lm_head = w.lm_head;
   b.final_norm = host_vector(w.final_norm);
-  b.layers.resize(w.layers.size());
-  for (size_t l = 0; l < w.layers.size(); ++l) {
-    const LayerWeights& L = w.layers[l];
-    BackendLayer& B = b.layers[l];
+  // Attention: this rank's q heads and kv heads (rows of q/k/v, columns of o, slices of the norms).
+  const int64_t q0 = int64_t(shard.tp_rank) * d.q_dim, kv0 = int64_t(d.kv_head_begin) * c.head_dim;
+  // Experts: whole experts [expert_begin, expert_end), or every expert's intermediate columns
+  // [i0, i0 + intermediate) under plain tensor parallelism.
+  const int64_t i0 = shard.ep_size > 1 ? 0 : int64_t(shard.tp_rank) * d.intermediate, I = d.intermediate;
+  const bool split_experts = I != c.intermediate_size;
+  b.layers.resize(size_t(d.local_layers()));
+  for (int l = d.layer_begin; l < d.layer_end; ++l) {
+    const LayerWeights& L = w.layers[size_t(l)];
+    BackendLayer& B = b.layers[size_t(l - d.layer_begin)];
     B.input_norm = host_vector(L.input_norm);
     B.post_norm = host_vector(L.post_norm);
-    B.q_norm = host_vector(L.q_norm);
-    B.k_norm = host_vector(L.k_norm);
+    B.q_norm = host_slice(L.q_norm, q0, d.q_dim);
+    B.k_norm = host_slice(L.k_norm, kv0, d.kv_dim);
     B.router_bias = host_vector(L.router_bias);
-    B.q = L.q;
-    B.k = L.k;
-    B.v = L.v;
-    B.o = L.o;
+    B.q = d.q_dim == L.q.rows ? L.q : slice_rows(L.q, q0, d.q_dim);
+    B.k = d.kv_dim == L.k.rows ? L.k : slice_rows(L.k, kv0, d.kv_dim);
+    B.v = d.kv_dim == L.v.rows ? L.v : slice_rows(L.v, kv0, d.kv_dim);
+    B.o = d.q_dim == L.o.cols ? L.o : slice_cols(L.o, q0, d.q_dim);
     B.gate = L.gate;
     // Experts stay where the checkpoint stores them: gate_up = [w1; w3] as two parts per expert.
-    B.gate_up = {c.num_experts, 2 * int64_t(c.intermediate_size), c.hidden_size, 2, {}};
-    B.down = {c.num_experts, c.hidden_size, c.intermediate_size, 1, {}};
-    for (int64_t e = 0; e < c.num_experts; ++e) {
-      B.gate_up.views.push_back(L.w1[size_t(e)]);
-      B.gate_up.views.push_back(L.w3[size_t(e)]);
-      B.down.views.push_back(L.w2[size_t(e)]);
+    B.gate_up = {d.local_experts(), 2 * I, c.hidden_size, 2, {}};
+    B.down = {d.local_experts(), c.hidden_size, I, 1, {}};
+    for (int64_t e = d.expert_begin; e < d.expert_end; ++e) {
+      const WeightView &w1 = L.w1[size_t(e)], &w3 = L.w3[size_t(e)], &w2 = L.w2[size_t(e)];
+      B.gate_up.views.push_back(split_experts ? slice_rows(w1, i0, I) : w1);
+      B.gate_up.views.push_back(split_experts ? slice_rows(w3, i0, I) : w3);
+      B.down.views.push_back(split_experts ? slice_cols(w2, i0, I) : w2);
     }
     B.k_scale = L.k_scale;
     B.v_scale = L.v_scale;
@@ -143,6 +150,41 @@ void CpuBackend::rmsnorm(const TensorView& x, const TensorView& weight, const Te
       for (int64_t i = 0; i < dim; ++i) yr[i] = wp[i] * (xr[i] * inv);
     }
   }, 4);
+}
+
+void CpuBackend::sum_squares(const TensorView& x, const TensorView& ss) {
+  const int64_t rows = x.rank == 2 ? x.dim(0) : 0, dim = x.rank == 2 ? x.dim(1) : 0;
+  expect_tensor(x, DType::F32, {rows, dim}, "sum_squares input");
+  expect_tensor(ss, DType::F64, {rows}, "sum_squares output");
+  const float* xp = x.ptr<float>();
+  double* sp = ss.ptr<double>();
+  for (int64_t r = 0; r < rows; ++r) {
+    double acc = 0;
+    for (int64_t i = 0; i < dim; ++i) acc += double(xp[r * dim + i]) * double(xp[r * dim + i]);
+    sp[r] = acc;
+  }
+}
+
+void CpuBackend::rmsnorm_with_sums(const TensorView& x, const TensorView& weight, const TensorView& ss, double count,
+                                   const TensorView& y, float eps) {
+  const int64_t rows = x.rank == 2 ? x.dim(0) : 0, dim = x.rank == 2 ? x.dim(1) : 0;
+  expect_tensor(x, DType::F32, {rows, dim}, "rmsnorm input");
+  expect_tensor(weight, DType::F32, {dim}, "rmsnorm weight");
+  expect_tensor(ss, DType::F64, {rows}, "rmsnorm sums of squares");
+  expect_tensor(y, DType::F32, {rows, dim}, "rmsnorm output");
+  if (!(count > 0)) fail<InvalidArgument>("rmsnorm over {} elements", count);
+  const float* xp = x.ptr<float>();
+  const float* wp = weight.ptr<float>();
+  const double* sp = ss.ptr<double>();
+  float* yp = y.ptr<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float inv = float(1.0 / std::sqrt(sp[r] / count + double(eps)));
+    for (int64_t i = 0; i < dim; ++i) yp[r * dim + i] = wp[i] * (xp[r * dim + i] * inv);
+  }
+}
+
+void CpuBackend::zero(const TensorView& x) {
+  if (x.nbytes()) std::memset(x.data, 0, x.nbytes());
 }
 
 void CpuBackend::add(const TensorView& h, const TensorView& a) {

@@ -33,6 +33,10 @@ class CpuBackend final : public Backend {
   void linear(const WeightView& w, const TensorView& x, const TensorView& y) override;
   void embed(const WeightView& table, const TensorView& ids, const TensorView& out) override;
   void rmsnorm(const TensorView& x, const TensorView& weight, const TensorView& y, float eps) override;
+  void sum_squares(const TensorView& x, const TensorView& ss) override;
+  void rmsnorm_with_sums(const TensorView& x, const TensorView& weight, const TensorView& ss, double count,
+                         const TensorView& y, float eps) override;
+  void zero(const TensorView& x) override;
   void add(const TensorView& h, const TensorView& a) override;
   void gather_rows(const TensorView& x, const TensorView& rows, const TensorView& out) override;
   void rope_table(const TensorView& positions, const TensorView& inv_freq, const TensorView& cos,
