@@ -60,7 +60,7 @@ Model::Model(const ModelWeights& weights, Backend& backend, const ModelLimits& l
   ws_.route_w = f32(M * K);
   ws_.offsets = f32(E + 1);
   ws_.local_offsets = f32(E + 1);
-  ws_.sums = Buffer(be_, size_t(M) * 8);
+  ws_.sums = Buffer(be_, size_t(2 * M) * 8);
   host_.offsets.resize(size_t(E + 1));
   ws_.slot_of = f32(M * K);
   ws_.x_perm = f32(M * K * H);
@@ -273,8 +273,7 @@ void Model::attention_block(int l, const TensorView& h, const PagedKv& kv, int k
   be_.linear(L.q, x, q);
   be_.linear(L.k, x, k);
   be_.linear(L.v, x, v);
-  projection_norm(q, L.q_norm, c.q_dim(), 1);  // over all heads
-  projection_norm(k, L.k_norm, c.kv_dim(), d.kv_replicas);
+  qk_norms(q, k, L);  // each over the whole projection (all heads)
   be_.rope(q, d.heads, c.head_dim, c.rotary_dim, cos, sin);
   be_.rope(k, d.kv_heads, c.head_dim, c.rotary_dim, cos, sin);
   observe(l, Site::Key, k);
@@ -287,16 +286,23 @@ void Model::attention_block(int l, const TensorView& h, const PagedKv& kv, int k
   be_.add(h, proj);
 }
 
-void Model::projection_norm(const TensorView& x, const TensorView& weight, int64_t global_dim, int replicas) {
+void Model::qk_norms(const TensorView& q, const TensorView& k, const BackendLayer& L) {
   const float eps = float(cfg_.rms_norm_eps);
   if (w_.shard.tp_size == 1) {
-    be_.rmsnorm(x, weight, x, eps);
+    be_.rmsnorm(q, L.q_norm, q, eps);
+    be_.rmsnorm(k, L.k_norm, k, eps);
     return;
   }
-  const TensorView sums = ws_.sums.view(DType::F64, {x.dim(0)});  // [M]
-  be_.sum_squares(x, sums);
+  // This rank holds a slice of each projection: its rows' sums of squares for q and k, added over
+  // the ranks in one all-reduce, then each normalised by its whole width (a KV head replicated on
+  // several ranks is counted once).
+  const int64_t M = q.dim(0);
+  const TensorView sums = ws_.sums.view(DType::F64, {2 * M});  // [q sums M | k sums M]
+  be_.sum_squares(q, sums.slice(0, M));
+  be_.sum_squares(k, sums.slice(M, M));
   comm_->tp_all_reduce(sums);
-  be_.rmsnorm_with_sums(x, weight, sums, double(global_dim) * replicas, x, eps);
+  be_.rmsnorm_with_sums(q, L.q_norm, sums.slice(0, M), double(cfg_.q_dim()), q, eps);
+  be_.rmsnorm_with_sums(k, L.k_norm, sums.slice(M, M), double(cfg_.kv_dim()) * w_.dims.kv_replicas, k, eps);
 }
 
 // Routes every token, groups the (token, expert) pairs by expert, runs every expert of the step in

@@ -76,9 +76,9 @@ class Model {
   void run_part(const ForwardBatch& batch, const PagedKv& kv, int64_t row0, float* logits);
   void stage_metadata(const ForwardBatch& batch);
   void attention_block(int layer, const TensorView& h, const PagedKv& kv, int kv_layer);
-  // RMSNorm over the whole projection when this rank holds a slice of it: the ranks' sums of squares
-  // are added first. `replicas`: ranks holding each slice (replicated KV heads count once).
-  void projection_norm(const TensorView& x, const TensorView& weight, int64_t global_dim, int replicas);
+  // QK-norm: RMSNorm of q and of k, each over its whole projection (with tensor parallelism the
+  // ranks' sums of squares are added first).
+  void qk_norms(const TensorView& q, const TensorView& k, const BackendLayer& L);
   // The grouped expert products of this shard's experts: y_perm rows of other ranks' experts are 0.
   void expert_products(int layer, const TensorView& x_perm, const TensorView& offsets, const TensorView& y_perm);
   void moe_block(int layer, const TensorView& h);
@@ -120,7 +120,7 @@ class Model {
     Buffer route_w;                 // F32 [M, K]
     Buffer offsets;                 // I32 [E + 1] first slot of each expert
     Buffer local_offsets;           // I32 [local experts + 1] (expert parallelism)
-    Buffer sums;                    // F64 [M] sums of squares (tensor-parallel QK-norm)
+    Buffer sums;                    // F64 [2, M] sums of squares of q and k (tensor-parallel QK-norm)
     Buffer slot_of;                 // I32 [M * K] slot of each (token, choice)
     Buffer x_perm, y_perm;          // F32 [M * K, hidden] expert inputs / outputs grouped by expert
     Buffer gate_up;                 // F32 [M * K, 2 * intermediate]
