@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One process × T threads against the same model as an MPI job of R ranks × T/R threads, layouts
 # alternated round by round on the same machine (docs/BENCHMARKS.md, "Parallelism"). Each run:
-# `m2 run --stats` with a PROMPT-token prompt and DECODE greedy tokens; reports decode tok/s and, for
+# `m2 run --stats` with a PROMPT-token prompt and DECODE greedy tokens; reports the steady decode tok/s
+# (the second half of the decode steps, once each expert's pages are mapped) and, for
 # the MPI layouts, rank 0's collective volume and time per decode step.
 #   bench/dist_side_by_side.sh MODEL_DIR [ROUNDS=3] [THREADS=2] [PROMPT=32] [DECODE=64] [LAYOUTS...]
 # LAYOUTS default: "tp2" "ep2" (and "pp2" when the model has 2+ layers); each is a name mapped below.

@@ -46,6 +46,7 @@ struct ShardDims {
   int64_t intermediate = 0;          // expert columns held per expert
   int64_t expert_begin = 0, expert_end = 0;  // experts held: [begin, end)
   int layer_begin = 0, layer_end = 0;        // layers held: [begin, end)
+  int64_t vocab_begin = 0, vocab_end = 0;    // lm_head rows held (vocab-parallel under tensor parallelism)
   int64_t local_experts() const { return expert_end - expert_begin; }
   int local_layers() const { return layer_end - layer_begin; }
 };

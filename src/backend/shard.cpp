@@ -1,4 +1,6 @@
 // ShardSpec checks and the dimensions of one shard (docs/DESIGN.md, "Parallelism").
+#include <algorithm>
+
 #include "core/error.h"
 #include "backend/backend.h"
 
@@ -57,6 +59,21 @@ ShardDims shard_dims(const ModelConfig& c, const ShardSpec& s) {
     d.intermediate = c.intermediate_size / s.tp_size;
     d.expert_begin = 0;
     d.expert_end = c.num_experts;
+  }
+  // lm_head by vocabulary rows, each rank's slice starting on a multiple of 128 (block-FP8 scale
+  // rows); replicated when that would leave a rank without rows.
+  d.vocab_begin = 0;
+  d.vocab_end = c.vocab_size;
+  if (s.tp_size > 1) {
+    auto boundary = [&](int r) {
+      return std::min<int64_t>(c.vocab_size, (int64_t(c.vocab_size) * r / s.tp_size + 127) / 128 * 128);
+    };
+    bool all_hold_rows = true;
+    for (int r = 0; r < s.tp_size; ++r) all_hold_rows = all_hold_rows && boundary(r + 1) > boundary(r);
+    if (all_hold_rows) {
+      d.vocab_begin = boundary(s.tp_rank);
+      d.vocab_end = boundary(s.tp_rank + 1);
+    }
   }
   d.layer_begin = s.layer_begin;
   d.layer_end = s.layer_end < 0 ? c.num_layers : s.layer_end;

@@ -151,10 +151,12 @@ class Generator {
     using Clock = std::chrono::steady_clock;
     const Clock::time_point start = Clock::now();
     Clock::time_point first_step_end{}, last_step{};
+    std::vector<Clock::time_point> step_ends;  // --stats: when each step ended
     CollectiveStats after_prefill;
     while (engine.has_work()) {
       const auto& outputs = engine.step();
       last_step = Clock::now();
+      if (o_.stats) step_ends.push_back(last_step);
       if (first_step_end == Clock::time_point{}) {
         first_step_end = last_step;
         if (o_.dist) after_prefill = o_.dist->collectives().stats();
@@ -172,24 +174,30 @@ class Generator {
     }
     if (o_.stats) {
       const double decode_s = std::chrono::duration<double>(last_step - first_step_end).count();
-      const int64_t decoded = int64_t(out.size()) - 1;
-      fmt::print(stderr, "timing: prefill {} tokens in {:.2f} ms; decode {} tokens at {:.1f} tok/s\n", T,
+      const int64_t decoded = int64_t(step_ends.size()) - 1;
+      // The second half of the decode steps: the steady state, once the first touches of the
+      // checkpoint's pages (each expert's first use maps its pages) are behind.
+      const int64_t half = decoded / 2;
+      const double late_s =
+          half > 0 ? std::chrono::duration<double>(last_step - step_ends[size_t(decoded - half)]).count() : 0.0;
+      fmt::print(stderr, "timing: prefill {} tokens in {:.2f} ms; decode {} tokens at {:.1f} tok/s; steady {:.1f} tok/s\n", T,
                  1e3 * std::chrono::duration<double>(first_step_end - start).count(), decoded,
-                 decoded > 0 && decode_s > 0 ? double(decoded) / decode_s : 0.0);
+                 decoded > 0 && decode_s > 0 ? double(decoded) / decode_s : 0.0,
+                 late_s > 0 ? double(half) / late_s : 0.0);
     }
     if (o_.dist && o_.stats) {
       // Decode steps only (the first step, the prefill, excluded): what one generated token costs.
       const CollectiveStats& c = o_.dist->collectives().stats();
       const double steps = double(std::max<int64_t>(1, engine.stats().steps - 1));
+      const CollectiveStats& a = after_prefill;
       fmt::print(stderr,
-                 "collectives per decode step (rank 0): {:.1f} all-reduces, {:.1f} KiB, {:.3f} ms; {:.1f} stage "
-                 "messages, {:.1f} KiB, {:.3f} ms ({} steps)\n",
-                 double(c.all_reduces - after_prefill.all_reduces) / steps,
-                 double(c.all_reduce_bytes - after_prefill.all_reduce_bytes) / 1024 / steps,
-                 1e3 * (c.all_reduce_seconds - after_prefill.all_reduce_seconds) / steps,
-                 double(c.stage_messages - after_prefill.stage_messages) / steps,
-                 double(c.stage_bytes - after_prefill.stage_bytes) / 1024 / steps,
-                 1e3 * (c.stage_seconds - after_prefill.stage_seconds) / steps, int64_t(steps));
+                 "collectives per decode step (rank 0): {:.1f} all-reduces, {:.1f} KiB, {:.3f} ms; {:.1f} logit gathers, "
+                 "{:.1f} KiB, {:.3f} ms; {:.1f} stage messages, {:.1f} KiB, {:.3f} ms ({} steps)\n",
+                 double(c.all_reduces - a.all_reduces) / steps, double(c.all_reduce_bytes - a.all_reduce_bytes) / 1024 / steps,
+                 1e3 * (c.all_reduce_seconds - a.all_reduce_seconds) / steps, double(c.gathers - a.gathers) / steps,
+                 double(c.gather_bytes - a.gather_bytes) / 1024 / steps, 1e3 * (c.gather_seconds - a.gather_seconds) / steps,
+                 double(c.stage_messages - a.stage_messages) / steps, double(c.stage_bytes - a.stage_bytes) / 1024 / steps,
+                 1e3 * (c.stage_seconds - a.stage_seconds) / steps, int64_t(steps));
     }
     if (o_.ngram > 0) {
       const EngineStats st = engine.stats();

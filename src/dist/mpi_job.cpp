@@ -84,6 +84,42 @@ void MpiCollectives::tp_all_reduce(const TensorView& x) {
   stats_.all_reduce_bytes += int64_t(x.nbytes());
 }
 
+void MpiCollectives::tp_gather_vocab(const TensorView& part, int64_t vocab_begin, float* logits, int64_t vocab) {
+  const int64_t rows = part.dim(0), cols = part.dim(1);
+  const auto t0 = Clock::now();
+  MPI_Comm tp = comm(tp_comm_);
+  const bool root = shard_.tp_rank == 0;
+  const int64_t mine[2] = {vocab_begin, cols};
+  if (root) slices_.resize(size_t(2 * shard_.tp_size));
+  check(MPI_Gather(mine, 2, MPI_INT64_T, slices_.data(), 2, MPI_INT64_T, 0, tp), "MPI_Gather (vocab slices)");
+  if (root) {
+    counts_.assign(size_t(shard_.tp_size), 0);
+    displs_.assign(size_t(shard_.tp_size), 0);
+    int64_t total = 0;
+    for (int r = 0; r < shard_.tp_size; ++r) {
+      counts_[size_t(r)] = int(rows * slices_[size_t(2 * r + 1)]);
+      displs_[size_t(r)] = int(total);
+      total += rows * slices_[size_t(2 * r + 1)];
+    }
+    if (total != rows * vocab) fail<Error>("vocab-parallel lm_head: the ranks hold {} of {} logits", total, rows * vocab);
+    if (gathered_.size() < size_t(total)) gathered_.resize(size_t(total));
+  }
+  check(MPI_Gatherv(part.data, int(rows * cols), MPI_FLOAT, gathered_.data(), counts_.data(), displs_.data(),
+                    MPI_FLOAT, 0, tp),
+        "MPI_Gatherv (logits)");
+  if (root) {
+    // [rank][rows, its columns] → [rows, vocab].
+    for (int r = 0; r < shard_.tp_size; ++r) {
+      const int64_t begin = slices_[size_t(2 * r)], n = slices_[size_t(2 * r + 1)];
+      const float* src = gathered_.data() + displs_[size_t(r)];
+      for (int64_t i = 0; i < rows; ++i) std::memcpy(logits + i * vocab + begin, src + i * n, size_t(n) * 4);
+    }
+  }
+  stats_.gather_seconds += seconds_since(t0);
+  ++stats_.gathers;
+  stats_.gather_bytes += int64_t(part.nbytes());
+}
+
 void MpiCollectives::recv_from_previous_stage(const TensorView& h) {
   const auto t0 = Clock::now();
   check(MPI_Recv(h.data, int(h.numel()), MPI_FLOAT, world_rank_ - shard_.tp_size, 1, MPI_COMM_WORLD,

@@ -37,6 +37,8 @@ class MpiJob {
 // Collective time and volume, for benchmarks and the end-of-run summary.
 struct CollectiveStats {
   int64_t all_reduces = 0, all_reduce_bytes = 0;
+  int64_t gathers = 0, gather_bytes = 0;  // vocab-parallel logits
+  double gather_seconds = 0;
   int64_t stage_messages = 0, stage_bytes = 0;
   double all_reduce_seconds = 0, stage_seconds = 0;
 };
@@ -47,6 +49,7 @@ class MpiCollectives final : public Collectives {
   MpiCollectives(const ShardSpec& shard, int world_rank);
   ~MpiCollectives() override;
   void tp_all_reduce(const TensorView& x) override;
+  void tp_gather_vocab(const TensorView& part, int64_t vocab_begin, float* logits, int64_t vocab) override;
   void recv_from_previous_stage(const TensorView& h) override;
   void send_to_next_stage(const TensorView& h) override;
   void logits_to_root(float* logits, size_t count) override;
@@ -56,6 +59,9 @@ class MpiCollectives final : public Collectives {
   ShardSpec shard_;
   int world_rank_;
   void* tp_comm_;  // MPI_Comm (kept opaque so that this header does not need mpi.h)
+  std::vector<float> gathered_;      // tensor-parallel rank 0: the ranks' logit slices, rank after rank
+  std::vector<int64_t> slices_;      // [ranks, 2]: vocab_begin, columns
+  std::vector<int> counts_, displs_;
   CollectiveStats stats_;
 };
 

@@ -15,6 +15,11 @@ class Collectives {
   // Sums x (F32 or F64, the backend's memory) over the tensor-parallel group, in place: every rank
   // of the group ends with the same sum.
   virtual void tp_all_reduce(const TensorView& x) = 0;
+  // Vocab-parallel lm_head: each rank of the tensor-parallel group holds the logits of vocabulary
+  // rows [vocab_begin, vocab_begin + part.dim(1)) (part: F32 [rows, cols], backend memory); the
+  // group's rank 0 receives all of them in `logits` (host, [rows, vocab]). Other ranks' `logits`
+  // are not written.
+  virtual void tp_gather_vocab(const TensorView& part, int64_t vocab_begin, float* logits, int64_t vocab) = 0;
   // Pipeline: the hidden state from the previous stage / to the next (the peer of the same
   // tensor-parallel rank). h: F32 [tokens, hidden].
   virtual void recv_from_previous_stage(const TensorView& h) = 0;

@@ -68,7 +68,8 @@ Model::Model(const ModelWeights& weights, Backend& backend, const ModelLimits& l
   ws_.gate_up = f32(M * K * 2 * I);
   ws_.act = f32(M * K * I);
   ws_.final_rows = f32(R * H);
-  if (be_.device() != Device::Cpu) ws_.logits = f32(R * c.vocab_size);
+  if (be_.device() != Device::Cpu || w_.dims.vocab_end - w_.dims.vocab_begin < c.vocab_size)
+    ws_.logits = f32(R * c.vocab_size);
   host_.ids.resize(size_t(M));
   host_.positions.resize(size_t(M));
   host_.slots.resize(size_t(M));
@@ -197,7 +198,13 @@ void Model::logits(const TensorView& h, float* logits) {
   be_.gather_rows(h, ws_.logit_rows.view(DType::I32, {R}), fin);
   be_.rmsnorm(fin, w_.final_norm, fin, float(cfg_.rms_norm_eps));
   if (hidden_hook) hidden_hook(cfg_.num_layers + 1, fin);
-  if (be_.device() == Device::Cpu) {
+  const ShardDims& d = w_.dims;
+  if (d.vocab_end - d.vocab_begin < cfg_.vocab_size) {
+    // Vocab-parallel lm_head: this rank's rows of the vocabulary, gathered on the group's rank 0.
+    const TensorView part = ws_.logits.view(DType::F32, {R, d.vocab_end - d.vocab_begin});  // [R, this rank's vocab]
+    be_.linear(w_.lm_head, fin, part);
+    comm_->tp_gather_vocab(part, d.vocab_begin, logits, cfg_.vocab_size);
+  } else if (be_.device() == Device::Cpu) {
     be_.linear(w_.lm_head, fin, TensorView(logits, DType::F32, {R, cfg_.vocab_size}));
   } else {
     const TensorView out = ws_.logits.view(DType::F32, {R, cfg_.vocab_size});

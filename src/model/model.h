@@ -126,7 +126,7 @@ class Model {
     Buffer gate_up;                 // F32 [M * K, 2 * intermediate]
     Buffer act;                     // F32 [M * K, intermediate]
     Buffer final_rows;              // F32 [R, hidden] final-norm output of the logit rows
-    Buffer logits;                  // F32 [R, vocab] (device backends; the CPU writes to the caller's)
+    Buffer logits;                  // F32 [R, vocab] (device backends, vocab-parallel shards; else the caller's)
   } ws_;
   AttentionBatch attn_;
   int64_t staged_tokens_ = 0, staged_rows_ = 0;  // of the staged batch

@@ -86,6 +86,21 @@ TEST(Layout, ExpertParallelGivesWholeExperts) {
   EXPECT_EQ(d.heads, 12);
 }
 
+TEST(Layout, LmHeadIsSplitByVocabularyRowsOn128RowBoundaries) {
+  ModelConfig c = m2_like();
+  c.vocab_size = 200064;
+  for (int r = 0; r < 2; ++r) {
+    const ShardDims d = shard_dims(c, shard_for_rank(c, opts(2, 1), r, 2));
+    EXPECT_EQ(d.vocab_begin, r == 0 ? 0 : 100096);  // 100032 rounded up to a multiple of 128
+    EXPECT_EQ(d.vocab_end, r == 0 ? 100096 : 200064);
+  }
+  // 320 rows over 4 ranks would leave a rank none on 128-row boundaries: replicated.
+  c.vocab_size = 320;
+  const ShardDims d = shard_dims(c, shard_for_rank(c, opts(4, 1), 2, 4));
+  EXPECT_EQ(d.vocab_begin, 0);
+  EXPECT_EQ(d.vocab_end, 320);
+}
+
 TEST(Layout, MisShardedConfigurationsAreRefusedNamingTheValue) {
   const ModelConfig c = m2_like();
   EXPECT_NE(refusal(c, opts(2, 1), 3).find("has 3 processes but --tensor-parallel-size 2"), std::string::npos);

@@ -68,7 +68,8 @@ BackendWeights CpuBackend::prepare(const ModelWeights& w, const ShardSpec& shard
   b.dims = shard_dims(c, shard);
   const ShardDims& d = b.dims;
   b.embed = w.embed;
-  b.lm_head = w.lm_head;
+  b.lm_head = d.vocab_end - d.vocab_begin == w.lm_head.rows ? w.lm_head
+                                                             : slice_rows(w.lm_head, d.vocab_begin, d.vocab_end - d.vocab_begin);
   b.final_norm = host_vector(w.final_norm);
   // Attention: this rank's q heads and kv heads (rows of q/k/v, columns of o, slices of the norms).
   const int64_t q0 = int64_t(shard.tp_rank) * d.q_dim, kv0 = int64_t(d.kv_head_begin) * c.head_dim;
