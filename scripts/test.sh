@@ -18,8 +18,9 @@ if [ "${1:-}" != "--quick" ]; then
   # run under the sanitizers in the other Eval tests).
   # The soak is the release pass's: under ASan its RSS bound means nothing (the allocator's
   # quarantine grows by design) and the request path is fuzzed there already (Fuzz.fuzz_http).
-  # The distributed code runs under the sanitizers in Distributed.Ranks2, Distributed.CommandLine and
-  # Server.OpenAiApiTp2; the 4-rank job and the multi-server Server.Distributed add minutes, no paths.
+  # The distributed code runs under the sanitizers in Distributed.Ranks2 (every layout of 2 ranks,
+  # model and engine) and Server.OpenAiApiTp2 (the server at TP 2); the 4-rank job, m2 run's
+  # command line and the multi-server Server.Distributed add minutes, no code paths.
   ctest --test-dir build/asan -j"$(nproc)" --output-on-failure \
-    -E "DemoModel.PerplexityWithinHalfAPercentOfReference|Quantize.GptqBringsTheDemoCloserToBf16|Server.Soak|Eval.DemoPerplexityAndSelfComparison|Distributed.Ranks4|Server.Distributed"
+    -E "DemoModel.PerplexityWithinHalfAPercentOfReference|Quantize.GptqBringsTheDemoCloserToBf16|Server.Soak|Eval.DemoPerplexityAndSelfComparison|Distributed.Ranks4|Distributed.CommandLine|Server.Distributed"
 fi

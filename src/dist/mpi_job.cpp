@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include "core/error.h"
 
@@ -165,6 +166,30 @@ enum : int64_t { kStep = 1, kStop = 2 };
 
 int64_t payload_bytes(int64_t T, int64_t S, int64_t entries) { return 8 * T + 32 * S + 4 * (2 * T + entries); }
 
+// The step header goes out as a non-blocking broadcast on every rank (blocking and non-blocking
+// collectives do not match each other). Rank 0 waits for it; the other ranks poll: a blocked MPI
+// call spins a core at 100%, so an idle server's followers would burn a core each. They spin for
+// the first ~200 µs (back-to-back decode steps arrive within that), then sleep between polls,
+// 50 µs growing to 1 ms.
+void broadcast_header(int64_t (&header)[5], bool root) {
+  MPI_Request request;
+  check(MPI_Ibcast(header, 5, MPI_INT64_T, 0, MPI_COMM_WORLD, &request), "MPI_Ibcast (step header)");
+  if (root) {
+    check(MPI_Wait(&request, MPI_STATUS_IGNORE), "MPI_Wait (step header)");
+    return;
+  }
+  const auto spin_until = Clock::now() + std::chrono::microseconds(200);
+  auto nap = std::chrono::microseconds(50);
+  for (;;) {
+    int done = 0;
+    check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test (step header)");
+    if (done) return;
+    if (Clock::now() < spin_until) continue;
+    std::this_thread::sleep_for(nap);
+    nap = std::min(nap * 2, std::chrono::microseconds(1000));
+  }
+}
+
 }  // namespace
 
 StepChannel::StepChannel(const ModelLimits& limits) : limits_(limits) {
@@ -191,18 +216,18 @@ void StepChannel::send(const ForwardBatch& b) {
   std::memcpy(p, b.positions.data(), size_t(T) * 4), p += T * 4;
   for (const auto& s : b.seqs) std::memcpy(p, s.block_table.data(), s.block_table.size() * 4), p += s.block_table.size() * 4;
   int64_t header[5] = {kStep, T, S, entries, bytes};
-  check(MPI_Bcast(header, 5, MPI_INT64_T, 0, MPI_COMM_WORLD), "MPI_Bcast (step header)");
+  broadcast_header(header, true);
   check(MPI_Bcast(payload_.data(), int(bytes), MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast (step)");
 }
 
 void StepChannel::send_stop() {
   int64_t header[5] = {kStop, 0, 0, 0, 0};
-  check(MPI_Bcast(header, 5, MPI_INT64_T, 0, MPI_COMM_WORLD), "MPI_Bcast (stop)");
+  broadcast_header(header, true);
 }
 
 bool StepChannel::receive(ForwardBatch& b) {
   int64_t header[5] = {0, 0, 0, 0, 0};
-  check(MPI_Bcast(header, 5, MPI_INT64_T, 0, MPI_COMM_WORLD), "MPI_Bcast (step header)");
+  broadcast_header(header, false);
   if (header[0] == kStop) return false;
   const int64_t T = header[1], S = header[2], entries = header[3], bytes = header[4];
   if (header[0] != kStep || T <= 0 || S <= 0 || T > limits_.max_tokens || S > limits_.max_seqs || entries < 0 ||

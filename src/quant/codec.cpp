@@ -40,9 +40,14 @@ void pack_row(const uint8_t* codes, int64_t cols, uint8_t* packed) {
   for (int64_t k = 0; k < cols; k += 2) packed[k / 2] = uint8_t(codes[k] | (codes[k + 1] << 4));
 }
 
-// Codes of one block for a multiplier; returns the weighted error.
-double encode_block(const float* w, int n, double mult, const float* cw, uint8_t* codes) {
+// Codes of one block for a multiplier.
+void encode_codes(const float* w, int n, double mult, uint8_t* codes) {
   for (int k = 0; k < n; ++k) codes[k] = e2m1_code(double(w[k]) / mult);
+}
+
+// Codes of one block for a multiplier; returns the weighted error (what a scale search compares).
+double encode_block(const float* w, int n, double mult, const float* cw, uint8_t* codes) {
+  encode_codes(w, n, mult, codes);
   return block_error(w, codes, n, mult, cw);
 }
 
@@ -55,8 +60,11 @@ uint8_t nvfp4_block(const float* w, double ws2, ScaleSearch search, const float*
   if (s == 0) s = 1.0;  // ModelOpt: an all-zero block gets scale 1
   uint8_t best = f32_to_e4m3(float(s));
   if (e4m3_to_f32(best) == 0.0f) best = 1;  // never a zero scale: the smallest subnormal
+  if (search == ScaleSearch::Max || amax == 0) {
+    encode_codes(w, 16, double(e4m3_to_f32(best)) * ws2, codes);
+    return best;
+  }
   double best_err = encode_block(w, 16, double(e4m3_to_f32(best)) * ws2, cw, codes);
-  if (search == ScaleSearch::Max || amax == 0) return best;
   uint8_t trial[16];
   const uint8_t base = best;
   for (int d = -8; d <= 8; ++d) {
@@ -142,8 +150,12 @@ uint8_t mxfp4_block(const float* blk, MxRule rule, ScaleSearch search, const flo
   for (int k = 0; k < 32; ++k) amax = std::max(amax, std::fabs(blk[k]));
   const int base = mx_exponent(amax, rule);
   int e = base;
+  if (search != ScaleSearch::Mse || amax == 0) {
+    encode_codes(blk, 32, std::ldexp(1.0, e - 127), codes);
+    return uint8_t(e);
+  }
   double best = encode_block(blk, 32, std::ldexp(1.0, e - 127), c, codes);
-  if (search == ScaleSearch::Mse && amax > 0) {
+  {
     uint8_t trial[32];
     for (int d : {-1, 1}) {
       const int e2 = base + d;

@@ -14,13 +14,15 @@ async function complete(server, prompt, max_tokens = 24) {
   return r.choices[0].text;
 }
 
-test('tensor, expert and pipeline parallel servers answer as one process does', async () => {
+// Plain tensor parallelism is served through the whole OpenAI suite (Server.OpenAiApiTp2) and its
+// output compared with one process's by m2 run (Distributed.CommandLine).
+test('expert and pipeline parallel servers answer as one process does', async () => {
   const one = await startServer(['--threads', '1'], { launcher: [], serveArgs: [] });
-  const prompts = ['Once upon a time', 'The little robot', 'def fib(n):'];
+  const prompts = ['Once upon a time', 'def fib(n):'];
   const want = [];
   for (const p of prompts) want.push(await complete(one, p));
   assert.equal(await one.stop(), 0);
-  for (const args of [['--tensor-parallel-size', '2'], ['--tensor-parallel-size', '2', '--enable-expert-parallel'],
+  for (const args of [['--tensor-parallel-size', '2', '--enable-expert-parallel'],
                       ['--pipeline-parallel-size', '2', '--pipeline-layers', '3,1']]) {
     const server = await startServer(['--threads', '1', ...args], { launcher, serveArgs: [] });
     for (let i = 0; i < prompts.length; i++) assert.equal(await complete(server, prompts[i]), want[i], args.join(' '));
@@ -46,8 +48,10 @@ test('a rank killed mid-request ends the job naming the rank', async () => {
       return 'error';
     }
   })();
-  const timeout = new Promise((resolve) => setTimeout(() => resolve('timeout'), 60000));
+  let timer;
+  const timeout = new Promise((resolve) => { timer = setTimeout(() => resolve('timeout'), 60000); });
   const outcome = await Promise.race([exited, timeout]);
+  clearTimeout(timer);
   assert.notEqual(outcome, 'timeout', `the job did not end within 60 s of the kill:\n${server.stderr}`);
   assert.notEqual(outcome.code, 0, 'the job exits non-zero');
   assert.match(server.stderr, /rank 1/, 'the failure names rank 1');
