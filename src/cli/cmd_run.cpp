@@ -18,6 +18,7 @@
 #include "cli/commands.h"
 #include "cli/parallel_flags.h"
 #include "core/error.h"
+#include "core/units.h"
 #include "io/safetensors.h"
 #include "model/weights.h"
 #include "runtime/engine.h"
@@ -51,27 +52,13 @@ struct RunOptions {
 };
 
 std::vector<int32_t> parse_ids(const std::string& text) {
+  if (text.empty()) fail<InvalidArgument>("--ids: no token ids given");
   std::vector<int32_t> ids;
-  size_t i = 0;
-  while (i < text.size()) {
-    size_t j = text.find(',', i);
-    if (j == std::string::npos) j = text.size();
-    std::string piece = text.substr(i, j - i);
-    piece.erase(0, piece.find_first_not_of(" \t"));
-    piece.erase(piece.find_last_not_of(" \t") + 1);
-    size_t used = 0;
-    long v = 0;
-    try {
-      v = std::stol(piece, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (piece.empty() || used != piece.size() || v < 0 || v > INT32_MAX)
-      fail<InvalidArgument>("--ids: '{}' at position {} is not a token id", piece, ids.size());
-    ids.push_back(int32_t(v));
-    i = j + 1;
+  for (const ListedInteger& id : parse_integer_list(text)) {
+    if (!id.value || *id.value < 0 || *id.value > INT32_MAX)
+      fail<InvalidArgument>("--ids: '{}' at position {} is not a token id", id.text, ids.size());
+    ids.push_back(int32_t(*id.value));
   }
-  if (ids.empty()) fail<InvalidArgument>("--ids: no token ids given");
   return ids;
 }
 

@@ -36,6 +36,28 @@ size_t parse_size(const std::string& text, const std::string& flag) {
   return size_t(v * mult);
 }
 
+std::vector<ListedInteger> parse_integer_list(const std::string& text) {
+  std::vector<ListedInteger> out;
+  size_t i = 0;
+  for (;;) {
+    size_t j = text.find(',', i);
+    if (j == std::string::npos) j = text.size();
+    std::string piece = text.substr(i, j - i);
+    piece.erase(0, piece.find_first_not_of(" \t"));
+    piece.erase(piece.find_last_not_of(" \t") + 1);
+    size_t used = 0;
+    long v = 0;
+    try {
+      v = std::stol(piece, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    out.push_back({piece, piece.empty() || used != piece.size() ? std::nullopt : std::optional<long>(v)});
+    if (j == text.size()) return out;
+    i = j + 1;
+  }
+}
+
 std::string human_bytes(double b) {
   const char* unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int i = 0;

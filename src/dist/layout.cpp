@@ -6,28 +6,17 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "core/units.h"
 
 namespace m2 {
 
 std::vector<int> parse_pipeline_layers(const std::string& text) {
   std::vector<int> out;
-  size_t i = 0;
-  while (i <= text.size()) {
-    size_t j = text.find(',', i);
-    if (j == std::string::npos) j = text.size();
-    const std::string piece = text.substr(i, j - i);
-    size_t used = 0;
-    long v = 0;
-    try {
-      v = std::stol(piece, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (piece.empty() || used != piece.size() || v <= 0 || v > 100000)
-      fail<InvalidArgument>("--pipeline-layers '{}': '{}' (entry {}) is not a positive layer count", text, piece,
+  for (const ListedInteger& n : parse_integer_list(text)) {
+    if (!n.value || *n.value <= 0 || *n.value > 100000)
+      fail<InvalidArgument>("--pipeline-layers '{}': '{}' (entry {}) is not a positive layer count", text, n.text,
                             out.size());
-    out.push_back(int(v));
-    i = j + 1;
+    out.push_back(int(*n.value));
   }
   return out;
 }
