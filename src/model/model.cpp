@@ -162,6 +162,10 @@ void Model::stage_metadata(const ForwardBatch& b) {
 
 void Model::stage(const ForwardBatch& b, const PagedKv& kv) {
   validate(b, kv);
+  stage_validated(b);
+}
+
+void Model::stage_validated(const ForwardBatch& b) {
   stage_metadata(b);
   staged_tokens_ = int64_t(b.tokens.size());
   staged_rows_ = b.logit_rows();
@@ -250,7 +254,7 @@ int Model::microbatches(const ForwardBatch& b) const {
 
 void Model::run_part(const ForwardBatch& b, const PagedKv& kv, int64_t row0, float* logits_out) {
   const ShardDims& d = w_.dims;
-  stage(b, kv);
+  stage_validated(b);  // a part of the batch forward() validated
   const TensorView h = ws_.h.view(DType::F32, {limits_.max_tokens, cfg_.hidden_size})
                            .slice(row0, staged_tokens_);  // [part tokens, H] its rows of the residual stream
   if (first_stage()) embed(h);

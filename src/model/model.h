@@ -75,6 +75,8 @@ class Model {
   // One micro-batch through this shard's layers: its rows [row0, row0 + tokens) of the residual stream.
   void run_part(const ForwardBatch& batch, const PagedKv& kv, int64_t row0, float* logits);
   void stage_metadata(const ForwardBatch& batch);
+  // stage() of a batch (or a part of one) already validated: once per step, not once per part.
+  void stage_validated(const ForwardBatch& batch);
   void attention_block(int layer, const TensorView& h, const PagedKv& kv, int kv_layer);
   // QK-norm: RMSNorm of q and of k, each over its whole projection (with tensor parallelism the
   // ranks' sums of squares are added first).
