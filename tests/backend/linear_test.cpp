@@ -126,10 +126,11 @@ TEST(Linear, Q8ActivationsWithinTheirRoundingBound) {
   if (path == LinearPath::Generic) GTEST_SKIP() << "no AVX2 and no NEON dotprod: the Q8 path is not used on this CPU";
   std::mt19937_64 rng(test::fresh_seed());
   ThreadPool pool(2);
-  // cols: one partial scale group (96), groups + a tail (320), the real widths, and > 8192 columns
-  // (more than one column stripe per pass).
+  // cols: one partial scale group (96: a pair of chunks and one alone), groups + a tail (320), the
+  // real widths, and > 8192 columns (more than one column stripe per pass; 8224 leaves a stripe of
+  // one chunk).
   for (auto format : {WeightFormat::Nvfp4, WeightFormat::Mxfp4})
-    for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{37, 96}, {19, 320}, {64, 3072}, {9, 1536}, {5, 8256}})
+    for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{37, 96}, {19, 320}, {64, 3072}, {9, 1536}, {5, 8256}, {7, 8224}})
       for (int64_t tokens : {1, 2, 3, 4, 6}) {  // 6: the fp32 tiles on the rounded x
         auto w = test::random_weight(format, DType::U8, rows, cols, rng);
         auto x = test::random_floats(rng, size_t(tokens * cols));

@@ -3,9 +3,8 @@
 // chunk is: 16 packed bytes → nibbles → one pshufb to (2·value + 12) as unsigned bytes → vpmaddubsw
 // with the activations' int8 (layout in linear.h: de-interleaved per block, so no unpacking) →
 // vpmaddwd → int32 lane sums, from which the +12 offset is removed with the row's precomputed
-// correction. One int→float conversion and one FMA with (weight scale × activation scale) per chunk.
-// int32 lane l of a chunk covers bytes 4l..4l+3: lanes 0-3 are even columns 0-30, lanes 4-7 odd ones,
-// so for NVFP4 (16-column blocks) the scale vector is [s0 s0 s1 s1 s0 s0 s1 s1].
+// correction. Chunks are taken in pairs (see gemv_q8_pass): one int→float conversion and one FMA
+// with (weight scale × activation scale) per pair.
 // note: only POD fields of WeightView are touched here, so no std::string code is emitted with AVX2.
 #if defined(__x86_64__)
 #pragma GCC target("avx2,fma,f16c")
@@ -46,10 +45,9 @@ inline __m256i fp4_offset_codes(const uint8_t* p, __m256i lut, __m256i nib, __m2
 
 constexpr int kMaxChunks = 256;  // 8192 columns per pass; wider rows run in column stripes
 
-// Scale products (weight scale × activation scale) of chunks [c0, c0 + n) of row r, token x:
-// NVFP4: 128-bit patterns [s0 s0 s1 s1], one per chunk, in the order 0 2 1 3 within each whole group
-// of 4 chunks (what two unpacks give; the dot loop visits chunks in that order) and in chunk order in
-// a last partial group; MXFP4: out[j] is chunk j's scalar.
+// Scale products (weight scale × activation scale) of chunks [c0, c0 + n) of row r, token x, one per
+// scale block: MXFP4 out[j] for chunk j, NVFP4 out[2j], out[2j + 1] for its two 16-column halves.
+// A last chunk without a pair (n odd) has its products written twice (see pair_scales).
 // Returns Σ scale × (12 · Σq) over the scale blocks: what the weights' +12 offset added to the dots.
 template <bool Nv>
 inline float scale_products(const WeightView& w, int64_t r, const Q8Row& x, int64_t c0, int64_t n, float* out) {
@@ -65,17 +63,16 @@ inline float scale_products(const WeightView& w, int64_t r, const Q8Row& x, int6
       const __m128i h = _mm_and_si128(_mm_slli_epi16(b, 7), _mm_set1_epi16(int16_t(0xBFFF)));
       const __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(h), g), _mm256_loadu_ps(x.scale2 + 2 * (c0 + j)));
       corr = _mm256_fmadd_ps(v, _mm256_loadu_ps(x.corr + 2 * (c0 + j)), corr);
-      _mm256_storeu_ps(out + 4 * j, _mm256_unpacklo_ps(v, v));      // chunks j, j+2
-      _mm256_storeu_ps(out + 4 * j + 8, _mm256_unpackhi_ps(v, v));  // chunks j+1, j+3
+      _mm256_store_ps(out + 2 * j, v);
     }
-    for (; j < n; ++j) {  // a last partial group: the same order, element by element
-      const int64_t c = c0 + j, slot = 4 * j;
+    for (; j < n; ++j) {
+      const int64_t c = c0 + j;
       const float xs = x.scale[c] * 0.5f * w.global_scale;
-      const float s0 = kE4M3ToF32[sc[2 * c]] * xs, s1 = kE4M3ToF32[sc[2 * c + 1]] * xs;
-      out[slot] = out[slot + 1] = s0;
-      out[slot + 2] = out[slot + 3] = s1;
-      corr_tail += s0 * x.corr[2 * c] + s1 * x.corr[2 * c + 1];
+      out[2 * j] = kE4M3ToF32[sc[2 * c]] * xs;
+      out[2 * j + 1] = kE4M3ToF32[sc[2 * c + 1]] * xs;
+      corr_tail += out[2 * j] * x.corr[2 * c] + out[2 * j + 1] * x.corr[2 * c + 1];
     }
+    if (n % 2) out[2 * n] = out[2 * n - 2], out[2 * n + 1] = out[2 * n - 1];
   } else {
     for (; j + 8 <= n; j += 8) {
       // E8M0 → float bits: e << 23; e = 0 is 2^-127 (0x00400000), which max() supplies.
@@ -83,13 +80,14 @@ inline float scale_products(const WeightView& w, int64_t r, const Q8Row& x, int6
       const __m256i bits = _mm256_max_epi32(_mm256_slli_epi32(e, 23), _mm256_set1_epi32(0x00400000));
       const __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_loadu_ps(x.scale + c0 + j)),
                                      _mm256_set1_ps(0.5f));
-      _mm256_storeu_ps(out + j, v);
+      _mm256_store_ps(out + j, v);
       corr = _mm256_fmadd_ps(v, _mm256_loadu_ps(x.corr1 + c0 + j), corr);
     }
     for (; j < n; ++j) {
       out[j] = 0.5f * e8m0_to_f32(sc[c0 + j]) * x.scale[c0 + j];
       corr_tail += out[j] * x.corr1[c0 + j];
     }
+    if (n % 2) out[n] = out[n - 1];
   }
   __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(corr), _mm256_extractf128_ps(corr, 1));
   s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
@@ -97,58 +95,79 @@ inline float scale_products(const WeightView& w, int64_t r, const Q8Row& x, int6
   return _mm_cvtss_f32(s4) + corr_tail;
 }
 
-// The scale vector at position j of scale_products' output.
+// The scales of pair p's int32 lanes: lanes 0-3 hold chunk a = 2p and 4-7 chunk b = 2p + 1 (for a
+// chunk alone, its even and its odd columns, so a = b). MXFP4: [a a a a b b b b]; NVFP4, whose
+// 16-column blocks split each chunk's 4 lanes in halves: [a0 a0 a1 a1 b0 b0 b1 b1]. Loads and one
+// in-lane permute (a cross-lane permute per pair in scale_products cost more).
 template <bool Nv>
-inline __m256 chunk_scale(const float* sp, int64_t j) {
-  if constexpr (Nv) return _mm256_broadcast_ps(reinterpret_cast<const __m128*>(sp + 4 * j));
-  else return _mm256_broadcast_ss(sp + j);
+inline __m256 pair_scales(const float* sp, int64_t p) {
+  if constexpr (Nv)
+    return _mm256_permutevar_ps(_mm256_broadcast_ps(reinterpret_cast<const __m128*>(sp + 4 * p)),
+                                _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+  else
+    return _mm256_set_m128(_mm_broadcast_ss(sp + 2 * p + 1), _mm_broadcast_ss(sp + 2 * p));
 }
 
 // R rows × T tokens over chunks [c0, c0 + n): first every scale product, then the integer dots.
+// Chunks go in pairs: one 32-byte load holds both chunks' codes, its low nibbles are the even columns
+// of both and its high nibbles the odd ones, so the activations are regrouped to match once per pair
+// (shared by the R rows) and the two products of a pair are summed as int16 before widening
+// (|sum| ≤ 2 · 2 · 24 · 127 < 2^15): per pair and row, 6 decode instructions and, per token, 6 more.
 template <bool Nv, int T, int R>
-inline void gemv_q8_pass(const WeightView& w, const Q8Row* xr, int64_t r, int64_t c0, int64_t n, __m256 acc[R][T],
+inline void gemv_q8_pass(const WeightView& w, const Q8Row* xr, int64_t r, int64_t c0, int64_t n, __m256 acc_io[R][T],
                          float corr[R][T]) {
-  constexpr int P = Nv ? 4 : 1;  // floats per chunk in the scale products
-  alignas(32) float sp[R][T][kMaxChunks * P];
+  alignas(32) float sp[R][T][kMaxChunks * 2 + 8];
   for (int i = 0; i < R; ++i)
     for (int t = 0; t < T; ++t) corr[i][t] += scale_products<Nv>(w, r + i, xr[t], c0, n, sp[i][t]);
+  // Local accumulators: the caller's array may alias the weight bytes (uint8_t), which would make the
+  // compiler store it on every step.
+  __m256 acc[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) acc[i][t] = acc_io[i][t];
   const __m256i lut = _mm256_broadcastsi128_si256(_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
-  const __m256i nib = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), shift = _mm256_setr_epi64x(0, 0, 4, 4);
+  const __m256i nib = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   const uint8_t* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = w.data + (r + i) * w.row_bytes + 16 * c0;
   // Rows are short (1536 bytes at the expert widths): the hardware prefetcher sees R streams that end
   // after 24 lines and never ramps up. The next R rows follow in memory, so each pass prefetches them
-  // one line per row every 4 chunks, at the offset it is reading.
+  // one line per row every 2 pairs, at the offset it is reading.
   const int64_t ahead = 2 * R * w.row_bytes;
-  auto prefetch_next = [&](int64_t j) __attribute__((always_inline)) {
-    for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + ahead + 16 * j), _MM_HINT_T0);
-  };
-  // Chunk j (relative to c0) with the scale products at position pos.
-  auto step = [&](int64_t j, int64_t pos) __attribute__((always_inline)) {
-    __m256i xq[T];
-    for (int t = 0; t < T; ++t) xq[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[t].q + 32 * (c0 + j)));
+  int64_t p = 0;
+  for (; 2 * p + 2 <= n; ++p) {
+    if ((p & 1) == 0)
+      for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + ahead + 32 * p), _MM_HINT_T0);
+    __m256i xe[T], xo[T];
+    for (int t = 0; t < T; ++t) {
+      const int8_t* q = xr[t].q + 32 * (c0 + 2 * p);
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32));
+      xe[t] = _mm256_permute2x128_si256(a, b, 0x20);  // even columns of both chunks
+      xo[t] = _mm256_permute2x128_si256(a, b, 0x31);  // odd columns
+    }
     for (int i = 0; i < R; ++i) {
-      const __m256i wq = fp4_offset_codes(rows[i] + 16 * j, lut, nib, shift);
+      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[i] + 32 * p));
+      const __m256i ce = _mm256_shuffle_epi8(lut, _mm256_and_si256(bytes, nib));
+      const __m256i co = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(bytes, 4), nib));
       for (int t = 0; t < T; ++t) {
-        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, xq[t]), ones);
-        acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), chunk_scale<Nv>(sp[i][t], pos), acc[i][t]);
+        const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(ce, xe[t]), _mm256_maddubs_epi16(co, xo[t]));
+        const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
+        acc[i][t] = _mm256_fmadd_ps(dot, pair_scales<Nv>(sp[i][t], p), acc[i][t]);
       }
     }
-  };
-  int64_t j = 0;
-  if constexpr (Nv) {
-    for (; j + 4 <= n; j += 4) {  // the 0 2 1 3 order of scale_products
-      prefetch_next(j);
-      step(j, j);
-      step(j + 2, j + 1);
-      step(j + 1, j + 2);
-      step(j + 3, j + 3);
+  }
+  if (2 * p < n) {  // a last chunk alone: both nibbles of its 16 bytes in one register
+    const __m256i shift = _mm256_setr_epi64x(0, 0, 4, 4);
+    for (int i = 0; i < R; ++i) {
+      const __m256i wq = fp4_offset_codes(rows[i] + 32 * p, lut, nib, shift);
+      for (int t = 0; t < T; ++t) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[t].q + 32 * (c0 + 2 * p)));
+        const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, x), ones));
+        acc[i][t] = _mm256_fmadd_ps(dot, pair_scales<Nv>(sp[i][t], p), acc[i][t]);
+      }
     }
   }
-  for (; j < n; ++j) {
-    if ((j & 3) == 0) prefetch_next(j);
-    step(j, j);
-  }
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) acc_io[i][t] = acc[i][t];
 }
 
 template <bool Nv, int T, int R>
