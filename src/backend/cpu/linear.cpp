@@ -121,13 +121,14 @@ int64_t linear_grain(LinearPath path, const WeightView& w, int64_t tokens) {
       if (!detail::gemv_avx512_supports(w, tokens) && tokens > 4) return detail::kAvx512TileRows;
       return detail::kAvx2TileRows;
     case LinearPath::Avx2: return detail::kAvx2TileRows;
-    case LinearPath::Neon: return tokens <= 4 ? 4 * kGenericGrain : kGenericGrain;
+    case LinearPath::Neon: return tokens <= 4 ? 4 * kGenericGrain : 2 * detail::kNeonTileRows;
     default: return kGenericGrain;
   }
 }
 
 bool linear_wants_deinterleaved(LinearPath path, const WeightView& w, int64_t tokens) {
-  return path == LinearPath::Avx512 && detail::gemv_avx512_supports(w, tokens) && w.format != WeightFormat::Fp8Block;
+  if (path == LinearPath::Avx512 && detail::gemv_avx512_supports(w, tokens)) return w.format != WeightFormat::Fp8Block;
+  return (path == LinearPath::Avx2 || path == LinearPath::Avx512) && detail::gemv_bf16_reads_deinterleaved(w, tokens);
 }
 
 void deinterleave_pairs(const float* x, int64_t tokens, int64_t K, float* out) {
@@ -147,9 +148,7 @@ void deinterleave_pairs(const float* x, int64_t tokens, int64_t K, float* out) {
 void linear_rows(LinearPath path, const LinearJob& job, int64_t r0, int64_t r1) {
   if (job.xq) return path == LinearPath::Neon ? detail::rows_q8_neon(job, r0, r1) : detail::rows_q8_avx2(job, r0, r1);
   switch (path) {
-    case LinearPath::Neon:
-      if (job.tokens <= 4) return detail::rows_neon(job, r0, r1);
-      return rows_generic(job, r0, r1);
+    case LinearPath::Neon: return detail::rows_neon(job, r0, r1);
     case LinearPath::Avx512: return detail::rows_avx512(job, r0, r1);
     case LinearPath::Avx2: return detail::rows_avx2(job, r0, r1);
     default: return rows_generic(job, r0, r1);

@@ -14,7 +14,7 @@ enum class LinearPath {
   Generic,  // portable C++: row dequantised to a buffer, then dot products
   Avx2,     // fused SIMD decode + FMA (gemv for few tokens, tiled gemm for many)
   Avx512,   // AVX-512 gemv for packed FP4/FP8 at 1-4 tokens and AVX-512 gemm; otherwise as Avx2
-  Neon,     // AArch64: NEON gemv at 1-4 tokens (SDOT for FP4 × Q8 where dotprod exists); else Generic
+  Neon,     // AArch64: NEON gemv at 1-4 tokens (SDOT for FP4 × Q8 where dotprod exists), tiled gemm at 5+
 };
 // Auto → the best path of this CPU; a path the CPU cannot run is an InvalidArgument.
 LinearPath resolve_linear_path(LinearPath requested);
@@ -77,13 +77,18 @@ void dequant_rows(const WeightView& w, int64_t r0, int64_t n, float* out);
 namespace detail {
 // The AVX2 kernels (linear_avx2.cpp); only called when cpu_features().avx2_fma_f16c.
 // 1-4 tokens: gemv over any row range; 5+ tokens: 16-row tiles.
+// BF16 at 1-4 tokens reads job.xd (gemv_bf16_reads_deinterleaved).
 void rows_avx2(const LinearJob& job, int64_t r0, int64_t r1);
+inline bool gemv_bf16_reads_deinterleaved(const WeightView& w, int64_t tokens) {
+  return w.format == WeightFormat::Dense && w.dtype == DType::BF16 && tokens >= 1 && tokens <= 4;
+}
 constexpr int64_t kAvx2TileRows = 16;
 // FP4 gemv over Q8 rows (linear_q8_avx2.cpp): 1-4 tokens, cols % 32 == 0.
 void rows_q8_avx2(const LinearJob& job, int64_t r0, int64_t r1);
-// The AArch64 kernels (linear_neon.cpp), 1-4 tokens: every format with fp32 activations, and FP4
-// over Q8 rows (only called when cpu_features().dotprod).
+// The AArch64 kernels (linear_neon.cpp): 1-4 tokens, every format with fp32 activations, and FP4
+// over Q8 rows (only called when cpu_features().dotprod); 5+ tokens, 8-row tiles.
 void rows_neon(const LinearJob& job, int64_t r0, int64_t r1);
+constexpr int64_t kNeonTileRows = 8;
 void rows_q8_neon(const LinearJob& job, int64_t r0, int64_t r1);
 void dequant_row_avx2(const WeightView& w, int64_t r, float* out);
 // Decodes W[r0 .. r0+tile_rows) × [k0 .. k0+kc) into tile[k][tile_rows], zero rows past the end.

@@ -6,8 +6,11 @@
 //   rows_q8_neon  FP4 with Q8 activations (linear.h): the same table lookup gives signed int8 codes,
 //                 and SDOT (ARMv8.2 dotprod, checked at run time) multiplies them with the int8
 //                 activations, 16 products per instruction; no offset needed (signed × signed).
-// 5+ tokens run the portable path (linear.cpp). Correctness is tested under qemu-aarch64 in CI
-// (scripts/test_arm64.sh); speed was not measured: no ARM machine was available.
+//   gemm_tiles    5+ tokens (prefill), every format: an 8-row × 256-column weight tile is decoded once
+//                 (the same decode, 4 rows at a time, transposed in registers) into tile[k][8], then
+//                 an 8-token × 8-row micro-kernel (16 accumulators, FMA by scalar) runs over all tokens.
+// Correctness is tested under qemu-aarch64 in CI (scripts/test_arm64.sh); speed was not measured:
+// no ARM machine was available.
 #include "backend/cpu/linear.h"
 
 #if defined(__aarch64__)
@@ -127,12 +130,107 @@ void gemv_rows(const WeightView& w, const float* x, float* y, int64_t ldy, int64
   for_row_blocks<T == 1 ? 4 : 2>(r0, r1, [&](int64_t r, auto n) { gemv_pass<K, T, decltype(n)::value>(w, x, y, ldy, r, Ks); });
 }
 
+constexpr int kTileRows = int(kNeonTileRows), kTileCols = 256, kMr = 8;
+
+// 4 × 4 transpose: r[i] holds 4 columns of row i; afterwards r[c] holds column c of the 4 rows.
+inline void transpose4(float32x4_t r[4]) {
+  const float32x4_t t0 = vtrn1q_f32(r[0], r[1]), t1 = vtrn2q_f32(r[0], r[1]);
+  const float32x4_t t2 = vtrn1q_f32(r[2], r[3]), t3 = vtrn2q_f32(r[2], r[3]);
+  auto d = [](float32x4_t v) { return vreinterpretq_f64_f32(v); };
+  r[0] = vreinterpretq_f32_f64(vtrn1q_f64(d(t0), d(t2)));
+  r[1] = vreinterpretq_f32_f64(vtrn1q_f64(d(t1), d(t3)));
+  r[2] = vreinterpretq_f32_f64(vtrn2q_f64(d(t0), d(t2)));
+  r[3] = vreinterpretq_f32_f64(vtrn2q_f64(d(t1), d(t3)));
+}
+
+// W[r0 .. r0+8) × [k0 .. k0+kc) → tile[k][8] (rows past the end are zero): 4 rows × 32 columns decoded
+// and scaled in registers, then stored as columns through 4 × 4 transposes.
+template <Kind K>
+void decode_tile(const WeightView& w, int64_t r0, int64_t k0, int64_t kc, float* tile) {
+  const int64_t Ks = simd_cols(w);
+  int64_t ksimd = 0;
+  while (ksimd + kChunk <= kc && k0 + ksimd + kChunk <= Ks) ksimd += kChunk;
+  for (int g = 0; g < kTileRows; g += 4) {
+    for (int64_t k = 0; k < ksimd; k += kChunk) {
+      float32x4_t v[4][8];
+      for (int i = 0; i < 4; ++i) {
+        const int64_t r = r0 + g + i;
+        if (r >= w.rows) {
+          for (int j = 0; j < 8; ++j) v[i][j] = vdupq_n_f32(0.0f);
+          continue;
+        }
+        decode_raw<K>(w, r, k0 + k, v[i]);
+        const float s0 = chunk_scale_f32<K>(w, r, k0 + k, 0);
+        const float s1 = K == Kind::Nvfp4 ? chunk_scale_f32<K>(w, r, k0 + k, 1) : s0;
+        if constexpr (kScaled<K>)
+          for (int j = 0; j < 8; ++j) v[i][j] = vmulq_n_f32(v[i][j], j < 4 ? s0 : s1);
+      }
+      for (int j = 0; j < 8; ++j) {  // columns k + 4j .. k + 4j + 3
+        float32x4_t c[4] = {v[0][j], v[1][j], v[2][j], v[3][j]};
+        transpose4(c);
+        for (int q = 0; q < 4; ++q) vst1q_f32(tile + (k + 4 * j + q) * kTileRows + g, c[q]);
+      }
+    }
+    for (int i = 0; i < 4; ++i) {
+      const int64_t r = r0 + g + i;
+      for (int64_t k = ksimd; k < kc; ++k) tile[k * kTileRows + g + i] = r < w.rows ? weight_element_ref(w, r, k0 + k) : 0.0f;
+    }
+  }
+}
+
+// acc[m][8 rows] += x[m, kc] · tile[kc][8]; y rows get acc (stored on the first column block, added after).
+template <int M>
+void micro_kernel(const float* x, int64_t ldx, const float* tile, int64_t kc, float* y, int64_t ldy, int rows,
+                  bool first) {
+  float32x4_t acc[M][2];
+  for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = vdupq_n_f32(0.0f);
+  for (int64_t k = 0; k < kc; ++k) {
+    const float32x4_t w0 = vld1q_f32(tile + k * kTileRows), w1 = vld1q_f32(tile + k * kTileRows + 4);
+    for (int m = 0; m < M; ++m) {
+      const float xv = x[m * ldx + k];
+      acc[m][0] = vfmaq_n_f32(acc[m][0], w0, xv);
+      acc[m][1] = vfmaq_n_f32(acc[m][1], w1, xv);
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    float* yr = y + m * ldy;
+    if (rows == kTileRows) {
+      if (!first) {
+        acc[m][0] = vaddq_f32(acc[m][0], vld1q_f32(yr));
+        acc[m][1] = vaddq_f32(acc[m][1], vld1q_f32(yr + 4));
+      }
+      vst1q_f32(yr, acc[m][0]);
+      vst1q_f32(yr + 4, acc[m][1]);
+      continue;
+    }
+    float out[kTileRows];
+    vst1q_f32(out, acc[m][0]);
+    vst1q_f32(out + 4, acc[m][1]);
+    for (int i = 0; i < rows; ++i) yr[i] = first ? out[i] : yr[i] + out[i];
+  }
+}
+
+template <Kind K>
+void gemm_tiles(const WeightView& w, const float* x, float* y, int64_t ldy, int64_t tokens, int64_t tile0,
+                int64_t tile1) {
+  alignas(64) float tile[kTileCols * kTileRows];
+  const int64_t ldx = w.cols;
+  gemm_tile_loop<kTileRows, kTileCols, kMr>(
+      w, x, y, ldy, tokens, tile0, tile1, tile,
+      [&](int64_t r0, int64_t k0, int64_t kc, float* t) { decode_tile<K>(w, r0, k0, kc, t); },
+      [&](auto m, const float* xt, const float* t, int64_t kc, float* yt, int rows, bool first) {
+        micro_kernel<decltype(m)::value>(xt, ldx, t, kc, yt, ldy, rows, first);
+      });
+}
+
 }  // namespace
 
 void rows_neon(const LinearJob& job, int64_t r0, int64_t r1) {
   const WeightView& w = *job.w;
   with_kind(w, [&](auto k) {
     constexpr Kind K = decltype(k)::value;
+    if (job.tokens > 4)  // r0 is tile-aligned (linear_grain), r1 too unless it is w.rows
+      return gemm_tiles<K>(w, job.x, job.y, job.ldy, job.tokens, r0 / kTileRows, (r1 + kTileRows - 1) / kTileRows);
     dispatch_rows<4>(int(job.tokens), [&](auto t) { gemv_rows<K, decltype(t)::value>(w, job.x, job.y, job.ldy, r0, r1); });
   });
 }
