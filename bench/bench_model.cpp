@@ -22,6 +22,7 @@
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/cpu_features.h"
 #include "core/error.h"
+#include "core/units.h"
 #include "fma_peak.h"
 #include "memory_bandwidth.h"
 #include "read_bandwidth.h"
@@ -118,14 +119,14 @@ int main(int argc, char** argv) {
   CLI::App app{"m2 whole-model CPU benchmark"};
   std::string dir, kv_dtype = "fp32";
   int prompt = 512, decode = 32, threads = 0, batch_prompt = 32, batch_steps = 16;
-  std::vector<int> batches = {1, 8, 32, 64};
+  std::string batches_text = "1,8,32,64";
   app.add_option("model_dir", dir)->required();
   app.add_option("--prompt", prompt, "prefill length")->capture_default_str();
   app.add_option("--decode", decode, "decoded tokens at batch 1")->capture_default_str();
   app.add_option("--threads", threads, "threads (0 = all)")->capture_default_str();
   std::string activations = "q8";
   app.add_option("--activations", activations, "q8 | f32 (FP4 products' activations, as m2 serve)")->capture_default_str();
-  app.add_option("--batches", batches, "batched-decode sizes (empty: skip)")->delimiter(',');
+  app.add_option("--batches", batches_text, "batched-decode sizes, comma-separated (empty: skip)")->capture_default_str();
   app.add_option("--batch-prompt", batch_prompt, "prompt length of each batched request")->capture_default_str();
   app.add_option("--batch-steps", batch_steps, "timed decode steps per batch size")->capture_default_str();
   app.add_option("--kv-cache-dtype", kv_dtype, "fp32 | bf16 | fp8")->capture_default_str();
@@ -136,6 +137,15 @@ int main(int argc, char** argv) {
   app.add_option("--ngram-tokens", ngram_tokens, "tokens generated per run")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (!ngram_text.empty()) return speculation(dir, ngram_text, ngram_k, ngram_tokens, threads);
+  std::vector<int> batches;
+  if (!batches_text.empty())
+    for (const auto& piece : parse_integer_list(batches_text)) {
+      if (!piece.value || *piece.value < 1 || *piece.value > 4096) {
+        fmt::print(stderr, "error: --batches: '{}' is not a batch size (1-4096)\n", piece.text);
+        return 2;
+      }
+      batches.push_back(int(*piece.value));
+    }
 
   CpuBackend backend(threads, LinearPath::Auto, parse_activations(activations));
   const double copy_bw = bench::copy_bandwidth(backend.pool());
