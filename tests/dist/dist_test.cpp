@@ -138,7 +138,9 @@ void check_model(const Layout& layout, const std::filesystem::path& dir, bool re
   const bool loaded = all_ranks(sharded != nullptr);
   if (refused_expected) {
     EXPECT_FALSE(loaded) << layout.name << " " << dir.filename() << " should be refused (a split cuts a block)";
-    if (!sharded) EXPECT_NE(refusal.find("cuts its"), std::string::npos) << refusal;
+    if (!sharded) {
+      EXPECT_NE(refusal.find("cuts its"), std::string::npos) << refusal;
+    }
     return;
   }
   ASSERT_TRUE(loaded) << layout.name << " " << dir.filename() << " refused on some rank: " << refusal;
@@ -233,7 +235,7 @@ EngineOptions engine_options() {
 }
 
 TEST(Distributed, EngineGreedyContinuationsIdentical) {
-  for (const std::filesystem::path dir : {kDemo, kFixtures / "small-nvfp4-modelopt"}) {
+  for (const std::filesystem::path& dir : {kDemo, kFixtures / "small-nvfp4-modelopt"}) {
     for (const Layout& layout : layouts(world_size())) {
       SCOPED_TRACE(layout.name + " " + dir.filename().string());
       const uint64_t seed = shared_seed();

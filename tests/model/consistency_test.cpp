@@ -105,7 +105,9 @@ TEST_P(Consistency, BatchOfDifferentLengthsEqualsEachAlone) {
 TEST_P(Consistency, GenericAndSimdPathsAgree) {
   std::mt19937_64 rng(test::fresh_seed());
   test::Loaded simd(test::kFixtures / GetParam());
-  test::Loaded generic(test::kFixtures / GetParam(), {LinearPath::Generic});
+  test::LoadOptions generic_path;
+  generic_path.path = LinearPath::Generic;
+  test::Loaded generic(test::kFixtures / GetParam(), generic_path);
   auto ids = random_ids(rng, 12, simd.weights.config.vocab_size);
   auto a = simd.prefill(ids), b = generic.prefill(ids);
   EXPECT_LE(test::rel_err(a.data(), b.data(), a.size()), kTolerance);
