@@ -3,6 +3,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <numeric>
 #include <cmath>
 #include <cstring>
 
@@ -100,47 +101,67 @@ std::vector<float> rtn(const float* w, int64_t rows, int64_t cols, const GptqTar
 }  // namespace
 
 GptqResult gptq_quantize(const float* w0, int64_t rows, int64_t cols, std::vector<double>& h, const GptqTarget& t,
-                         uint8_t* packed, uint8_t* scales, double damp, int block) {
+                         uint8_t* packed, uint8_t* scales, const GptqOptions& opt) {
   const int g = t.format == GptqTarget::Format::Nvfp4 ? 16 : 32;
-  if (cols % g || block % g) fail<InvalidArgument>("GPTQ: {} columns, block {}: both must be multiples of {}", cols, block, g);
+  const int block = opt.block;
+  if (cols % g || block <= 0 || block % g)
+    fail<InvalidArgument>("GPTQ: {} columns, block {}: both must be positive multiples of {}", cols, block, g);
   if (int64_t(h.size()) != cols * cols) fail<InvalidArgument>("GPTQ: H has {} entries, expected {}²", h.size(), cols);
   GptqResult res;
   const std::vector<double> hess = h;  // for the proxy errors
   std::vector<float> diag(static_cast<size_t>(cols));
   for (int64_t i = 0; i < cols; ++i) diag[size_t(i)] = float(hess[size_t(i * cols + i)]);
-  res.damp = inverse_cholesky(h, cols, damp);
-  const std::vector<double>& U = h;  // [cols, cols] row-major upper
-  std::vector<double> W(static_cast<size_t>(rows * cols));  // [rows, cols], updated as columns are quantized
-  for (int64_t i = 0; i < rows * cols; ++i) W[size_t(i)] = double(w0[i]);
-  std::vector<double> mult(static_cast<size_t>(rows));      // the current block's multiplier per row
-  std::vector<uint8_t> codes(static_cast<size_t>(rows * cols));
+  // The order the columns are quantized in: as stored, or (act order) by decreasing input energy
+  // H_ii, so that the columns that matter most are rounded while the most columns are left to absorb
+  // their error. order[i] is the stored column at position i, pos its inverse; H and W are permuted.
+  std::vector<int64_t> order(static_cast<size_t>(cols)), pos(static_cast<size_t>(cols));
+  std::iota(order.begin(), order.end(), int64_t(0));
+  if (opt.act_order) {
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return diag[size_t(a)] > diag[size_t(b)]; });
+    std::vector<double> hp(h.size());
+    for (int64_t i = 0; i < cols; ++i)
+      for (int64_t j = 0; j < cols; ++j) hp[size_t(i * cols + j)] = h[size_t(order[size_t(i)] * cols + order[size_t(j)])];
+    h.swap(hp);
+  }
+  for (int64_t i = 0; i < cols; ++i) pos[size_t(order[size_t(i)])] = i;
+  res.damp = inverse_cholesky(h, cols, opt.damp);
+  const std::vector<double>& U = h;  // [cols, cols] row-major upper, in quantization order
+  std::vector<double> W(static_cast<size_t>(rows * cols));  // [rows, cols] in quantization order, updated as columns are quantized
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < cols; ++i) W[size_t(r * cols + i)] = double(w0[r * cols + order[size_t(i)]]);
+  const int64_t nblocks = cols / g;
+  std::vector<double> mult(static_cast<size_t>(rows * nblocks));  // [rows, nblocks] multipliers, set as blocks are reached
+  std::vector<uint8_t> block_ready(static_cast<size_t>(nblocks), 0);
+  std::vector<uint8_t> codes(static_cast<size_t>(rows * cols));   // stored order
   std::vector<double> E(static_cast<size_t>(rows * block));  // [rows, block] scaled errors of this block
   std::vector<float> grp(static_cast<size_t>(g));
   uint8_t tmp[32];
-  const int64_t sc_stride = cols / g;
   for (int64_t i0 = 0; i0 < cols; i0 += block) {
     const int64_t i1 = std::min<int64_t>(i0 + block, cols), B = i1 - i0;
     for (int64_t j = i0; j < i1; ++j) {
-      if (j % g == 0) {  // a new scale block: its scale from the weights as updated so far
+      const int64_t col = order[size_t(j)], b = col / g;
+      if (!block_ready[size_t(b)]) {  // the first column of a scale block: its scale from the weights as updated so far
+        block_ready[size_t(b)] = 1;
         for (int64_t r = 0; r < rows; ++r) {
-          for (int k = 0; k < g; ++k) grp[size_t(k)] = float(W[size_t(r * cols + j + k)]);
+          for (int k = 0; k < g; ++k) grp[size_t(k)] = float(W[size_t(r * cols + pos[size_t(b * g + k)])]);
           if (t.format == GptqTarget::Format::Nvfp4) {
-            const uint8_t s = nvfp4_block(grp.data(), t.ws2, t.search, diag.data() + j, tmp);
-            scales[r * sc_stride + j / g] = s;
-            mult[size_t(r)] = double(e4m3_to_f32(s)) * t.ws2;
+            const uint8_t s = nvfp4_block(grp.data(), t.ws2, t.search, diag.data() + b * g, tmp);
+            scales[r * nblocks + b] = s;
+            mult[size_t(r * nblocks + b)] = double(e4m3_to_f32(s)) * t.ws2;
           } else {
-            const uint8_t e = mxfp4_block(grp.data(), t.rule, t.search, diag.data() + j, tmp);
-            scales[r * sc_stride + j / g] = e;
-            mult[size_t(r)] = std::ldexp(1.0, int(e) - 127);
+            const uint8_t e = mxfp4_block(grp.data(), t.rule, t.search, diag.data() + b * g, tmp);
+            scales[r * nblocks + b] = e;
+            mult[size_t(r * nblocks + b)] = std::ldexp(1.0, int(e) - 127);
           }
         }
       }
       const double d = U[size_t(j * cols + j)];
       for (int64_t r = 0; r < rows; ++r) {
         double* wr = W.data() + r * cols;
-        const uint8_t c = e2m1_code(wr[j] / mult[size_t(r)]);
-        codes[size_t(r * cols + j)] = c;
-        const double err = (wr[j] - double(e2m1_to_f32(c)) * mult[size_t(r)]) / d;
+        const double m = mult[size_t(r * nblocks + b)];
+        const uint8_t c = e2m1_code(wr[j] / m);
+        codes[size_t(r * cols + col)] = c;
+        const double err = (wr[j] - double(e2m1_to_f32(c)) * m) / d;
         E[size_t(r * block + (j - i0))] = err;
         for (int64_t k = j + 1; k < i1; ++k) wr[k] -= err * U[size_t(j * cols + k)];
       }
@@ -150,6 +171,7 @@ GptqResult gptq_quantize(const float* w0, int64_t rows, int64_t cols, std::vecto
       cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(cols - i1), int(B), -1.0, E.data(), block,
                   U.data() + i0 * cols + i1, int(cols), 1.0, W.data() + i1, int(cols));
   }
+  const int64_t sc_stride = nblocks;
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t k = 0; k < cols; k += 2)
       packed[r * (cols / 2) + k / 2] = uint8_t(codes[size_t(r * cols + k)] | (codes[size_t(r * cols + k + 1)] << 4));

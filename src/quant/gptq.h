@@ -30,11 +30,18 @@ struct GptqResult {
   double proxy_after = 0;   // the same for the GPTQ result
 };
 
+struct GptqOptions {
+  double damp = 0.01;      // relative damping λ = damp × mean(diag H), raised tenfold until H factorises
+  int block = 128;         // columns per lazy update (a multiple of the format's scale block)
+  bool act_order = false;  // quantize columns by decreasing H_ii instead of in stored order
+};
+
 // Quantizes w [rows, cols] (cols a multiple of the format's block) with the Hessian `h` [cols, cols]
 // (the Gram matrix of its inputs, any positive scale; destroyed). Writes packed codes [rows, cols/2]
-// and scales [rows, cols / block] as quantize_nvfp4 / quantize_mxfp4 do. `damp`: relative damping
-// λ = damp × mean(diag H) (raised tenfold until the factorisation succeeds).
+// and scales [rows, cols / block] as quantize_nvfp4 / quantize_mxfp4 do. Under act order a scale
+// block's scale is still chosen when the quantization first reaches one of its columns, from all of
+// its columns as updated so far; codes and scales are written in stored order either way.
 GptqResult gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vector<double>& h, const GptqTarget& target,
-                         uint8_t* packed, uint8_t* scales, double damp = 0.01, int block = 128);
+                         uint8_t* packed, uint8_t* scales, const GptqOptions& options = {});
 
 }  // namespace m2

@@ -75,7 +75,7 @@ void single_threaded_blas() {
 }
 
 void run_jobs(const std::vector<GptqJob>& jobs, const std::vector<size_t>& members, const std::vector<float>& x, int64_t n,
-              std::vector<GptqModuleResult>& out, double damp) {
+              std::vector<GptqModuleResult>& out, const GptqOptions& options) {
   if (members.empty()) return;
   std::vector<double> h;
   accumulate_gram(x.data(), n, jobs[members.front()].w->cols, {}, h);
@@ -88,14 +88,15 @@ void run_jobs(const std::vector<GptqJob>& jobs, const std::vector<size_t>& membe
     r.tokens = n;
     std::vector<double> hm = h;
     const std::vector<float> w = dense(*j.w);
-    r.stats = gptq_quantize(w.data(), j.w->rows, j.w->cols, hm, j.target, r.packed.data(), r.scales.data(), damp);
+    r.stats = gptq_quantize(w.data(), j.w->rows, j.w->cols, hm, j.target, r.packed.data(), r.scales.data(), options);
   }
 }
 
 }  // namespace
 
 std::vector<GptqModuleResult> gptq_layer(const std::vector<GptqJob>& jobs, const LayerActivations& acts,
-                                         const std::vector<std::vector<int32_t>>& expert_rows, ThreadPool& pool, double damp) {
+                                         const std::vector<std::vector<int32_t>>& expert_rows, ThreadPool& pool,
+                                         const GptqOptions& options) {
   // Work items: the attention input's modules (q/k/v), o_proj, and each expert (w1/w3, then w2 on
   // the SwiGLU of its quantized w1/w3, as it will run).
   std::map<std::pair<int, int>, std::vector<size_t>> groups;  // (kind, expert) → jobs; kind 0 attn in, 1 attn out, 2 expert
@@ -115,7 +116,7 @@ std::vector<GptqModuleResult> gptq_layer(const std::vector<GptqJob>& jobs, const
         const int64_t cols = jobs[members.front()].w->cols;
         if (int64_t(src.size()) != acts.tokens * cols)
           fail<Error>("GPTQ {}: {} input values for {} tokens × {} columns", jobs[members.front()].name, src.size(), acts.tokens, cols);
-        run_jobs(jobs, members, gather(src, cols, {}, acts.tokens), acts.tokens, out, damp);
+        run_jobs(jobs, members, gather(src, cols, {}, acts.tokens), acts.tokens, out, options);
         continue;
       }
       std::vector<size_t> in, mid;
@@ -126,7 +127,7 @@ std::vector<GptqModuleResult> gptq_layer(const std::vector<GptqJob>& jobs, const
       const int64_t H = gate.cols, I = gate.rows;
       const std::vector<float> x = gather(acts.moe_in, H, rows, acts.tokens);
       const int64_t n = rows.empty() ? acts.tokens : int64_t(rows.size());
-      run_jobs(jobs, in, x, n, out, damp);
+      run_jobs(jobs, in, x, n, out, options);
       if (mid.empty()) continue;
       // w2's inputs through w1/w3 as the quantized model computes them (quantized where they are).
       const GptqJob& j2 = jobs[mid.front()];
@@ -135,7 +136,7 @@ std::vector<GptqModuleResult> gptq_layer(const std::vector<GptqJob>& jobs, const
         if (jobs[m].w == j2.gate) g = dequantized(out[m], *jobs[m].w, jobs[m].target);
         if (jobs[m].w == j2.up) u = dequantized(out[m], *jobs[m].w, jobs[m].target);
       }
-      run_jobs(jobs, mid, swiglu(x, n, g, u, I, H), n, out, damp);
+      run_jobs(jobs, mid, swiglu(x, n, g, u, I, H), n, out, options);
     }
   });
   return out;

@@ -40,6 +40,7 @@ struct GptqModuleResult {
 
 // `expert_rows[e]`: the token rows expert e sees (empty: every token).
 std::vector<GptqModuleResult> gptq_layer(const std::vector<GptqJob>& jobs, const LayerActivations& acts,
-                                         const std::vector<std::vector<int32_t>>& expert_rows, ThreadPool& pool, double damp);
+                                         const std::vector<std::vector<int32_t>>& expert_rows, ThreadPool& pool,
+                                         const GptqOptions& options);
 
 }  // namespace m2

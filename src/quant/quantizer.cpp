@@ -221,6 +221,7 @@ void Quantizer::plan_modules() {
     }
   }
   if (in_->lm_head.data == in_->embed.data) module_of_weight_.erase("lm_head.weight");  // tied: nothing of its own
+  if (o_.gptq_act_order && !o_.gptq) fail<InvalidArgument>("--gptq-act-order orders GPTQ's columns: add --gptq");
   // The exclusion list the configs carry: the recipe's, plus kept layers and --ignore patterns.
   exclusions_ = recipe_.base_exclusions;
   const bool ct = recipe_.layout != StoredLayout::Nvfp4ModelOpt;
@@ -307,6 +308,7 @@ ojson Quantizer::options_json() const {
   j["max_shard_size"] = o_.max_shard_size;
   j["gptq"] = o_.gptq;
   if (o_.gptq) j["gptq_damp"] = o_.gptq_damp;
+  if (o_.gptq && o_.gptq_act_order) j["gptq_act_order"] = true;
   return j;
 }
 
@@ -430,7 +432,10 @@ void Quantizer::gptq_layer_pass(int l, const LayerActivations& acts, const std::
     jobs.push_back(std::move(j));
     index.push_back(i);
   }
-  const auto results = gptq_layer(jobs, acts, routed, backend_.pool(), o_.gptq_damp);
+  GptqOptions gptq_options;
+  gptq_options.damp = o_.gptq_damp;
+  gptq_options.act_order = o_.gptq_act_order;
+  const auto results = gptq_layer(jobs, acts, routed, backend_.pool(), gptq_options);
   std::vector<TensorToWrite> tensors;
   ojson proxy = ojson::object();
   for (size_t k = 0; k < jobs.size(); ++k) {
@@ -712,7 +717,7 @@ void Quantizer::finish() {
     }
     ojson g = ojson::object();
     for (const auto& [k, v] : gain) g[k] = {{"mean_output_error_reduction", v.first / v.second}, {"modules", v.second}};
-    rep["gptq"] = {{"damp", o_.gptq_damp}, {"modules_needing_more_damping", raised}, {"modules_with_fewer_tokens_than_inputs", thin},
+    rep["gptq"] = {{"damp", o_.gptq_damp}, {"act_order", o_.gptq_act_order}, {"modules_needing_more_damping", raised}, {"modules_with_fewer_tokens_than_inputs", thin},
                    {"groups", g}};
     if (thin)
       notices_.push_back(fmt::format("GPTQ: {} modules saw fewer calibration tokens than they have inputs: their Hessians are "

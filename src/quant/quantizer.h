@@ -27,6 +27,7 @@ struct QuantizeOptions {
   bool activation_weighted = false;     // Mse: errors weighted by the calibration inputs' per-column energy
   bool gptq = false;                    // GPTQ: rounding errors spread by the inputs' inverse Hessian (needs calibration)
   double gptq_damp = 0.01;              // relative damping of the Hessian
+  bool gptq_act_order = false;          // GPTQ: columns by decreasing input energy
   MxRule mx_rule = MxRule::CompressedTensors;
   size_t max_shard_size = size_t(5) << 30;
   size_t memory_limit = 0;              // bytes for calibration activations (0 = unbounded)

@@ -3,7 +3,9 @@
 // a direct sum.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <random>
 
 #include "core/dtype.h"
@@ -96,6 +98,29 @@ TEST_P(GptqFormats, UncorrelatedInputsGiveRoundToNearest) {
   EXPECT_EQ(s, s2);
 }
 
+// Act order permutes the columns (here by a diagonal H with distinct, shuffled entries): with no error
+// to spread, the codes and scales, written back in stored order, are still round-to-nearest's.
+TEST_P(GptqFormats, ActOrderWithUncorrelatedInputsGivesRoundToNearest) {
+  std::mt19937_64 rng(test::fresh_seed());
+  const int64_t rows = 12, cols = 256;
+  auto w = normal(rng, rows * cols, 0.05f);
+  const GptqTarget t = target_for(GetParam(), w);
+  const int g = t.format == GptqTarget::Format::Nvfp4 ? 16 : 32;
+  std::vector<double> h(static_cast<size_t>(cols * cols), 0.0);
+  std::vector<int64_t> energy(static_cast<size_t>(cols));
+  std::iota(energy.begin(), energy.end(), int64_t(1));
+  std::shuffle(energy.begin(), energy.end(), rng);
+  for (int64_t i = 0; i < cols; ++i) h[size_t(i * cols + i)] = double(energy[size_t(i)]);
+  std::vector<uint8_t> p(size_t(rows * cols / 2)), s(size_t(rows * cols / g)), p2(p.size()), s2(s.size());
+  GptqOptions o;
+  o.act_order = true;
+  gptq_quantize(w.data(), rows, cols, h, t, p.data(), s.data(), o);
+  if (t.format == GptqTarget::Format::Nvfp4) quantize_nvfp4(w.data(), rows, cols, t.ws2, ScaleSearch::Max, nullptr, p2.data(), s2.data());
+  else quantize_mxfp4(w.data(), rows, cols, t.rule, ScaleSearch::Max, nullptr, p2.data(), s2.data());
+  EXPECT_EQ(p, p2);
+  EXPECT_EQ(s, s2);
+}
+
 TEST_P(GptqFormats, CorrelatedInputsLowerTheOutputError) {
   std::mt19937_64 rng(test::fresh_seed());
   const int64_t rows = 48, cols = 256, n = 1024;
@@ -116,6 +141,7 @@ TEST_P(GptqFormats, CorrelatedInputsLowerTheOutputError) {
   std::vector<double> h;
   accumulate_gram(x.data(), n, cols, {}, h);
   std::vector<uint8_t> p(size_t(rows * cols / 2)), s(size_t(rows * cols / g)), p2(p.size()), s2(s.size());
+  std::vector<double> h_act = h;
   const GptqResult res = gptq_quantize(w.data(), rows, cols, h, t, p.data(), s.data());
   if (t.format == GptqTarget::Format::Nvfp4) quantize_nvfp4(w.data(), rows, cols, t.ws2, ScaleSearch::Max, nullptr, p2.data(), s2.data());
   else quantize_mxfp4(w.data(), rows, cols, t.rule, ScaleSearch::Max, nullptr, p2.data(), s2.data());
@@ -126,6 +152,15 @@ TEST_P(GptqFormats, CorrelatedInputsLowerTheOutputError) {
   EXPECT_LT(e_gptq, 0.8 * e_rtn);
   EXPECT_LT(res.proxy_after, res.proxy_before);
   EXPECT_NEAR(res.proxy_before / e_rtn, 1.0, 1e-6);  // the proxy is the output error on these inputs
+  // Act order: also below round-to-nearest, and its proxy is its output error too.
+  std::vector<uint8_t> p3(p.size()), s3(s.size());
+  GptqOptions o;
+  o.act_order = true;
+  const GptqResult act = gptq_quantize(w.data(), rows, cols, h_act, t, p3.data(), s3.data(), o);
+  const double e_act = output_error(x, n, w, dequant(p3, s3, rows, cols, t), rows, cols);
+  std::printf("act order: output error %.4g (%.0f%% below round-to-nearest)\n", e_act, 100 * (1 - e_act / e_rtn));
+  EXPECT_LT(e_act, 0.8 * e_rtn);
+  EXPECT_NEAR(act.proxy_after / e_act, 1.0, 1e-6);
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, GptqFormats, ::testing::Values(GptqTarget::Format::Nvfp4, GptqTarget::Format::Mxfp4),

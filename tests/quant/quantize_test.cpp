@@ -183,14 +183,17 @@ TEST(Quantize, GptqLowersTheOutputErrorAndResumes) {
     }
     std::ofstream(calib) << seqs.dump();
   }
-  for (const std::string recipe : {"nvfp4-ct", "mxfp4-experts"}) {
-    QuantizeOptions o = options(in, tmp.path / (recipe + "-gptq"), recipe);
+  for (const auto& [recipe, act_order] : std::vector<std::pair<std::string, bool>>{
+           {"nvfp4-ct", false}, {"mxfp4-experts", false}, {"mxfp4-experts", true}}) {
+    QuantizeOptions o = options(in, tmp.path / (recipe + "-gptq" + (act_order ? "-act" : "")), recipe);
     o.calib = {calib.string()};
     o.calib_seq_len = 256;
     o.gptq = true;
+    o.gptq_act_order = act_order;
     quantize(o);
     const json rep = read_json_file(o.out_dir / "quantization_report.json");
     ASSERT_TRUE(rep.contains("gptq")) << rep.dump();
+    EXPECT_EQ(rep["gptq"]["act_order"].get<bool>(), act_order);
     for (const auto& [group, g] : rep["gptq"]["groups"].items())
       EXPECT_GT(g["mean_output_error_reduction"].get<double>(), 0.1) << recipe << " " << group;
     EXPECT_EQ(rep["gptq"]["groups"].contains("attention"), recipe == "nvfp4-ct");
@@ -412,6 +415,9 @@ TEST(Quantize, BadInputIsAClearError) {
   o = options(bf16, tmp.path / "h", "mxfp4-experts");
   o.gptq = true;
   expect_error(o, "--gptq works from the calibration");
+  o = options(bf16, tmp.path / "j", "mxfp4-experts");
+  o.gptq_act_order = true;
+  expect_error(o, "--gptq-act-order orders GPTQ's columns: add --gptq");
   o = options(bf16, tmp.path / "f", "nvfp4-ct");
   std::ofstream(tmp.path / "bad.json") << "[[1, 2, 99999]]";
   o.calib = {(tmp.path / "bad.json").string()};
