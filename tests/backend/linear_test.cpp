@@ -131,11 +131,11 @@ TEST(Linear, Q8ActivationsWithinTheirRoundingBound) {
   // one chunk).
   for (auto format : {WeightFormat::Nvfp4, WeightFormat::Mxfp4})
     for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{37, 96}, {19, 320}, {64, 3072}, {9, 1536}, {5, 8256}, {7, 8224}})
-      for (int64_t tokens : {1, 2, 3, 4, 6}) {  // 6: the fp32 tiles on the rounded x
+      for (int64_t tokens : {1, 2, 3, 4, 6, 13, 16, 17}) {  // 5-16: Q8 rows in groups of 4; 17: fp32 tiles on the rounded x
         auto w = test::random_weight(format, DType::U8, rows, cols, rng);
         auto x = test::random_floats(rng, size_t(tokens * cols));
         for (size_t i = 0; i < x.size(); i += 97) x[i] *= 20.0f;  // outliers, as activations have
-        ASSERT_EQ(linear_wants_q8(path, Activations::Q8, w.view, tokens), tokens <= 4);
+        ASSERT_EQ(linear_wants_q8(path, Activations::Q8, w.view, tokens), tokens <= kQ8MaxTokens);
         ASSERT_TRUE(linear_rounds_q8(path, Activations::Q8, w.view));
         std::vector<float> got(size_t(tokens * rows)), ref(got.size()), ref_rounded(got.size());
         linear(w.view, x.data(), got.data(), tokens, pool, path, Activations::Q8);
@@ -178,7 +178,8 @@ TEST(Linear, Q8IsNotUsedWhereItDoesNotApply) {
   EXPECT_FALSE(linear_wants_q8(path, Activations::F32, nv.view, 1));      // exact requested
   EXPECT_FALSE(linear_wants_q8(LinearPath::Generic, Activations::Q8, nv.view, 1));    // portable path
   EXPECT_FALSE(linear_wants_q8(path, Activations::Q8, bf.view, 1));       // not FP4
-  EXPECT_FALSE(linear_wants_q8(path, Activations::Q8, nv.view, 5));       // prefill: fp32 tiles
+  EXPECT_TRUE(linear_wants_q8(path, Activations::Q8, nv.view, 16));       // an expert's share of a prefill
+  EXPECT_FALSE(linear_wants_q8(path, Activations::Q8, nv.view, 17));      // longer prefill: fp32 tiles
   EXPECT_TRUE(linear_rounds_q8(path, Activations::Q8, nv.view));          // ... on the rounded x
   EXPECT_FALSE(linear_rounds_q8(path, Activations::Q8, bf.view));
   EXPECT_FALSE(linear_wants_q8(path, Activations::Q8, nv48.view, 1));     // cols % 32 != 0

@@ -112,7 +112,7 @@ bool linear_rounds_q8(LinearPath path, Activations act, const WeightView& w) {
 }
 
 bool linear_wants_q8(LinearPath path, Activations act, const WeightView& w, int64_t tokens) {
-  return tokens <= 4 && linear_rounds_q8(path, act, w);
+  return tokens <= kQ8MaxTokens && linear_rounds_q8(path, act, w);
 }
 
 int64_t linear_grain(LinearPath path, const WeightView& w, int64_t tokens) {
@@ -146,7 +146,19 @@ void deinterleave_pairs(const float* x, int64_t tokens, int64_t K, float* out) {
 }
 
 void linear_rows(LinearPath path, const LinearJob& job, int64_t r0, int64_t r1) {
-  if (job.xq) return path == LinearPath::Neon ? detail::rows_q8_neon(job, r0, r1) : detail::rows_q8_avx2(job, r0, r1);
+  if (job.xq) {  // the Q8 kernels take 1-4 tokens: more run in groups of 4 over the same rows
+    const int64_t rb = q8_row_bytes(job.w->cols);
+    for (int64_t t0 = 0; t0 < job.tokens; t0 += 4) {
+      LinearJob group = job;
+      group.tokens = std::min<int64_t>(4, job.tokens - t0);
+      group.x = job.x + t0 * job.w->cols;
+      group.xq = job.xq + t0 * rb;
+      group.y = job.y + t0 * job.ldy;
+      if (path == LinearPath::Neon) detail::rows_q8_neon(group, r0, r1);
+      else detail::rows_q8_avx2(group, r0, r1);
+    }
+    return;
+  }
   switch (path) {
     case LinearPath::Neon: return detail::rows_neon(job, r0, r1);
     case LinearPath::Avx512: return detail::rows_avx512(job, r0, r1);

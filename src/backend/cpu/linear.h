@@ -19,7 +19,7 @@ enum class LinearPath {
 // Auto → the best path of this CPU; a path the CPU cannot run is an InvalidArgument.
 LinearPath resolve_linear_path(LinearPath requested);
 
-// The activation precision of the FP4 products at 1-4 tokens (decode).
+// The activation precision of the FP4 products.
 enum class Activations {
   F32,  // exact: fp32 activations × decoded weights, fp32 accumulation (the reference; eval's default)
   Q8,   // x rounded to int8 per 32-column block (scale max|x|/127, as llama.cpp's Q8_0), then
@@ -43,9 +43,12 @@ void linear(const WeightView& w, const float* x, float* y, int64_t tokens, Threa
 int64_t q8_row_bytes(int64_t cols);
 void quantize_q8_rows(const float* x, int64_t tokens, int64_t cols, uint8_t* out);
 // Whether a product with these activations sees x rounded to Q8 (FP4 weights on the AVX2/AVX-512
-// paths): at 1-4 tokens linear_rows runs it from Q8 rows (linear_wants_q8; the caller fills
-// LinearJob::xq), at 5+ the fp32 tiles run on round_q8(x), so that a request's products do not
-// depend on how many tokens its batch put through an expert.
+// paths, NEON with dotprod): at 1-kQ8MaxTokens tokens linear_rows runs it from Q8 rows
+// (linear_wants_q8; the caller fills LinearJob::xq; past 4 tokens in groups of 4 over each row range,
+// whose weights are then read from L1), beyond that the fp32 tiles run on round_q8(x), so that a
+// request's products do not depend on how many tokens its batch put through an expert. (An expert
+// of a 512-token prefill sees ~16 tokens: integer dots do 4× the work of an FMA per instruction.)
+constexpr int64_t kQ8MaxTokens = 16;
 bool linear_rounds_q8(LinearPath path, Activations act, const WeightView& w);
 bool linear_wants_q8(LinearPath path, Activations act, const WeightView& w, int64_t tokens);
 // x [tokens, cols] → the values the Q8 rows stand for (q · scale), in column order.
