@@ -82,43 +82,37 @@ GptqTarget target_for(GptqTarget::Format format, const std::vector<float>& w) {
   return t;
 }
 
-TEST_P(GptqFormats, UncorrelatedInputsGiveRoundToNearest) {
-  std::mt19937_64 rng(test::fresh_seed());
-  const int64_t rows = 20, cols = 256;
+// With a diagonal H (uncorrelated inputs, energies `diag`) there is no error to spread: GPTQ's codes
+// and scales, written back in stored order, are round-to-nearest's.
+void expect_round_to_nearest(GptqTarget::Format f, const std::vector<double>& diag, bool act_order, std::mt19937_64& rng) {
+  const int64_t rows = 16, cols = int64_t(diag.size());
   auto w = normal(rng, rows * cols, 0.05f);
-  const GptqTarget t = target_for(GetParam(), w);
+  const GptqTarget t = target_for(f, w);
   const int g = t.format == GptqTarget::Format::Nvfp4 ? 16 : 32;
   std::vector<double> h(static_cast<size_t>(cols * cols), 0.0);
-  for (int64_t i = 0; i < cols; ++i) h[size_t(i * cols + i)] = 3.0;
-  std::vector<uint8_t> p(size_t(rows * cols / 2)), s(size_t(rows * cols / g)), p2(p.size()), s2(s.size());
-  gptq_quantize(w.data(), rows, cols, h, t, p.data(), s.data());
-  if (t.format == GptqTarget::Format::Nvfp4) quantize_nvfp4(w.data(), rows, cols, t.ws2, ScaleSearch::Max, nullptr, p2.data(), s2.data());
-  else quantize_mxfp4(w.data(), rows, cols, t.rule, ScaleSearch::Max, nullptr, p2.data(), s2.data());
-  EXPECT_EQ(p, p2);
-  EXPECT_EQ(s, s2);
-}
-
-// Act order permutes the columns (here by a diagonal H with distinct, shuffled entries): with no error
-// to spread, the codes and scales, written back in stored order, are still round-to-nearest's.
-TEST_P(GptqFormats, ActOrderWithUncorrelatedInputsGivesRoundToNearest) {
-  std::mt19937_64 rng(test::fresh_seed());
-  const int64_t rows = 12, cols = 256;
-  auto w = normal(rng, rows * cols, 0.05f);
-  const GptqTarget t = target_for(GetParam(), w);
-  const int g = t.format == GptqTarget::Format::Nvfp4 ? 16 : 32;
-  std::vector<double> h(static_cast<size_t>(cols * cols), 0.0);
-  std::vector<int64_t> energy(static_cast<size_t>(cols));
-  std::iota(energy.begin(), energy.end(), int64_t(1));
-  std::shuffle(energy.begin(), energy.end(), rng);
-  for (int64_t i = 0; i < cols; ++i) h[size_t(i * cols + i)] = double(energy[size_t(i)]);
+  for (int64_t i = 0; i < cols; ++i) h[size_t(i * cols + i)] = diag[size_t(i)];
   std::vector<uint8_t> p(size_t(rows * cols / 2)), s(size_t(rows * cols / g)), p2(p.size()), s2(s.size());
   GptqOptions o;
-  o.act_order = true;
+  o.act_order = act_order;
   gptq_quantize(w.data(), rows, cols, h, t, p.data(), s.data(), o);
   if (t.format == GptqTarget::Format::Nvfp4) quantize_nvfp4(w.data(), rows, cols, t.ws2, ScaleSearch::Max, nullptr, p2.data(), s2.data());
   else quantize_mxfp4(w.data(), rows, cols, t.rule, ScaleSearch::Max, nullptr, p2.data(), s2.data());
-  EXPECT_EQ(p, p2);
-  EXPECT_EQ(s, s2);
+  EXPECT_EQ(p, p2) << "act order " << act_order;
+  EXPECT_EQ(s, s2) << "act order " << act_order;
+}
+
+TEST_P(GptqFormats, UncorrelatedInputsGiveRoundToNearest) {
+  std::mt19937_64 rng(test::fresh_seed());
+  expect_round_to_nearest(GetParam(), std::vector<double>(256, 3.0), false, rng);
+}
+
+// Act order permutes the columns, here by distinct, shuffled energies.
+TEST_P(GptqFormats, ActOrderWithUncorrelatedInputsGivesRoundToNearest) {
+  std::mt19937_64 rng(test::fresh_seed());
+  std::vector<double> energy(256);
+  std::iota(energy.begin(), energy.end(), 1.0);
+  std::shuffle(energy.begin(), energy.end(), rng);
+  expect_round_to_nearest(GetParam(), energy, true, rng);
 }
 
 TEST_P(GptqFormats, CorrelatedInputsLowerTheOutputError) {
