@@ -180,6 +180,8 @@ TEST(Linear, Q8IsNotUsedWhereItDoesNotApply) {
   EXPECT_FALSE(linear_wants_q8(path, Activations::Q8, bf.view, 1));       // not FP4
   EXPECT_TRUE(linear_wants_q8(path, Activations::Q8, nv.view, 16));       // an expert's share of a prefill
   EXPECT_FALSE(linear_wants_q8(path, Activations::Q8, nv.view, 17));      // longer prefill: fp32 tiles
+  EXPECT_TRUE(linear_wants_q8(LinearPath::Avx512, Activations::Q8, nv.view, 4));
+  EXPECT_FALSE(linear_wants_q8(LinearPath::Avx512, Activations::Q8, nv.view, 5));  // AVX-512 tiles from 5 on
   EXPECT_TRUE(linear_rounds_q8(path, Activations::Q8, nv.view));          // ... on the rounded x
   EXPECT_FALSE(linear_rounds_q8(path, Activations::Q8, bf.view));
   EXPECT_FALSE(linear_wants_q8(path, Activations::Q8, nv48.view, 1));     // cols % 32 != 0

@@ -112,7 +112,9 @@ bool linear_rounds_q8(LinearPath path, Activations act, const WeightView& w) {
 }
 
 bool linear_wants_q8(LinearPath path, Activations act, const WeightView& w, int64_t tokens) {
-  return tokens <= kQ8MaxTokens && linear_rounds_q8(path, act, w);
+  // AVX-512 keeps its 8 × 32 fp32 tiles from 5 tokens on: Q8 groups were measured against the AVX2
+  // tiles only (no AVX-512 host was available).
+  return tokens <= (path == LinearPath::Avx512 ? 4 : kQ8MaxTokens) && linear_rounds_q8(path, act, w);
 }
 
 int64_t linear_grain(LinearPath path, const WeightView& w, int64_t tokens) {
