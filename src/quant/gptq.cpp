@@ -171,7 +171,6 @@ GptqResult gptq_quantize(const float* w0, int64_t rows, int64_t cols, std::vecto
       cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(cols - i1), int(B), -1.0, E.data(), block,
                   U.data() + i0 * cols + i1, int(cols), 1.0, W.data() + i1, int(cols));
   }
-  const int64_t sc_stride = nblocks;
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t k = 0; k < cols; k += 2)
       packed[r * (cols / 2) + k / 2] = uint8_t(codes[size_t(r * cols + k)] | (codes[size_t(r * cols + k + 1)] << 4));
@@ -179,10 +178,7 @@ GptqResult gptq_quantize(const float* w0, int64_t rows, int64_t cols, std::vecto
   std::vector<float> q(static_cast<size_t>(rows * cols));
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c)
-      q[size_t(r * cols + c)] = float(double(e2m1_to_f32(codes[size_t(r * cols + c)])) *
-                                      (t.format == GptqTarget::Format::Nvfp4
-                                           ? double(e4m3_to_f32(scales[r * sc_stride + c / g])) * t.ws2
-                                           : std::ldexp(1.0, int(scales[r * sc_stride + c / g]) - 127)));
+      q[size_t(r * cols + c)] = float(double(e2m1_to_f32(codes[size_t(r * cols + c)])) * mult[size_t(r * nblocks + c / g)]);
   res.proxy_before = proxy_error(w0, rtn(w0, rows, cols, t), rows, cols, hess);
   res.proxy_after = proxy_error(w0, q, rows, cols, hess);
   return res;
