@@ -74,6 +74,57 @@ TEST(Linear, Fp8RaggedEdgeBlocksAndSmallBlocks) {
   }
 }
 
+// Every E4M3 code but NaN, one code per row (subnormals, the largest exponents and both signs each
+// get rows of their own, so a code decoded wrongly cannot hide in a sum of larger ones), against the
+// reference row by row, at 1-4 tokens (the gemv paths) and 5 (tiles); x spans 2^-20..2^20 so that
+// products cover the range the kernels rescale.
+TEST(Linear, Fp8EveryE4m3CodeRowByRow) {
+  std::mt19937_64 rng(test::fresh_seed());
+  ThreadPool pool(2);
+  const int64_t cols = 288;  // two 128-column blocks and a 32-column one
+  std::vector<uint8_t> codes;
+  for (int c = 0; c < 256; ++c)
+    if ((c & 0x7F) != 0x7F) codes.push_back(uint8_t(c));
+  const int64_t rows = int64_t(codes.size());
+  std::vector<uint8_t> data(size_t(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c)  // mostly the row's code, one column in 7 a neighbour code
+      data[size_t(r * cols + c)] = c % 7 == 3 ? codes[size_t((r + 1) % rows)] : codes[size_t(r)];
+  const int64_t block = 128, srows = (rows + block - 1) / block, scols = (cols + block - 1) / block;
+  std::vector<uint8_t> scales(size_t(4 * srows * scols));
+  std::uniform_real_distribution<float> log_scale(-12.0f, 4.0f);
+  for (int64_t i = 0; i < srows * scols; ++i) {
+    const float s = std::exp2(log_scale(rng));
+    std::memcpy(scales.data() + 4 * i, &s, 4);
+  }
+  WeightView w{"every_e4m3_code", WeightFormat::Fp8Block, DType::F8_E4M3, rows, cols, data.data(), cols,
+               scales.data(), scols, block, block, 1.0f, 0};
+  std::uniform_real_distribution<float> log_x(-20.0f, 20.0f);
+  for (int64_t tokens : {1, 2, 3, 4, 5}) {
+    std::vector<float> x(size_t(tokens * cols));
+    for (auto& v : x) v = (rng() % 2 ? 1.0f : -1.0f) * std::exp2(log_x(rng));
+    std::vector<float> ref(size_t(tokens * rows)), got(size_t(tokens * rows));
+    linear_ref(w, x.data(), ref.data(), tokens);
+    std::vector<LinearPath> paths = {LinearPath::Generic};
+    if (cpu_features().avx2_fma_f16c) paths.push_back(LinearPath::Avx2);
+    if (cpu_features().avx512) paths.push_back(LinearPath::Avx512);
+    if (cpu_features().neon) paths.push_back(LinearPath::Neon);
+    for (auto path : paths) {
+      std::fill(got.begin(), got.end(), NAN);
+      linear(w, x.data(), got.data(), tokens, pool, path);
+      for (int64_t t = 0; t < tokens; ++t)
+        for (int64_t r = 0; r < rows; ++r) {
+          // fp32 accumulation of the row's products: within 2e-6 of Σ|x·w| (the reference is double).
+          double mag = 0;
+          for (int64_t c = 0; c < cols; ++c) mag += std::fabs(double(x[size_t(t * cols + c)]) * weight_element_ref(w, r, c));
+          const size_t i = size_t(t * rows + r);
+          EXPECT_LE(std::fabs(double(got[i]) - ref[i]), 2e-6 * mag)
+              << "path " << int(path) << " tokens " << tokens << " row " << r << " code 0x" << std::hex << int(codes[size_t(r)]);
+        }
+    }
+  }
+}
+
 TEST(Linear, Fp4NibbleOrderAndScales) {
   // Hand-built row: low nibble = even column (spec §3.2), scale per 16 (NVFP4) / 32 (MXFP4).
   std::vector<uint8_t> packed(16);

@@ -64,7 +64,7 @@ class CpuBackend final : public Backend {
   std::vector<std::vector<float>> scores_;  // per thread: [q heads per kv head, context] scores + one K/V row
   int64_t reserved_context_ = 0;            // the longest context reserve() was told of
   std::vector<int32_t> expert_fill_;        // [experts] slots filled per expert while permuting
-  std::vector<float> x_deinterleaved_;      // [S, cols] grouped-linear input for the AVX-512 FP4 gemv
+  std::vector<float> x_prepared_;           // [S, cols] grouped-linear input in the kernels' XLayout
   std::vector<uint8_t> x_q8_;               // [S, q8_row_bytes(cols)] grouped-linear input as Q8 rows
   std::vector<float> x_rounded_;            // [S, cols] grouped-linear input rounded to Q8 (5+ rows)
   struct GroupItem {                        // one expert × part of a grouped call

@@ -128,21 +128,30 @@ int64_t linear_grain(LinearPath path, const WeightView& w, int64_t tokens) {
   }
 }
 
-bool linear_wants_deinterleaved(LinearPath path, const WeightView& w, int64_t tokens) {
-  if (path == LinearPath::Avx512 && detail::gemv_avx512_supports(w, tokens)) return w.format != WeightFormat::Fp8Block;
-  return (path == LinearPath::Avx2 || path == LinearPath::Avx512) && detail::gemv_bf16_reads_deinterleaved(w, tokens);
+XLayout linear_x_layout(LinearPath path, const WeightView& w, int64_t tokens) {
+  if (path == LinearPath::Avx512 && detail::gemv_avx512_supports(w, tokens))
+    return w.format == WeightFormat::Fp8Block ? XLayout::Plain : XLayout::Pairs;
+  if (path == LinearPath::Avx2 || path == LinearPath::Avx512) return detail::gemv_avx2_x_layout(w, tokens);
+  return XLayout::Plain;
 }
 
-void deinterleave_pairs(const float* x, int64_t tokens, int64_t K, float* out) {
+void prepare_x(XLayout layout, const float* x, int64_t tokens, int64_t K, float* out) {
+  M2_CHECK(layout != XLayout::Plain, "prepare_x: the plain layout needs no copy");
   for (int64_t t = 0; t < tokens; ++t) {
     const float* xt = x + t * K;
     float* ot = out + t * K;
     int64_t k0 = 0;
-    for (; k0 + 32 <= K; k0 += 32)
-      for (int i = 0; i < 16; ++i) {
-        ot[k0 + i] = xt[k0 + 2 * i];
-        ot[k0 + 16 + i] = xt[k0 + 2 * i + 1];
+    for (; k0 + 32 <= K; k0 += 32) {
+      if (layout == XLayout::Pairs) {
+        for (int i = 0; i < 16; ++i) {
+          ot[k0 + i] = xt[k0 + 2 * i];
+          ot[k0 + 16 + i] = xt[k0 + 2 * i + 1];
+        }
+      } else {
+        for (int q = 0; q < 4; ++q)
+          for (int j = 0; j < 8; ++j) ot[k0 + 8 * q + j] = xt[k0 + 4 * j + q] * kE4m3XScale;
       }
+    }
     for (; k0 < K; ++k0) ot[k0] = xt[k0];
   }
 }
@@ -183,10 +192,10 @@ void linear(const WeightView& w, const float* x, float* y, int64_t tokens, Threa
     if (int64_t(rounded.size()) < tokens * w.cols) rounded.resize(size_t(tokens * w.cols));
     round_q8(x, tokens, w.cols, rounded.data());
     job.x = job.xd = rounded.data();
-  } else if (linear_wants_deinterleaved(path, w, tokens)) {
+  } else if (const XLayout layout = linear_x_layout(path, w, tokens); layout != XLayout::Plain) {
     thread_local std::vector<float> buf;  // grows once; the decode loop then reuses it
     if (int64_t(buf.size()) < tokens * w.cols) buf.resize(size_t(tokens * w.cols));
-    deinterleave_pairs(x, tokens, w.cols, buf.data());
+    prepare_x(layout, x, tokens, w.cols, buf.data());
     job.xd = buf.data();
   }
   pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) { linear_rows(path, job, r0, r1); },

@@ -55,8 +55,8 @@ bool linear_wants_q8(LinearPath path, Activations act, const WeightView& w, int6
 void round_q8(const float* x, int64_t tokens, int64_t cols, float* out);
 
 // One product of a grouped call, computed a row range at a time on the calling thread:
-// y[t * ldy + r] = Σ_c x[t * w.cols + c] · W[r, c] for t < tokens. `xd` is x de-interleaved
-// (deinterleave_pairs) when linear_wants_deinterleaved says so, else unused.
+// y[t * ldy + r] = Σ_c x[t * w.cols + c] · W[r, c] for t < tokens. `xd` is x rearranged by
+// prepare_x in the layout linear_x_layout names, when it names one (else unused).
 struct LinearJob {
   const WeightView* w = nullptr;
   const float* x = nullptr;
@@ -70,9 +70,17 @@ struct LinearJob {
 // matrix-matrix kernels), and end at a multiple of it or at w.rows.
 int64_t linear_grain(LinearPath path, const WeightView& w, int64_t tokens);
 void linear_rows(LinearPath path, const LinearJob& job, int64_t r0, int64_t r1);
-bool linear_wants_deinterleaved(LinearPath path, const WeightView& w, int64_t tokens);
-// x [tokens, cols] → per 32-column block: its 16 even columns, then its 16 odd columns (tail kept).
-void deinterleave_pairs(const float* x, int64_t tokens, int64_t cols, float* out);
+// How a 1-4 token kernel reads x (LinearJob::xd), rearranged once per call so that no weight needs
+// reordering: per 32-column block c0 + [0, 32); columns past the last whole block are copied as is.
+enum class XLayout {
+  Plain,      // xd unused
+  Pairs,      // the 16 even columns, then the 16 odd ones (AVX2 BF16, AVX-512 FP4)
+  E4m3Quads,  // columns 4j, then 4j+1, 4j+2, 4j+3 (j = 0..7), each times kE4m3XScale (AVX2 E4M3)
+};
+constexpr float kE4m3XScale = 0x1p64f;  // see gemv_e4m3_pass: the weights decode as value × 2^-120
+XLayout linear_x_layout(LinearPath path, const WeightView& w, int64_t tokens);
+// x [tokens, cols] → out [tokens, cols] in `layout` (not Plain).
+void prepare_x(XLayout layout, const float* x, int64_t tokens, int64_t cols, float* out);
 
 // Decodes rows [r0, r0 + n) of W into out[n, w.cols] fp32 (embedding lookup, tests).
 void dequant_rows(const WeightView& w, int64_t r0, int64_t n, float* out);
@@ -80,10 +88,14 @@ void dequant_rows(const WeightView& w, int64_t r0, int64_t n, float* out);
 namespace detail {
 // The AVX2 kernels (linear_avx2.cpp); only called when cpu_features().avx2_fma_f16c.
 // 1-4 tokens: gemv over any row range; 5+ tokens: 16-row tiles.
-// BF16 at 1-4 tokens reads job.xd (gemv_bf16_reads_deinterleaved).
+// At 1-4 tokens BF16 and E4M3 read job.xd (gemv_avx2_x_layout).
 void rows_avx2(const LinearJob& job, int64_t r0, int64_t r1);
-inline bool gemv_bf16_reads_deinterleaved(const WeightView& w, int64_t tokens) {
-  return w.format == WeightFormat::Dense && w.dtype == DType::BF16 && tokens >= 1 && tokens <= 4;
+inline XLayout gemv_avx2_x_layout(const WeightView& w, int64_t tokens) {
+  if (tokens < 1 || tokens > 4) return XLayout::Plain;
+  if (w.format == WeightFormat::Dense && w.dtype == DType::BF16) return XLayout::Pairs;
+  // E4M3 blocks of whole 32-column chunks (simd_cols); other block widths take the scalar loop.
+  if (w.format == WeightFormat::Fp8Block && w.dtype == DType::F8_E4M3 && w.block_cols % 32 == 0) return XLayout::E4m3Quads;
+  return XLayout::Plain;
 }
 constexpr int64_t kAvx2TileRows = 16;
 // FP4 gemv over Q8 rows (linear_q8_avx2.cpp): 1-4 tokens, cols % 32 == 0.

@@ -148,7 +148,7 @@ inline void gemv_pass(const WeightView& w, const float* x, float* y, int64_t ldy
     }
 }
 
-// BF16 over x de-interleaved per 32-column block (deinterleave_pairs: 16 even columns, then 16 odd):
+// BF16 over x in XLayout::Pairs (per 32-column block: 16 even columns, then 16 odd):
 // 16 weights are one 32-byte load whose 32-bit lanes hold an even column in the low half and the next
 // odd column in the high half, so `<< 16` gives the even columns as fp32 and `& 0xFFFF0000` the odd
 // ones. 3 instructions per 16 weights and row before the FMAs (the zero-extend path takes 6), which
@@ -194,11 +194,79 @@ inline void gemv_bf16_pass(const WeightView& w, const float* x, const float* xd,
     }
 }
 
+// E4M3 over x in XLayout::E4m3Quads (columns 4j, 4j+1, 4j+2, 4j+3 of each 32-column block, times
+// 2^64). One 32-byte load holds 32 weights, four per 32-bit lane. A byte moved to bits 24-31 (it is
+// there already for 4j+3; << 8, 16, 24 on 16-bit or 32-bit lanes for the others) and shifted
+// arithmetically right by 4 lands its sign in bit 31 and its exponent and mantissa in bits 20-26:
+// clearing the sign's copies in bits 27-30 leaves the fp32 of value × 2^-120, exact for E4M3's
+// subnormals too (they become fp32 subnormals). 9 integer instructions per 32 weights and no
+// conversion; the F16 route (decode_raw) took 2 vcvtph2ps per 8 weights, which made FP8 the slowest
+// format per byte. x carries 2^64 so that products stay fp32-normal (a value × 2^-120 times a small x
+// would not), and each block's scale the remaining 2^56 (the scale is applied once per block).
+template <int T, int R>
+inline void gemv_e4m3_pass(const WeightView& w, const float* x, const float* xq, float* y, int64_t ldy, int64_t r,
+                           int64_t Ks) {
+  constexpr float kScaleRest = 0x1p120f / kE4m3XScale;
+  const int64_t Kc = w.cols, bc = w.block_cols;
+  const __m256i keep = _mm256_set1_epi32(int(0x87F00000u));  // sign + exponent/mantissa bits 20-26
+  const uint8_t* rows[R];
+  const uint8_t* scale_rows[R];  // float scales, [cols / block_cols] per block row
+  for (int i = 0; i < R; ++i) {
+    rows[i] = w.data + (r + i) * w.row_bytes;
+    scale_rows[i] = w.scales + 4 * ((r + i) / w.block_rows * w.scale_stride);
+  }
+  const int64_t ahead = 2 * R * w.row_bytes;  // the next passes' rows, as in gemv_pass
+  const bool prefetch = r + 2 * R < w.rows;
+  __m256 acc[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+  for (int64_t k0 = 0; k0 < Ks; k0 += bc) {
+    __m256 part[R][T][2];  // this scale block's sums: two chains per (row, token)
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) part[i][t][0] = part[i][t][1] = _mm256_setzero_ps();
+    const int64_t k1 = k0 + bc < Ks ? k0 + bc : Ks;
+    for (int64_t k = k0; k < k1; k += kChunk) {
+      if (prefetch && k % 64 == 0)
+        for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + k + ahead), _MM_HINT_T0);
+      for (int i = 0; i < R; ++i) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[i] + k));
+        const __m256i odd = _mm256_srai_epi16(v, 4);                           // 4j+1, 4j+3 in bits 8-15, 24-31
+        const __m256i even = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 4);  // 4j, 4j+2
+        const __m256 c0 = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(even, 16), keep));
+        const __m256 c1 = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(odd, 16), keep));
+        const __m256 c2 = _mm256_castsi256_ps(_mm256_and_si256(even, keep));
+        const __m256 c3 = _mm256_castsi256_ps(_mm256_and_si256(odd, keep));
+        for (int t = 0; t < T; ++t) {
+          const float* xt = xq + t * Kc + k;
+          __m256 &p = part[i][t][0], &q = part[i][t][1];
+          p = _mm256_fmadd_ps(c0, _mm256_loadu_ps(xt), p);
+          q = _mm256_fmadd_ps(c1, _mm256_loadu_ps(xt + 8), q);
+          p = _mm256_fmadd_ps(c2, _mm256_loadu_ps(xt + 16), p);
+          q = _mm256_fmadd_ps(c3, _mm256_loadu_ps(xt + 24), q);
+        }
+      }
+    }
+    for (int i = 0; i < R; ++i) {
+      float s;
+      __builtin_memcpy(&s, scale_rows[i] + 4 * (k0 / bc), 4);
+      const __m256 sv = _mm256_set1_ps(s * kScaleRest);
+      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_fmadd_ps(_mm256_add_ps(part[i][t][0], part[i][t][1]), sv, acc[i][t]);
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) {
+      float s = hsum(acc[i][t]);
+      for (int64_t k = Ks; k < Kc; ++k) s += x[t * Kc + k] * weight_element_ref(w, r + i, k);
+      y[t * ldy + r + i] = s;
+    }
+}
+
 template <Kind K, int T>
 void gemv_rows(const WeightView& w, const float* x, const float* xd, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   const int64_t Ks = simd_cols(w);
   for_row_blocks<T == 1 ? 4 : 2>(r0, r1, [&](int64_t r, auto n) {
     if constexpr (K == Kind::Bf16) gemv_bf16_pass<T, decltype(n)::value>(w, x, xd, y, ldy, r, Ks);
+    else if constexpr (K == Kind::E4m3) gemv_e4m3_pass<T, decltype(n)::value>(w, x, xd, y, ldy, r, Ks);
     else gemv_pass<K, T, decltype(n)::value>(w, x, y, ldy, r, Ks);
   });
 }

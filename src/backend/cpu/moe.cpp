@@ -106,7 +106,8 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
   float* yp = y.ptr<float>();
   const float* xd = xp;
   group_items_.clear();  // capacity kept: no allocation once warmed up
-  bool deinterleave = false, q8 = false, rounded = false;
+  XLayout layout = XLayout::Plain;  // of every product that reads a rearranged x (one format per weight)
+  bool q8 = false, rounded = false;
   for (int64_t e = 0; e < w.experts; ++e) {
     const int64_t n = off[e + 1] - off[e];
     if (n < 0) fail<InvalidArgument>("grouped_linear: offsets decrease at expert {}", e);
@@ -119,17 +120,21 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
       const bool wants_q8 = linear_wants_q8(path_, act_, v, n), rounds = !wants_q8 && linear_rounds_q8(path_, act_, v);
       q8 |= wants_q8;
       rounded |= rounds;
-      deinterleave |= !wants_q8 && linear_wants_deinterleaved(path_, v, n);
+      if (const XLayout l = wants_q8 ? XLayout::Plain : linear_x_layout(path_, v, n); l != XLayout::Plain) {
+        if (layout != XLayout::Plain && layout != l)
+          fail<InvalidArgument>("grouped_linear: {} reads its input in another layout than the group's other parts", v.name);
+        layout = l;
+      }
       LinearJob job{&v, xp + int64_t(off[e]) * w.cols, nullptr, nullptr, yp + int64_t(off[e]) * w.rows + row0, w.rows, n};
       group_items_.push_back({job, grain, (v.rows + grain - 1) / grain, double(grain) * double(4 + n), wants_q8, rounds});
       row0 += v.rows;
     }
     if (row0 != w.rows) fail<InvalidArgument>("grouped_linear: expert {} has {} rows, expected {}", e, row0, w.rows);
   }
-  if (deinterleave) {
-    if (int64_t(x_deinterleaved_.size()) < S * w.cols) x_deinterleaved_.resize(size_t(S * w.cols));
-    deinterleave_pairs(xp, S, w.cols, x_deinterleaved_.data());
-    xd = x_deinterleaved_.data();
+  if (layout != XLayout::Plain) {
+    if (int64_t(x_prepared_.size()) < S * w.cols) x_prepared_.resize(size_t(S * w.cols));
+    prepare_x(layout, xp, S, w.cols, x_prepared_.data());
+    xd = x_prepared_.data();
   }
   if (rounded) {  // experts with 5+ rows: the fp32 tiles on the Q8-rounded input
     if (int64_t(x_rounded_.size()) < S * w.cols) x_rounded_.resize(size_t(S * w.cols));
