@@ -207,6 +207,7 @@ template <int T, int R>
 inline void gemv_e4m3_pass(const WeightView& w, const float* x, const float* xq, float* y, int64_t ldy, int64_t r,
                            int64_t Ks) {
   constexpr float kScaleRest = 0x1p120f / kE4m3XScale;
+  constexpr int A = T * R <= 4 ? 2 : 1;  // chains per (row, token): two while registers allow
   const int64_t Kc = w.cols, bc = w.block_cols;
   const __m256i keep = _mm256_set1_epi32(int(0x87F00000u));  // sign + exponent/mantissa bits 20-26
   const uint8_t* rows[R];
@@ -221,9 +222,10 @@ inline void gemv_e4m3_pass(const WeightView& w, const float* x, const float* xq,
   for (int i = 0; i < R; ++i)
     for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
   for (int64_t k0 = 0; k0 < Ks; k0 += bc) {
-    __m256 part[R][T][2];  // this scale block's sums: two chains per (row, token)
+    __m256 part[R][T][A];  // this scale block's sums
     for (int i = 0; i < R; ++i)
-      for (int t = 0; t < T; ++t) part[i][t][0] = part[i][t][1] = _mm256_setzero_ps();
+      for (int t = 0; t < T; ++t)
+        for (int a = 0; a < A; ++a) part[i][t][a] = _mm256_setzero_ps();
     const int64_t k1 = k0 + bc < Ks ? k0 + bc : Ks;
     for (int64_t k = k0; k < k1; k += kChunk) {
       if (prefetch && k % 64 == 0)
@@ -238,7 +240,7 @@ inline void gemv_e4m3_pass(const WeightView& w, const float* x, const float* xq,
         const __m256 c3 = _mm256_castsi256_ps(_mm256_and_si256(odd, keep));
         for (int t = 0; t < T; ++t) {
           const float* xt = xq + t * Kc + k;
-          __m256 &p = part[i][t][0], &q = part[i][t][1];
+          __m256 &p = part[i][t][0], &q = part[i][t][A - 1];
           p = _mm256_fmadd_ps(c0, _mm256_loadu_ps(xt), p);
           q = _mm256_fmadd_ps(c1, _mm256_loadu_ps(xt + 8), q);
           p = _mm256_fmadd_ps(c2, _mm256_loadu_ps(xt + 16), p);
@@ -250,7 +252,8 @@ inline void gemv_e4m3_pass(const WeightView& w, const float* x, const float* xq,
       float s;
       __builtin_memcpy(&s, scale_rows[i] + 4 * (k0 / bc), 4);
       const __m256 sv = _mm256_set1_ps(s * kScaleRest);
-      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_fmadd_ps(_mm256_add_ps(part[i][t][0], part[i][t][1]), sv, acc[i][t]);
+      for (int t = 0; t < T; ++t)
+        acc[i][t] = _mm256_fmadd_ps(A == 2 ? _mm256_add_ps(part[i][t][0], part[i][t][A - 1]) : part[i][t][0], sv, acc[i][t]);
     }
   }
   for (int i = 0; i < R; ++i)
