@@ -25,17 +25,22 @@ const FormatCase kFormats[] = {
     {"mxfp4", WeightFormat::Mxfp4, DType::U8, 2e-6},
 };
 
+// The generic path and every SIMD path this CPU runs.
+std::vector<LinearPath> this_cpu_paths() {
+  std::vector<LinearPath> paths = {LinearPath::Generic};
+  if (cpu_features().avx2_fma_f16c) paths.push_back(LinearPath::Avx2);
+  if (cpu_features().avx512) paths.push_back(LinearPath::Avx512);
+  if (cpu_features().neon) paths.push_back(LinearPath::Neon);
+  return paths;
+}
+
 void check_paths(const FormatCase& f, int64_t rows, int64_t cols, int64_t tokens, std::mt19937_64& rng,
                  ThreadPool& pool) {
   auto w = test::random_weight(f.format, f.dtype, rows, cols, rng);
   auto x = test::random_floats(rng, size_t(tokens * cols));
   std::vector<float> ref(size_t(tokens * rows)), got(size_t(tokens * rows), NAN);
   linear_ref(w.view, x.data(), ref.data(), tokens);
-  std::vector<LinearPath> paths = {LinearPath::Generic};
-  if (cpu_features().avx2_fma_f16c) paths.push_back(LinearPath::Avx2);
-  if (cpu_features().avx512) paths.push_back(LinearPath::Avx512);
-  if (cpu_features().neon) paths.push_back(LinearPath::Neon);
-  for (auto path : paths) {
+  for (auto path : this_cpu_paths()) {
     std::fill(got.begin(), got.end(), NAN);
     linear(w.view, x.data(), got.data(), tokens, pool, path);
     EXPECT_LE(test::rel_err(got.data(), ref.data(), got.size()), f.tolerance)
@@ -105,11 +110,7 @@ TEST(Linear, Fp8EveryE4m3CodeRowByRow) {
     for (auto& v : x) v = (rng() % 2 ? 1.0f : -1.0f) * std::exp2(log_x(rng));
     std::vector<float> ref(size_t(tokens * rows)), got(size_t(tokens * rows));
     linear_ref(w, x.data(), ref.data(), tokens);
-    std::vector<LinearPath> paths = {LinearPath::Generic};
-    if (cpu_features().avx2_fma_f16c) paths.push_back(LinearPath::Avx2);
-    if (cpu_features().avx512) paths.push_back(LinearPath::Avx512);
-    if (cpu_features().neon) paths.push_back(LinearPath::Neon);
-    for (auto path : paths) {
+    for (auto path : this_cpu_paths()) {
       std::fill(got.begin(), got.end(), NAN);
       linear(w, x.data(), got.data(), tokens, pool, path);
       for (int64_t t = 0; t < tokens; ++t)
