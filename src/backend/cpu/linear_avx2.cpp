@@ -194,22 +194,34 @@ inline void gemv_bf16_pass(const WeightView& w, const float* x, const float* xd,
     }
 }
 
+// 32 E4M3 bytes → out[q] = columns 4j + q (j = 0..7) as fp32 of value × 2^-120. In a 32-bit lane of
+// 4 bytes, a byte moved to bits 24-31 (it is there already for 4j+3; << 8, 16, 24 on 16-bit or 32-bit
+// lanes for the others) and shifted arithmetically right by 4 lands its sign in bit 31 and its
+// exponent and mantissa in bits 20-26: clearing the sign's copies in bits 27-30 leaves the fp32 of
+// value × 2^-120, exact for E4M3's subnormals too (they become fp32 subnormals). 9 integer
+// instructions per 32 weights and no conversion.
+inline void e4m3_quads_raw(const uint8_t* p, __m256 out[4]) {
+  const __m256i keep = _mm256_set1_epi32(int(0x87F00000u));  // sign + exponent/mantissa bits 20-26
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i odd = _mm256_srai_epi16(v, 4);                           // 4j+1, 4j+3 in bits 8-15, 24-31
+  const __m256i even = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 4);  // 4j, 4j+2
+  out[0] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(even, 16), keep));
+  out[1] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(odd, 16), keep));
+  out[2] = _mm256_castsi256_ps(_mm256_and_si256(even, keep));
+  out[3] = _mm256_castsi256_ps(_mm256_and_si256(odd, keep));
+}
+
 // E4M3 over x in XLayout::E4m3Quads (columns 4j, 4j+1, 4j+2, 4j+3 of each 32-column block, times
-// 2^64). One 32-byte load holds 32 weights, four per 32-bit lane. A byte moved to bits 24-31 (it is
-// there already for 4j+3; << 8, 16, 24 on 16-bit or 32-bit lanes for the others) and shifted
-// arithmetically right by 4 lands its sign in bit 31 and its exponent and mantissa in bits 20-26:
-// clearing the sign's copies in bits 27-30 leaves the fp32 of value × 2^-120, exact for E4M3's
-// subnormals too (they become fp32 subnormals). 9 integer instructions per 32 weights and no
-// conversion; the F16 route (decode_raw) took 2 vcvtph2ps per 8 weights, which made FP8 the slowest
-// format per byte. x carries 2^64 so that products stay fp32-normal (a value × 2^-120 times a small x
-// would not), and each block's scale the remaining 2^56 (the scale is applied once per block).
+// 2^64), decoded by e4m3_quads_raw: the F16 route (decode_raw) took 2 vcvtph2ps per 8 weights, which
+// made FP8 the slowest format per byte. x carries 2^64 so that products stay fp32-normal (a value ×
+// 2^-120 times a small x would not), and each block's scale the remaining 2^56 (the scale is applied
+// once per block).
 template <int T, int R>
 inline void gemv_e4m3_pass(const WeightView& w, const float* x, const float* xq, float* y, int64_t ldy, int64_t r,
                            int64_t Ks) {
   constexpr float kScaleRest = 0x1p120f / kE4m3XScale;
   constexpr int A = T * R <= 4 ? 2 : 1;  // chains per (row, token): two while registers allow
   const int64_t Kc = w.cols, bc = w.block_cols;
-  const __m256i keep = _mm256_set1_epi32(int(0x87F00000u));  // sign + exponent/mantissa bits 20-26
   const uint8_t* rows[R];
   const uint8_t* scale_rows[R];  // float scales, [cols / block_cols] per block row
   for (int i = 0; i < R; ++i) {
@@ -231,13 +243,9 @@ inline void gemv_e4m3_pass(const WeightView& w, const float* x, const float* xq,
       if (prefetch && k % 64 == 0)
         for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + k + ahead), _MM_HINT_T0);
       for (int i = 0; i < R; ++i) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[i] + k));
-        const __m256i odd = _mm256_srai_epi16(v, 4);                           // 4j+1, 4j+3 in bits 8-15, 24-31
-        const __m256i even = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 4);  // 4j, 4j+2
-        const __m256 c0 = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(even, 16), keep));
-        const __m256 c1 = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(odd, 16), keep));
-        const __m256 c2 = _mm256_castsi256_ps(_mm256_and_si256(even, keep));
-        const __m256 c3 = _mm256_castsi256_ps(_mm256_and_si256(odd, keep));
+        __m256 c[4];
+        e4m3_quads_raw(rows[i] + k, c);
+        const __m256 c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3];
         for (int t = 0; t < T; ++t) {
           const float* xt = xq + t * Kc + k;
           __m256 &p = part[i][t][0], &q = part[i][t][A - 1];
