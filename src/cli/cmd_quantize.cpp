@@ -96,6 +96,9 @@ Runner add_quantize(CLI::App& app) {
   app.add_option("--gptq-damp", o.gptq_damp, "GPTQ: relative damping of the Hessian")->capture_default_str();
   app.add_flag("--gptq-act-order", o.gptq_act_order,
                "GPTQ: quantize columns by decreasing input energy (diag of the Hessian) instead of in stored order");
+  app.add_flag("--gptq-sequential", o.gptq_sequential,
+               "GPTQ: calibrate each layer on the outputs of the layers before it as quantized (GPTQ's reference order) "
+               "instead of the original model's");
   app.add_option("--mx-rule", f->mx_rule, "MXFP4 exponent rule: ct (compressed-tensors / vLLM) | ocp (OCP MX v1.0)")
       ->capture_default_str();
   app.add_option("--max-shard-size", f->max_shard, "Largest output shard")->capture_default_str();

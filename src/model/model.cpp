@@ -193,6 +193,13 @@ void Model::layer(int l, const PagedKv& kv, int kv_layer, const TensorView& h) {
   if (hidden_hook) hidden_hook(l + 1, h);
 }
 
+BackendLayer Model::swap_layer(int l, BackendLayer layer) {
+  if (l < w_.dims.layer_begin || l >= w_.dims.layer_end)
+    fail<InvalidArgument>("swap_layer: layer {} is outside this shard's layers [{}, {})", l, w_.dims.layer_begin, w_.dims.layer_end);
+  std::swap(w_.layers[size_t(l - w_.dims.layer_begin)], layer);
+  return layer;
+}
+
 void Model::logits(const TensorView& h, float* logits) {
   const int64_t R = staged_rows_, H = cfg_.hidden_size;
   if (R == 0) return;

@@ -53,6 +53,9 @@ class Model {
   void embed(const TensorView& h);
   void layer(int l, const PagedKv& kv, int kv_layer, const TensorView& h);
   void logits(const TensorView& h, float* logits);
+  // Puts `layer` in place of layer l's weights and returns the ones it held (calibration runs a layer
+  // again with its quantized weights). The views must stay valid while they are in place.
+  BackendLayer swap_layer(int l, BackendLayer layer);
 
   // Where activations can be observed (calibration): the input of q/k/v, of o_proj, of the MoE block
   // (router and every expert), of each expert's gate/up (grouped by expert: offsets I32 [E + 1]) and

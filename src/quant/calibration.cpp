@@ -158,13 +158,16 @@ Calibrator::~Calibrator() = default;
 
 size_t Calibrator::activation_bytes(int64_t tokens) const {
   const ModelConfig& c = impl_->w.config;
-  // hidden states + stored MoE inputs (+ attention input and output, kept for GPTQ)
-  return size_t(tokens) * 4 * (2 * size_t(c.hidden_size) + (impl_->o.keep_attention_inputs ? size_t(c.hidden_size + c.q_dim()) : 0));
+  // hidden states + stored MoE inputs (+ attention input and output, kept for GPTQ; + the layer's
+  // input, kept to run it again quantized)
+  return size_t(tokens) * 4 *
+         ((impl_->o.rerun_quantized ? 3 : 2) * size_t(c.hidden_size) +
+          (impl_->o.keep_attention_inputs ? size_t(c.hidden_size + c.q_dim()) : 0));
 }
 
 void Calibrator::run(const std::vector<std::vector<int32_t>>& samples, int first, std::vector<float>& hidden,
                      const std::function<void(int, const LayerStats&, const std::vector<float>&)>& on_layer,
-                     const ActivationsFn& on_activations) {
+                     const ActivationsFn& on_activations, const QuantizedLayerFn& quantized_layer) {
   Impl& m = *impl_;
   const ModelConfig& c = m.w.config;
   const int64_t H = c.hidden_size, I = c.intermediate_size, E = c.num_experts;
@@ -191,7 +194,10 @@ void Calibrator::run(const std::vector<std::vector<int32_t>>& samples, int first
   std::vector<std::vector<int32_t>> routed(static_cast<size_t>(E));  // [E] token rows routed to each expert
   const int64_t chunk = m.o.chunk;
   std::vector<float> gate(static_cast<size_t>(chunk * I)), up(gate.size()), act(gate.size());
+  const bool rerun = m.o.rerun_quantized && quantized_layer;
+  std::vector<float> layer_in;  // [tokens, hidden] the layer's input, when it may run again quantized
   for (int l = first; l < c.num_layers; ++l) {
+    if (rerun) layer_in = stream.hidden();
     LayerStats st;
     st.expert_in.resize(size_t(E));
     st.expert_mid.resize(size_t(E));
@@ -275,6 +281,15 @@ void Calibrator::run(const std::vector<std::vector<int32_t>>& samples, int first
       for (int64_t e = 0; e < E; ++e)
         if (m.o.all_experts || st.expert_tokens[size_t(e)] < m.o.min_expert_tokens) rows[size_t(e)].clear();
       on_activations(l, st, LayerActivations{tokens, attn_in, attn_out, moe_in}, rows);
+    }
+    if (rerun) {
+      BackendLayer quantized = stream.model().weights().layers[size_t(l)];
+      if (quantized_layer(l, quantized)) {
+        stream.hidden() = layer_in;
+        const BackendLayer original = stream.model().swap_layer(l, std::move(quantized));
+        stream.layer(l, /*release=*/false);
+        stream.model().swap_layer(l, original);
+      }
     }
     m.w.checkpoint->release(fmt::format("model.layers.{}.", l));  // one layer resident at a time
     on_layer(l, st, stream.hidden());

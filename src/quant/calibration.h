@@ -44,11 +44,18 @@ struct CalibrationOptions {
   int chunk = 256;            // tokens per forward step
   size_t memory_limit = 0;    // bytes for activations; 0 = unbounded
   bool keep_attention_inputs = false;  // also keep the attention input and output (GPTQ of attention)
+  bool rerun_quantized = false;        // keep each layer's input to run it again quantized (QuantizedLayerFn)
 };
 
 // A calibrated layer's activations and, per expert, the token rows routed to it (GPTQ).
 using ActivationsFn = std::function<void(int layer, const LayerStats& stats, const LayerActivations& acts,
                                          const std::vector<std::vector<int32_t>>& routed)>;
+
+// After on_activations: given layer l's weights as the model runs them, a caller that quantized the
+// layer puts the quantized modules' views in their place and returns true. The layer then runs again
+// on the same inputs with those weights, so that the next layer is calibrated on the quantized
+// model's activations (GPTQ's sequential order). The views must stay valid until the next call.
+using QuantizedLayerFn = std::function<bool(int layer, BackendLayer& weights)>;
 
 // Calibration text → token sequences. Each file is FILE or FILE:WEIGHT: .txt (cut into seq_len
 // chunks), .jsonl (one {"messages": [...]} rendered with the chat template, or {"text": ...} per
@@ -65,10 +72,12 @@ class Calibrator {
   // Runs layers [first, num_layers) over `samples`; `hidden` holds the hidden states before layer
   // `first` (empty when first == 0: the embedding is computed). After each layer,
   // `on_activations` (when set) sees what the layer's linears saw, then `on_layer(l, stats, hidden)`
-  // lets the caller checkpoint (resume). Throws naming cold experts when rescue is off.
+  // lets the caller checkpoint (resume). With options.rerun_quantized, `quantized_layer` may replace
+  // the layer by its quantized self before `hidden` moves on. Throws naming cold experts when rescue
+  // is off.
   void run(const std::vector<std::vector<int32_t>>& samples, int first, std::vector<float>& hidden,
            const std::function<void(int layer, const LayerStats& stats, const std::vector<float>& hidden)>& on_layer,
-           const ActivationsFn& on_activations = {});
+           const ActivationsFn& on_activations = {}, const QuantizedLayerFn& quantized_layer = {});
   // Bytes of activations a run over `tokens` tokens keeps (for --memory-limit).
   size_t activation_bytes(int64_t tokens) const;
 

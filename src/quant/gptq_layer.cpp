@@ -94,6 +94,27 @@ void run_jobs(const std::vector<GptqJob>& jobs, const std::vector<size_t>& membe
 
 }  // namespace
 
+WeightView gptq_result_view(const GptqModuleResult& r, const WeightView& original, const GptqTarget& target) {
+  const bool nv = target.format == GptqTarget::Format::Nvfp4;
+  const int g = nv ? 16 : 32;
+  WeightView v;
+  v.name = original.name;
+  v.format = nv ? WeightFormat::Nvfp4 : WeightFormat::Mxfp4;
+  v.dtype = DType::U8;
+  v.rows = original.rows;
+  v.cols = original.cols;
+  v.row_bytes = original.cols / 2;
+  v.scale_stride = original.cols / g;
+  v.block_cols = g;
+  v.global_scale = nv ? float(target.ws2) : 1.0f;
+  if (int64_t(r.packed.size()) != v.rows * v.row_bytes || int64_t(r.scales.size()) != v.rows * v.scale_stride)
+    fail<Error>("GPTQ {}: {} code bytes and {} scales, expected {} and {}", original.name, r.packed.size(), r.scales.size(),
+                v.rows * v.row_bytes, v.rows * v.scale_stride);
+  v.data = r.packed.data();
+  v.scales = r.scales.data();
+  return v;
+}
+
 std::vector<GptqModuleResult> gptq_layer(const std::vector<GptqJob>& jobs, const LayerActivations& acts,
                                          const std::vector<std::vector<int32_t>>& expert_rows, ThreadPool& pool,
                                          const GptqOptions& options) {

@@ -38,6 +38,10 @@ struct GptqModuleResult {
   int64_t tokens = 0;  // rows of its input
 };
 
+// A result as a weight the backend runs (the target format; data and scales stay owned by `r`),
+// in place of `original` (its name and shape).
+WeightView gptq_result_view(const GptqModuleResult& r, const WeightView& original, const GptqTarget& target);
+
 // `expert_rows[e]`: the token rows expert e sees (empty: every token).
 std::vector<GptqModuleResult> gptq_layer(const std::vector<GptqJob>& jobs, const LayerActivations& acts,
                                          const std::vector<std::vector<int32_t>>& expert_rows, ThreadPool& pool,

@@ -155,6 +155,7 @@ class Quantizer {
   void prepare_samples();
   void calibrate();
   void gptq_layer_pass(int l, const LayerActivations& acts, const std::vector<std::vector<int32_t>>& routed);
+  bool gptq_quantized_layer(int l, BackendLayer& weights) const;
   const SafetensorsFile& gptq_file(int layer);
   std::vector<OutTensor> produce(const Job& job);
   void quantize_module(const Module& m, std::vector<OutTensor>& out, double* rel_err);
@@ -180,6 +181,10 @@ class Quantizer {
   std::vector<std::string> notices_;
   std::map<int, std::unique_ptr<SafetensorsFile>> gptq_files_;  // GPTQ results by layer
   std::mutex gptq_mutex_;
+  // The last GPTQ pass's jobs, their modules and results (--gptq-sequential runs the layer with them).
+  std::vector<GptqJob> gptq_jobs_;
+  std::vector<size_t> gptq_modules_;
+  std::vector<GptqModuleResult> gptq_results_;
   std::vector<double> module_error_;            // [modules] relative weight error (NaN: not computed in this run)
   double seconds_calibration_ = 0, seconds_quantization_ = 0;
   int64_t calib_tokens_ = 0;
@@ -222,6 +227,8 @@ void Quantizer::plan_modules() {
   }
   if (in_->lm_head.data == in_->embed.data) module_of_weight_.erase("lm_head.weight");  // tied: nothing of its own
   if (o_.gptq_act_order && !o_.gptq) fail<InvalidArgument>("--gptq-act-order orders GPTQ's columns: add --gptq");
+  if (o_.gptq_sequential && !o_.gptq)
+    fail<InvalidArgument>("--gptq-sequential calibrates each layer on GPTQ's quantized layers before it: add --gptq");
   // The exclusion list the configs carry: the recipe's, plus kept layers and --ignore patterns.
   exclusions_ = recipe_.base_exclusions;
   const bool ct = recipe_.layout != StoredLayout::Nvfp4ModelOpt;
@@ -309,6 +316,7 @@ ojson Quantizer::options_json() const {
   j["gptq"] = o_.gptq;
   if (o_.gptq) j["gptq_damp"] = o_.gptq_damp;
   if (o_.gptq && o_.gptq_act_order) j["gptq_act_order"] = true;
+  if (o_.gptq && o_.gptq_sequential) j["gptq_sequential"] = true;
   return j;
 }
 
@@ -370,6 +378,7 @@ void Quantizer::calibrate() {
   co.rescue = o_.rescue_cold_experts;
   co.memory_limit = o_.memory_limit;
   co.keep_attention_inputs = o_.gptq && recipe_.attention;
+  co.rerun_quantized = o_.gptq && o_.gptq_sequential;
   Calibrator cal(*in_, backend_, co);
   ActivationsFn gptq;
   if (o_.gptq)
@@ -394,7 +403,7 @@ void Quantizer::calibrate() {
     if (l > 0) fs::remove(dir / fmt::format("hidden-{:05d}.bin", l - 1));
     kill_point(fmt::format("calib-layer:{}", l));
     bar.update(l + 1, st.rescued.empty() ? std::string("layer done") : fmt::format("rescued {} cold experts", st.rescued.size()));
-  }, gptq);
+  }, gptq, [&](int l, BackendLayer& weights) { return gptq_quantized_layer(l, weights); });
   seconds_calibration_ = std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
@@ -435,12 +444,15 @@ void Quantizer::gptq_layer_pass(int l, const LayerActivations& acts, const std::
   GptqOptions gptq_options;
   gptq_options.damp = o_.gptq_damp;
   gptq_options.act_order = o_.gptq_act_order;
-  const auto results = gptq_layer(jobs, acts, routed, backend_.pool(), gptq_options);
+  gptq_results_.clear();  // the previous layer's (one layer's codes at a time)
+  gptq_results_ = gptq_layer(jobs, acts, routed, backend_.pool(), gptq_options);
+  gptq_jobs_ = std::move(jobs);
+  gptq_modules_ = std::move(index);
   std::vector<TensorToWrite> tensors;
   ojson proxy = ojson::object();
-  for (size_t k = 0; k < jobs.size(); ++k) {
-    const Module& m = modules_[index[k]];
-    const auto& r = results[k];
+  for (size_t k = 0; k < gptq_jobs_.size(); ++k) {
+    const Module& m = modules_[gptq_modules_[k]];
+    const auto& r = gptq_results_[k];
     tensors.push_back({m.name + ".packed", DType::U8, weight_shape(recipe_.layout, m.w->rows, m.w->cols), r.packed});
     tensors.push_back({m.name + ".scales", DType::U8, scale_shape(recipe_.layout, m.w->rows, m.w->cols), r.scales});
     proxy[m.name] = {r.stats.proxy_before, r.stats.proxy_after, r.stats.damp, r.tokens};
@@ -448,6 +460,46 @@ void Quantizer::gptq_layer_pass(int l, const LayerActivations& acts, const std::
   const fs::path file = partial_ / "calibration" / fmt::format("gptq-layer-{:05d}.safetensors", l), tmp = file.string() + ".tmp";
   write_safetensors(tmp, tensors, {{"gptq", proxy.dump()}});
   fs::rename(tmp, file);
+  if (!o_.gptq_sequential) gptq_results_.clear();  // kept only to run the layer again quantized
+}
+
+// --gptq-sequential: layer l's weights with its GPTQ results in place of the modules they quantized
+// (gate/up rebuilt as two parts per expert, so that a fused stack works too).
+bool Quantizer::gptq_quantized_layer(int l, BackendLayer& weights) const {
+  if (!o_.gptq_sequential || gptq_jobs_.empty()) return false;
+  const LayerWeights& L = in_->layers[size_t(l)];
+  const int64_t E = in_->config.num_experts;
+  std::vector<WeightView> up_down(size_t(3 * E));  // per expert: w1, w3, w2 (the input's unless quantized)
+  for (int64_t e = 0; e < E; ++e) {
+    up_down[size_t(3 * e)] = L.w1[size_t(e)];
+    up_down[size_t(3 * e + 1)] = L.w3[size_t(e)];
+    up_down[size_t(3 * e + 2)] = L.w2[size_t(e)];
+  }
+  for (size_t k = 0; k < gptq_jobs_.size(); ++k) {
+    const Module& m = modules_[gptq_modules_[k]];
+    if (m.layer != l) fail<Error>("GPTQ results of layer {} offered for layer {}", m.layer, l);
+    WeightView v = gptq_result_view(gptq_results_[k], *m.w, gptq_jobs_[k].target);
+    switch (m.role) {
+      case Role::Q: weights.q = std::move(v); break;
+      case Role::K: weights.k = std::move(v); break;
+      case Role::V: weights.v = std::move(v); break;
+      case Role::O: weights.o = std::move(v); break;
+      case Role::W1: up_down[size_t(3 * m.expert)] = std::move(v); break;
+      case Role::W3: up_down[size_t(3 * m.expert + 1)] = std::move(v); break;
+      case Role::W2: up_down[size_t(3 * m.expert + 2)] = std::move(v); break;
+      default: break;
+    }
+  }
+  weights.gate_up.parts = 2;
+  weights.gate_up.views.clear();
+  weights.down.parts = 1;
+  weights.down.views.clear();
+  for (int64_t e = 0; e < E; ++e) {
+    weights.gate_up.views.push_back(up_down[size_t(3 * e)]);
+    weights.gate_up.views.push_back(up_down[size_t(3 * e + 1)]);
+    weights.down.views.push_back(up_down[size_t(3 * e + 2)]);
+  }
+  return true;
 }
 
 // A module's GPTQ codes and scales from its layer's file (opened once, shared by the writer threads).
@@ -717,8 +769,8 @@ void Quantizer::finish() {
     }
     ojson g = ojson::object();
     for (const auto& [k, v] : gain) g[k] = {{"mean_output_error_reduction", v.first / v.second}, {"modules", v.second}};
-    rep["gptq"] = {{"damp", o_.gptq_damp}, {"act_order", o_.gptq_act_order}, {"modules_needing_more_damping", raised}, {"modules_with_fewer_tokens_than_inputs", thin},
-                   {"groups", g}};
+    rep["gptq"] = {{"damp", o_.gptq_damp}, {"act_order", o_.gptq_act_order}, {"sequential", o_.gptq_sequential},
+                   {"modules_needing_more_damping", raised}, {"modules_with_fewer_tokens_than_inputs", thin}, {"groups", g}};
     if (thin)
       notices_.push_back(fmt::format("GPTQ: {} modules saw fewer calibration tokens than they have inputs: their Hessians are "
                                      "rank-deficient and GPTQ fits the calibration text; give more calibration data",

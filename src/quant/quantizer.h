@@ -28,6 +28,7 @@ struct QuantizeOptions {
   bool gptq = false;                    // GPTQ: rounding errors spread by the inputs' inverse Hessian (needs calibration)
   double gptq_damp = 0.01;              // relative damping of the Hessian
   bool gptq_act_order = false;          // GPTQ: columns by decreasing input energy
+  bool gptq_sequential = false;         // GPTQ: each layer calibrated on the already-quantized layers' outputs
   MxRule mx_rule = MxRule::CompressedTensors;
   size_t max_shard_size = size_t(5) << 30;
   size_t memory_limit = 0;              // bytes for calibration activations (0 = unbounded)

@@ -36,6 +36,21 @@ fs::path fixture_calibration(const fs::path& dir, int vocab) {
   return p;
 }
 
+// GPTQ needs more calibration tokens than a module has inputs (256 in the small fixtures): 16 × 256
+// random ids.
+fs::path gptq_calibration(const fs::path& dir) {
+  std::mt19937_64 rng(test::fresh_seed());
+  json seqs = json::array();
+  for (int s = 0; s < 16; ++s) {
+    json ids = json::array();
+    for (int i = 0; i < 256; ++i) ids.push_back(3 + int(rng() % 1021));
+    seqs.push_back(ids);
+  }
+  const fs::path p = dir / "gptq-calib.json";
+  std::ofstream(p) << seqs.dump();
+  return p;
+}
+
 QuantizeOptions options(const fs::path& in, const fs::path& out, const std::string& recipe) {
   QuantizeOptions o;
   o.in_dir = in;
@@ -171,18 +186,7 @@ TEST(Quantize, ResumeAfterKillGivesIdenticalBytes) {
 // interrupted GPTQ run resumes to the same bytes.
 TEST(Quantize, GptqLowersTheOutputErrorAndResumes) {
   test::TempDir tmp;
-  const fs::path in = test::kFixtures / "small-bf16", calib = tmp.path / "calib.json";
-  {
-    // GPTQ needs more calibration tokens than a module has inputs (256): 16 × 256 random ids.
-    std::mt19937_64 rng(test::fresh_seed());
-    json seqs = json::array();
-    for (int s = 0; s < 16; ++s) {
-      json ids = json::array();
-      for (int i = 0; i < 256; ++i) ids.push_back(3 + int(rng() % 1021));
-      seqs.push_back(ids);
-    }
-    std::ofstream(calib) << seqs.dump();
-  }
+  const fs::path in = test::kFixtures / "small-bf16", calib = gptq_calibration(tmp.path);
   for (const auto& [recipe, act_order] : std::vector<std::pair<std::string, bool>>{
            {"nvfp4-ct", false}, {"mxfp4-experts", false}, {"mxfp4-experts", true}}) {
     QuantizeOptions o = options(in, tmp.path / (recipe + "-gptq" + (act_order ? "-act" : "")), recipe);
@@ -213,6 +217,60 @@ TEST(Quantize, GptqLowersTheOutputErrorAndResumes) {
     ASSERT_EQ(got.size(), want.size());
     for (const auto& [name, bytes] : want) EXPECT_TRUE(got[name] == bytes) << point << ": " << name << " differs";
   }
+}
+
+// --gptq-sequential: layer 0 sees the same inputs either way, so its tensors are the same bytes; layer
+// 1 is calibrated on layer 0's quantized outputs, so its GPTQ codes differ (while still lowering the
+// output error); an interrupted sequential run resumes to the same bytes (the hidden states it
+// checkpoints are the quantized layers' outputs).
+TEST(Quantize, GptqSequentialCalibratesLaterLayersOnTheQuantizedOnes) {
+  test::TempDir tmp;
+  const fs::path in = test::kFixtures / "small-bf16", calib = gptq_calibration(tmp.path);
+  std::map<bool, fs::path> out;
+  for (const bool sequential : {false, true}) {
+    QuantizeOptions o = options(in, tmp.path / (sequential ? "seq" : "plain"), "nvfp4-ct");
+    o.calib = {calib.string()};
+    o.calib_seq_len = 256;
+    o.calib_samples = 16;
+    o.gptq = true;
+    o.gptq_sequential = sequential;
+    quantize(o);
+    out[sequential] = o.out_dir;
+    const json rep = read_json_file(o.out_dir / "quantization_report.json");
+    EXPECT_EQ(rep["gptq"]["sequential"].get<bool>(), sequential);
+    for (const auto& [group, g] : rep["gptq"]["groups"].items())
+      EXPECT_GT(g["mean_output_error_reduction"].get<double>(), 0.1) << group;
+  }
+  SafetensorsFile plain(out[false] / "model.safetensors"), seq(out[true] / "model.safetensors");
+  int same0 = 0, differ1 = 0;
+  for (const auto& [name, t] : plain.tensors()) {
+    const TensorRef& u = seq.tensors().at(name);
+    ASSERT_EQ(u.nbytes, t.nbytes) << name;
+    const bool same = std::memcmp(u.data, t.data, t.nbytes) == 0;
+    if (name.rfind("model.layers.0.", 0) == 0) {
+      EXPECT_TRUE(same) << name << " differs in layer 0";
+      same0 += same;
+    } else if (name.rfind("model.layers.1.", 0) == 0) {
+      differ1 += !same;
+    }
+  }
+  EXPECT_GT(same0, 0);
+  EXPECT_GT(differ1, 0) << "layer 1 was not calibrated on the quantized layer 0";
+
+  const std::string flags = " --recipe nvfp4-ct --gptq --gptq-sequential --calib " + calib.string() +
+                            " --calib-samples 16 --calib-seq-len 256 -q -t 2";
+  const fs::path clean = tmp.path / "clean", killed = tmp.path / "killed";
+  auto r = test::run_m2("quantize " + in.string() + " " + clean.string() + flags);
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = test::run_m2("quantize " + in.string() + " " + killed.string() + flags, "M2_TEST_KILL_AT=calib-layer:0");
+  EXPECT_EQ(r.code, 128 + SIGKILL) << r.out;
+  r = test::run_m2("quantize " + in.string() + " " + killed.string() + flags + " --resume");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto got = files_of(killed), want = files_of(clean);
+  got.erase("quantization_run.json");
+  want.erase("quantization_run.json");
+  ASSERT_EQ(got.size(), want.size());
+  for (const auto& [name, bytes] : want) EXPECT_TRUE(got[name] == bytes) << name << " differs after resume";
 }
 
 // What GPTQ is for, on the trained demo model and real text (a random-weight fixture fed random
@@ -418,6 +476,9 @@ TEST(Quantize, BadInputIsAClearError) {
   o = options(bf16, tmp.path / "j", "mxfp4-experts");
   o.gptq_act_order = true;
   expect_error(o, "--gptq-act-order orders GPTQ's columns: add --gptq");
+  o = options(bf16, tmp.path / "k", "mxfp4-experts");
+  o.gptq_sequential = true;
+  expect_error(o, "--gptq-sequential calibrates each layer on GPTQ's quantized layers before it: add --gptq");
   o = options(bf16, tmp.path / "f", "nvfp4-ct");
   std::ofstream(tmp.path / "bad.json") << "[[1, 2, 99999]]";
   o.calib = {(tmp.path / "bad.json").string()};
