@@ -96,6 +96,10 @@ Runner add_quantize(CLI::App& app) {
   app.add_option("--gptq-damp", o.gptq_damp, "GPTQ: relative damping of the Hessian")->capture_default_str();
   app.add_flag("--gptq-act-order", o.gptq_act_order,
                "GPTQ: quantize columns by decreasing input energy (diag of the Hessian) instead of in stored order");
+  app.add_option("--gptq-refine", o.gptq_refine,
+                 "GPTQ: coordinate-descent sweeps over the codes afterwards (each code set to the one that minimises "
+                 "the output error with the others fixed; 0 = none)")
+      ->capture_default_str();
   app.add_flag("--gptq-sequential", o.gptq_sequential,
                "GPTQ: calibrate each layer on the outputs of the layers before it as quantized (GPTQ's reference order) "
                "instead of the original model's");

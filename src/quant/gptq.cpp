@@ -100,6 +100,43 @@ std::vector<float> rtn(const float* w, int64_t rows, int64_t cols, const GptqTar
 
 }  // namespace
 
+int64_t refine_codes(const float* w, int64_t rows, int64_t cols, int g, const std::vector<double>& h, const std::vector<double>& mult,
+                     std::vector<uint8_t>& codes, int sweeps) {
+  const int64_t nblocks = cols / g;
+  std::vector<double> D(static_cast<size_t>(rows * cols)), R(D.size());  // [rows, cols]: D = w − Ŵ, R = D H
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c)
+      D[size_t(r * cols + c)] = double(w[r * cols + c]) - double(e2m1_to_f32(codes[size_t(r * cols + c)])) * mult[size_t(r * nblocks + c / g)];
+  cblas_dsymm(CblasRowMajor, CblasRight, CblasUpper, int(rows), int(cols), 1.0, h.data(), int(cols), D.data(), int(cols), 0.0,
+              R.data(), int(cols));
+  int64_t changed = 0;
+  for (int s = 0; s < sweeps; ++s) {
+    int64_t changed_now = 0;
+    for (int64_t j = 0; j < cols; ++j) {
+      const double hjj = h[size_t(j * cols + j)];
+      if (!(hjj > 0)) continue;  // no input reached this column: its code does not matter
+      const double* hj = h.data() + j * cols;
+      for (int64_t r = 0; r < rows; ++r) {
+        double& d = D[size_t(r * cols + j)];
+        const double m = mult[size_t(r * nblocks + j / g)];
+        // The error is minimal in this coordinate at D_j = D_j − R_j / H_jj, i.e. Ŵ_j = w_j − that.
+        const double target = double(w[r * cols + j]) - (d - R[size_t(r * cols + j)] / hjj);
+        const uint8_t c = e2m1_code(target / m);
+        if (c == codes[size_t(r * cols + j)]) continue;
+        const double nd = double(w[r * cols + j]) - double(e2m1_to_f32(c)) * m, dd = nd - d;
+        if (dd == 0) continue;  // ±0: the same value
+        codes[size_t(r * cols + j)] = c;
+        d = nd;
+        cblas_daxpy(int(cols), dd, hj, 1, R.data() + r * cols, 1);
+        ++changed_now;
+      }
+    }
+    changed += changed_now;
+    if (changed_now == 0) break;
+  }
+  return changed;
+}
+
 GptqResult gptq_quantize(const float* w0, int64_t rows, int64_t cols, std::vector<double>& h, const GptqTarget& t,
                          uint8_t* packed, uint8_t* scales, const GptqOptions& opt) {
   const int g = t.format == GptqTarget::Format::Nvfp4 ? 16 : 32;
@@ -171,6 +208,7 @@ GptqResult gptq_quantize(const float* w0, int64_t rows, int64_t cols, std::vecto
       cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(cols - i1), int(B), -1.0, E.data(), block,
                   U.data() + i0 * cols + i1, int(cols), 1.0, W.data() + i1, int(cols));
   }
+  if (opt.refine_sweeps > 0) res.refined = refine_codes(w0, rows, cols, g, hess, mult, codes, opt.refine_sweeps);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t k = 0; k < cols; k += 2)
       packed[r * (cols / 2) + k / 2] = uint8_t(codes[size_t(r * cols + k)] | (codes[size_t(r * cols + k + 1)] << 4));

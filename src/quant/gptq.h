@@ -28,12 +28,14 @@ struct GptqResult {
   double damp = 0;          // the relative damping the Cholesky factorisation needed
   double proxy_before = 0;  // tr((W − Ŵ_rtn) H (W − Ŵ_rtn)ᵀ): round-to-nearest output error
   double proxy_after = 0;   // the same for the GPTQ result
+  int64_t refined = 0;      // codes changed by refine_codes
 };
 
 struct GptqOptions {
   double damp = 0.01;      // relative damping λ = damp × mean(diag H), raised tenfold until H factorises
   int block = 128;         // columns per lazy update (a multiple of the format's scale block)
   bool act_order = false;  // quantize columns by decreasing H_ii instead of in stored order
+  int refine_sweeps = 0;   // coordinate-descent sweeps over the codes afterwards (refine_codes)
 };
 
 // Quantizes w [rows, cols] (cols a multiple of the format's block) with the Hessian `h` [cols, cols]
@@ -41,6 +43,14 @@ struct GptqOptions {
 // and scales [rows, cols / block] as quantize_nvfp4 / quantize_mxfp4 do. Under act order a scale
 // block's scale is still chosen when the quantization first reaches one of its columns, from all of
 // its columns as updated so far; codes and scales are written in stored order either way.
+// Coordinate descent on the output error tr(D H Dᵀ), D = w − codes·mult, with the scales fixed:
+// column by column, every row's code becomes the one nearest to the value that minimises the error
+// with the other columns as they are (exact for that coordinate, so the error never rises). `codes`
+// [rows, cols] (E2M1), `mult` [rows, cols / g] the blocks' multipliers, `h` the full symmetric
+// [cols, cols] Gram matrix. Returns how many codes changed.
+int64_t refine_codes(const float* w, int64_t rows, int64_t cols, int g, const std::vector<double>& h, const std::vector<double>& mult,
+                     std::vector<uint8_t>& codes, int sweeps);
+
 GptqResult gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vector<double>& h, const GptqTarget& target,
                          uint8_t* packed, uint8_t* scales, const GptqOptions& options = {});
 

@@ -227,6 +227,8 @@ void Quantizer::plan_modules() {
   }
   if (in_->lm_head.data == in_->embed.data) module_of_weight_.erase("lm_head.weight");  // tied: nothing of its own
   if (o_.gptq_act_order && !o_.gptq) fail<InvalidArgument>("--gptq-act-order orders GPTQ's columns: add --gptq");
+  if (o_.gptq_refine < 0 || o_.gptq_refine > 100) fail<InvalidArgument>("--gptq-refine {}: give 0-100 sweeps", o_.gptq_refine);
+  if (o_.gptq_refine > 0 && !o_.gptq) fail<InvalidArgument>("--gptq-refine refines GPTQ's codes: add --gptq");
   if (o_.gptq_sequential && !o_.gptq)
     fail<InvalidArgument>("--gptq-sequential calibrates each layer on GPTQ's quantized layers before it: add --gptq");
   // The exclusion list the configs carry: the recipe's, plus kept layers and --ignore patterns.
@@ -317,6 +319,7 @@ ojson Quantizer::options_json() const {
   if (o_.gptq) j["gptq_damp"] = o_.gptq_damp;
   if (o_.gptq && o_.gptq_act_order) j["gptq_act_order"] = true;
   if (o_.gptq && o_.gptq_sequential) j["gptq_sequential"] = true;
+  if (o_.gptq && o_.gptq_refine) j["gptq_refine"] = o_.gptq_refine;
   return j;
 }
 
@@ -444,6 +447,7 @@ void Quantizer::gptq_layer_pass(int l, const LayerActivations& acts, const std::
   GptqOptions gptq_options;
   gptq_options.damp = o_.gptq_damp;
   gptq_options.act_order = o_.gptq_act_order;
+  gptq_options.refine_sweeps = o_.gptq_refine;
   gptq_results_.clear();  // the previous layer's (one layer's codes at a time)
   gptq_results_ = gptq_layer(jobs, acts, routed, backend_.pool(), gptq_options);
   gptq_jobs_ = std::move(jobs);
@@ -769,7 +773,7 @@ void Quantizer::finish() {
     }
     ojson g = ojson::object();
     for (const auto& [k, v] : gain) g[k] = {{"mean_output_error_reduction", v.first / v.second}, {"modules", v.second}};
-    rep["gptq"] = {{"damp", o_.gptq_damp}, {"act_order", o_.gptq_act_order}, {"sequential", o_.gptq_sequential},
+    rep["gptq"] = {{"damp", o_.gptq_damp}, {"act_order", o_.gptq_act_order}, {"sequential", o_.gptq_sequential}, {"refine_sweeps", o_.gptq_refine},
                    {"modules_needing_more_damping", raised}, {"modules_with_fewer_tokens_than_inputs", thin}, {"groups", g}};
     if (thin)
       notices_.push_back(fmt::format("GPTQ: {} modules saw fewer calibration tokens than they have inputs: their Hessians are "

@@ -94,7 +94,9 @@ void expect_round_to_nearest(GptqTarget::Format f, const std::vector<double>& di
   std::vector<uint8_t> p(size_t(rows * cols / 2)), s(size_t(rows * cols / g)), p2(p.size()), s2(s.size());
   GptqOptions o;
   o.act_order = act_order;
-  gptq_quantize(w.data(), rows, cols, h, t, p.data(), s.data(), o);
+  o.refine_sweeps = 3;  // with a diagonal H every code is already the best for its coordinate
+  const GptqResult res = gptq_quantize(w.data(), rows, cols, h, t, p.data(), s.data(), o);
+  EXPECT_EQ(res.refined, 0);
   if (t.format == GptqTarget::Format::Nvfp4) quantize_nvfp4(w.data(), rows, cols, t.ws2, ScaleSearch::Max, nullptr, p2.data(), s2.data());
   else quantize_mxfp4(w.data(), rows, cols, t.rule, ScaleSearch::Max, nullptr, p2.data(), s2.data());
   EXPECT_EQ(p, p2) << "act order " << act_order;
@@ -135,7 +137,7 @@ TEST_P(GptqFormats, CorrelatedInputsLowerTheOutputError) {
   std::vector<double> h;
   accumulate_gram(x.data(), n, cols, {}, h);
   std::vector<uint8_t> p(size_t(rows * cols / 2)), s(size_t(rows * cols / g)), p2(p.size()), s2(s.size());
-  std::vector<double> h_act = h;
+  std::vector<double> h_act = h, h_refine = h;
   const GptqResult res = gptq_quantize(w.data(), rows, cols, h, t, p.data(), s.data());
   if (t.format == GptqTarget::Format::Nvfp4) quantize_nvfp4(w.data(), rows, cols, t.ws2, ScaleSearch::Max, nullptr, p2.data(), s2.data());
   else quantize_mxfp4(w.data(), rows, cols, t.rule, ScaleSearch::Max, nullptr, p2.data(), s2.data());
@@ -155,6 +157,60 @@ TEST_P(GptqFormats, CorrelatedInputsLowerTheOutputError) {
   std::printf("act order: output error %.4g (%.0f%% below round-to-nearest)\n", e_act, 100 * (1 - e_act / e_rtn));
   EXPECT_LT(e_act, 0.8 * e_rtn);
   EXPECT_NEAR(act.proxy_after / e_act, 1.0, 1e-6);
+  // Coordinate descent afterwards: the same scales, some codes moved, a lower output error (the
+  // proxy, still equal to it, cannot rise in any step).
+  std::vector<uint8_t> p4(p.size()), s4(s.size());
+  GptqOptions r;
+  r.refine_sweeps = 10;
+  const GptqResult ref = gptq_quantize(w.data(), rows, cols, h_refine, t, p4.data(), s4.data(), r);
+  const double e_ref = output_error(x, n, w, dequant(p4, s4, rows, cols, t), rows, cols);
+  std::printf("refined: %lld codes changed, output error %.4g (%.1f%% below GPTQ)\n", static_cast<long long>(ref.refined), e_ref,
+              100 * (1 - e_ref / e_gptq));
+  EXPECT_EQ(s4, s);
+  EXPECT_GT(ref.refined, 0);
+  EXPECT_LT(e_ref, e_gptq);
+  EXPECT_NEAR(ref.proxy_after / e_ref, 1.0, 1e-6);
+}
+
+// One sweep at a time: the output error never rises, and a sweep that changes nothing is a fixed point.
+TEST_P(GptqFormats, RefinementNeverRaisesTheOutputError) {
+  std::mt19937_64 rng(test::fresh_seed());
+  const int64_t rows = 8, cols = 64, n = 256;
+  const int g = GetParam() == GptqTarget::Format::Nvfp4 ? 16 : 32;
+  auto w = normal(rng, rows * cols, 0.05f);
+  auto x = normal(rng, n * cols, 1.0f);
+  for (int64_t i = 0; i < n; ++i)  // neighbouring channels correlated
+    for (int64_t c = 1; c < cols; ++c) x[size_t(i * cols + c)] += 0.8f * x[size_t(i * cols + c - 1)];
+  const GptqTarget t = target_for(GetParam(), w);
+  std::vector<uint8_t> p(size_t(rows * cols / 2)), s(size_t(rows * cols / g));
+  if (t.format == GptqTarget::Format::Nvfp4) quantize_nvfp4(w.data(), rows, cols, t.ws2, ScaleSearch::Max, nullptr, p.data(), s.data());
+  else quantize_mxfp4(w.data(), rows, cols, t.rule, ScaleSearch::Max, nullptr, p.data(), s.data());
+  std::vector<uint8_t> codes(size_t(rows * cols));
+  for (int64_t i = 0; i < rows * cols; ++i) codes[size_t(i)] = i % 2 ? p[size_t(i / 2)] >> 4 : p[size_t(i / 2)] & 0xF;
+  std::vector<double> mult(s.size());
+  for (size_t i = 0; i < s.size(); ++i)
+    mult[i] = t.format == GptqTarget::Format::Nvfp4 ? double(e4m3_to_f32(s[i])) * t.ws2 : std::ldexp(1.0, int(s[i]) - 127);
+  std::vector<double> h;
+  accumulate_gram(x.data(), n, cols, {}, h);
+  auto error = [&] {
+    std::vector<uint8_t> packed(p.size());
+    for (int64_t i = 0; i < rows * cols; i += 2) packed[size_t(i / 2)] = uint8_t(codes[size_t(i)] | codes[size_t(i + 1)] << 4);
+    return output_error(x, n, w, dequant(packed, s, rows, cols, t), rows, cols);
+  };
+  double before = error();
+  int64_t total = 0;
+  for (int sweep = 0; sweep < 50; ++sweep) {
+    const int64_t changed = refine_codes(w.data(), rows, cols, g, h, mult, codes, 1);
+    const double after = error();
+    EXPECT_LE(after, before * (1 + 1e-12)) << "sweep " << sweep;
+    before = after;
+    total += changed;
+    if (changed == 0) {
+      EXPECT_EQ(refine_codes(w.data(), rows, cols, g, h, mult, codes, 1), 0);
+      break;
+    }
+  }
+  EXPECT_GT(total, 0);  // round-to-nearest is not the optimum with correlated inputs
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, GptqFormats, ::testing::Values(GptqTarget::Format::Nvfp4, GptqTarget::Format::Mxfp4),

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <random>
 #include <set>
+#include <tuple>
 
 #include "backend/cpu/cpu_backend.h"
 #include "core/error.h"
@@ -187,17 +188,19 @@ TEST(Quantize, ResumeAfterKillGivesIdenticalBytes) {
 TEST(Quantize, GptqLowersTheOutputErrorAndResumes) {
   test::TempDir tmp;
   const fs::path in = test::kFixtures / "small-bf16", calib = gptq_calibration(tmp.path);
-  for (const auto& [recipe, act_order] : std::vector<std::pair<std::string, bool>>{
-           {"nvfp4-ct", false}, {"mxfp4-experts", false}, {"mxfp4-experts", true}}) {
-    QuantizeOptions o = options(in, tmp.path / (recipe + "-gptq" + (act_order ? "-act" : "")), recipe);
+  for (const auto& [recipe, act_order, refine] : std::vector<std::tuple<std::string, bool, int>>{
+           {"nvfp4-ct", false, 0}, {"mxfp4-experts", false, 0}, {"mxfp4-experts", true, 0}, {"nvfp4-ct", false, 3}}) {
+    QuantizeOptions o = options(in, tmp.path / fmt::format("{}-gptq-{}-{}", recipe, act_order, refine), recipe);
     o.calib = {calib.string()};
     o.calib_seq_len = 256;
     o.gptq = true;
     o.gptq_act_order = act_order;
+    o.gptq_refine = refine;
     quantize(o);
     const json rep = read_json_file(o.out_dir / "quantization_report.json");
     ASSERT_TRUE(rep.contains("gptq")) << rep.dump();
     EXPECT_EQ(rep["gptq"]["act_order"].get<bool>(), act_order);
+    EXPECT_EQ(rep["gptq"]["refine_sweeps"].get<int>(), refine);
     for (const auto& [group, g] : rep["gptq"]["groups"].items())
       EXPECT_GT(g["mean_output_error_reduction"].get<double>(), 0.1) << recipe << " " << group;
     EXPECT_EQ(rep["gptq"]["groups"].contains("attention"), recipe == "nvfp4-ct");
@@ -476,6 +479,11 @@ TEST(Quantize, BadInputIsAClearError) {
   o = options(bf16, tmp.path / "j", "mxfp4-experts");
   o.gptq_act_order = true;
   expect_error(o, "--gptq-act-order orders GPTQ's columns: add --gptq");
+  o = options(bf16, tmp.path / "l", "mxfp4-experts");
+  o.gptq_refine = 2;
+  expect_error(o, "--gptq-refine refines GPTQ's codes: add --gptq");
+  o.gptq_refine = -1;
+  expect_error(o, "--gptq-refine -1: give 0-100 sweeps");
   o = options(bf16, tmp.path / "k", "mxfp4-experts");
   o.gptq_sequential = true;
   expect_error(o, "--gptq-sequential calibrates each layer on GPTQ's quantized layers before it: add --gptq");
