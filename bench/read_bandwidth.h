@@ -1,7 +1,8 @@
 // The read bandwidth of this machine: the limit memory-bound decode is reported against. Each thread
 // of the pool sums its share of a 1 GiB buffer as four interleaved streams with eight independent
 // vector accumulators (AVX2 where the CPU has it), so neither the add latency nor a single stream's
-// prefetching limits it. Bytes read per second, best of `reps`.
+// prefetching limits it; AVX-512 hosts also run a 64-byte-load kernel with software prefetch, and the
+// better of the two counts. Bytes read per second, best of `reps` (of each kernel).
 #pragma once
 #include <cstddef>
 

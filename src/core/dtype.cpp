@@ -121,9 +121,4 @@ uint8_t f32_to_e2m1(float f) {
   return code;
 }
 
-float e8m0_to_f32(uint8_t e) {
-  if (e == 0xff) return std::numeric_limits<float>::quiet_NaN();
-  return std::ldexp(1.0f, int(e) - 127);
-}
-
 }  // namespace m2

@@ -52,7 +52,10 @@ inline float e2m1_to_f32(uint8_t code) { return kE2M1Values[code & 0xF]; }
 // Round to nearest E2M1 value, ties to the even code, saturating at ±6.
 uint8_t f32_to_e2m1(float f);
 
-// E8M0 shared exponent: 2^(e-127); 0xff is NaN.
-float e8m0_to_f32(uint8_t e);
+// E8M0 shared exponent: 2^(e-127); 0xff is NaN. Bit construction (inline: the kernels call it per
+// 32-column block, where a library ldexp cost more than the block's arithmetic).
+inline float e8m0_to_f32(uint8_t e) {
+  return f32_from_bits(e == 0 ? 0x00400000u : e == 0xff ? 0x7fc00000u : uint32_t(e) << 23);
+}
 
 }  // namespace m2

@@ -82,11 +82,9 @@ TEST(Linear, Fp8RaggedEdgeBlocksAndSmallBlocks) {
 // Every E4M3 code but NaN, one code per row (subnormals, the largest exponents and both signs each
 // get rows of their own, so a code decoded wrongly cannot hide in a sum of larger ones), against the
 // reference row by row, at 1-4 tokens (the gemv paths) and 5 (tiles); x spans 2^-20..2^20 so that
-// products cover the range the kernels rescale.
-TEST(Linear, Fp8EveryE4m3CodeRowByRow) {
-  std::mt19937_64 rng(test::fresh_seed());
-  ThreadPool pool(2);
-  const int64_t cols = 288;  // two 128-column blocks and a 32-column one
+// products cover the range the kernels rescale. 288 columns (two 128-column blocks and a 32-column
+// one) run the AVX2 gemv everywhere; 320 (a last block of 64) runs the AVX-512 one where it exists.
+void check_every_e4m3_code(int64_t cols, std::mt19937_64& rng, ThreadPool& pool) {
   std::vector<uint8_t> codes;
   for (int c = 0; c < 256; ++c)
     if ((c & 0x7F) != 0x7F) codes.push_back(uint8_t(c));
@@ -104,6 +102,8 @@ TEST(Linear, Fp8EveryE4m3CodeRowByRow) {
   }
   WeightView w{"every_e4m3_code", WeightFormat::Fp8Block, DType::F8_E4M3, rows, cols, data.data(), cols,
                scales.data(), scols, block, block, 1.0f, 0};
+  if (cpu_features().avx512)
+    ASSERT_EQ(linear_x_layout(LinearPath::Avx512, w, 1), cols % 64 == 0 ? XLayout::E4m3Quads64 : XLayout::E4m3Quads);
   std::uniform_real_distribution<float> log_x(-20.0f, 20.0f);
   for (int64_t tokens : {1, 2, 3, 4, 5}) {
     std::vector<float> x(size_t(tokens * cols));
@@ -120,10 +120,17 @@ TEST(Linear, Fp8EveryE4m3CodeRowByRow) {
           for (int64_t c = 0; c < cols; ++c) mag += std::fabs(double(x[size_t(t * cols + c)]) * weight_element_ref(w, r, c));
           const size_t i = size_t(t * rows + r);
           EXPECT_LE(std::fabs(double(got[i]) - ref[i]), 2e-6 * mag)
-              << "path " << int(path) << " tokens " << tokens << " row " << r << " code 0x" << std::hex << int(codes[size_t(r)]);
+              << "path " << int(path) << " cols " << cols << " tokens " << tokens << " row " << r << " code 0x"
+              << std::hex << int(codes[size_t(r)]);
         }
     }
   }
+}
+
+TEST(Linear, Fp8EveryE4m3CodeRowByRow) {
+  std::mt19937_64 rng(test::fresh_seed());
+  ThreadPool pool(2);
+  for (int64_t cols : {288, 320}) check_every_e4m3_code(cols, rng, pool);
 }
 
 TEST(Linear, Fp4NibbleOrderAndScales) {
@@ -166,28 +173,39 @@ std::vector<float> q8_rounded_x(const std::vector<uint8_t>& rows, int64_t tokens
   return out;
 }
 
-// The path with a Q8 kernel on this CPU (AVX2, or NEON with dotprod); Generic when there is none.
-LinearPath q8_path() {
-  if (cpu_features().avx2_fma_f16c) return LinearPath::Avx2;
-  if (cpu_features().neon && cpu_features().dotprod) return LinearPath::Neon;
-  return LinearPath::Generic;
+// The paths with a Q8 kernel on this CPU: AVX2, AVX-512 (its VNNI kernel where the CPU has VNNI and
+// VBMI, else the AVX2 one), NEON with dotprod. Empty when there is none.
+std::vector<LinearPath> q8_paths() {
+  std::vector<LinearPath> paths;
+  if (cpu_features().avx2_fma_f16c) paths.push_back(LinearPath::Avx2);
+  if (cpu_features().avx512) paths.push_back(LinearPath::Avx512);
+  if (cpu_features().neon && cpu_features().dotprod) paths.push_back(LinearPath::Neon);
+  return paths;
+}
+
+// The most tokens a Q8 path runs from Q8 rows (in groups of 4 past 4); more run the fp32 tiles on
+// the rounded x.
+int64_t q8_row_tokens(LinearPath path) {
+  return path == LinearPath::Avx512 && !cpu_features().avx512_vnni_vbmi ? 4 : kQ8MaxTokens;
 }
 
 TEST(Linear, Q8ActivationsWithinTheirRoundingBound) {
-  const LinearPath path = q8_path();
-  if (path == LinearPath::Generic) GTEST_SKIP() << "no AVX2 and no NEON dotprod: the Q8 path is not used on this CPU";
+  if (q8_paths().empty()) GTEST_SKIP() << "no AVX2 and no NEON dotprod: the Q8 path is not used on this CPU";
   std::mt19937_64 rng(test::fresh_seed());
   ThreadPool pool(2);
   // cols: one partial scale group (96: a pair of chunks and one alone), groups + a tail (320), the
   // real widths, and > 8192 columns (more than one column stripe per pass; 8224 leaves a stripe of
   // one chunk).
+  // 96, 320 and 8224 columns leave 3, 2 and 1 chunks past the VNNI kernel's groups of 4; 8256 two
+  // column stripes of both kernels.
+  for (const LinearPath path : q8_paths())
   for (auto format : {WeightFormat::Nvfp4, WeightFormat::Mxfp4})
     for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{37, 96}, {19, 320}, {64, 3072}, {9, 1536}, {5, 8256}, {7, 8224}})
       for (int64_t tokens : {1, 2, 3, 4, 6, 13, 16, 17}) {  // 5-16: Q8 rows in groups of 4; 17: fp32 tiles on the rounded x
         auto w = test::random_weight(format, DType::U8, rows, cols, rng);
         auto x = test::random_floats(rng, size_t(tokens * cols));
         for (size_t i = 0; i < x.size(); i += 97) x[i] *= 20.0f;  // outliers, as activations have
-        ASSERT_EQ(linear_wants_q8(path, Activations::Q8, w.view, tokens), tokens <= kQ8MaxTokens);
+        ASSERT_EQ(linear_wants_q8(path, Activations::Q8, w.view, tokens), tokens <= q8_row_tokens(path));
         ASSERT_TRUE(linear_rounds_q8(path, Activations::Q8, w.view));
         std::vector<float> got(size_t(tokens * rows)), ref(got.size()), ref_rounded(got.size());
         linear(w.view, x.data(), got.data(), tokens, pool, path, Activations::Q8);
@@ -216,13 +234,14 @@ TEST(Linear, Q8ActivationsWithinTheirRoundingBound) {
             if (std::fabs(double(got[i]) - ref[i]) > bound * (1 + 1e-5) + 2e-6 * abs_dot) ++bad;
           }
         }
-        EXPECT_EQ(bad, 0) << weight_format_name(format) << " " << rows << "x" << cols << " tokens " << tokens;
+        EXPECT_EQ(bad, 0) << "path " << int(path) << " " << weight_format_name(format) << " " << rows << "x" << cols
+                          << " tokens " << tokens;
       }
 }
 
 TEST(Linear, Q8IsNotUsedWhereItDoesNotApply) {
-  const LinearPath path = q8_path();
-  if (path == LinearPath::Generic) GTEST_SKIP() << "no AVX2 and no NEON dotprod: the Q8 path is not used on this CPU";
+  if (q8_paths().empty()) GTEST_SKIP() << "no AVX2 and no NEON dotprod: the Q8 path is not used on this CPU";
+  const LinearPath path = q8_paths().front();
   std::mt19937_64 rng(test::fresh_seed());
   auto nv = test::random_weight(WeightFormat::Nvfp4, DType::U8, 8, 64, rng);
   auto bf = test::random_weight(WeightFormat::Dense, DType::BF16, 8, 64, rng);
@@ -233,7 +252,8 @@ TEST(Linear, Q8IsNotUsedWhereItDoesNotApply) {
   EXPECT_TRUE(linear_wants_q8(path, Activations::Q8, nv.view, 16));       // an expert's share of a prefill
   EXPECT_FALSE(linear_wants_q8(path, Activations::Q8, nv.view, 17));      // longer prefill: fp32 tiles
   EXPECT_TRUE(linear_wants_q8(LinearPath::Avx512, Activations::Q8, nv.view, 4));
-  EXPECT_FALSE(linear_wants_q8(LinearPath::Avx512, Activations::Q8, nv.view, 5));  // AVX-512 tiles from 5 on
+  // AVX-512 without VNNI: fp32 tiles from 5 tokens on; with it, Q8 groups up to 16 as AVX2.
+  EXPECT_EQ(linear_wants_q8(LinearPath::Avx512, Activations::Q8, nv.view, 5), cpu_features().avx512_vnni_vbmi);
   EXPECT_TRUE(linear_rounds_q8(path, Activations::Q8, nv.view));          // ... on the rounded x
   EXPECT_FALSE(linear_rounds_q8(path, Activations::Q8, bf.view));
   EXPECT_FALSE(linear_wants_q8(path, Activations::Q8, nv48.view, 1));     // cols % 32 != 0

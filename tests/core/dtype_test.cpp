@@ -107,6 +107,8 @@ TEST(DType, E8M0) {
   EXPECT_EQ(e8m0_to_f32(130), 8.0f);
   EXPECT_EQ(e8m0_to_f32(120), 1.0f / 128);
   EXPECT_TRUE(std::isnan(e8m0_to_f32(255)));
+  // Every other code, subnormal 2^-127 (code 0) included, is exactly 2^(e-127).
+  for (int e = 0; e < 255; ++e) EXPECT_EQ(e8m0_to_f32(uint8_t(e)), std::ldexp(1.0f, e - 127)) << e;
 }
 
 }  // namespace

@@ -24,6 +24,9 @@ CpuFeatures detect() {
   f.avx512 = f.avx2_fma_f16c && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   if (const char* a = std::getenv("M2_CPU_NO_AVX512"); a && std::string(a) == "1") f.avx512 = false;
+  f.avx512_vnni_vbmi = f.avx512 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
+  // M2_CPU_NO_VNNI=1 keeps the AVX-512 path but runs its FP4 × Q8 products on the AVX2 kernel.
+  if (const char* v = std::getenv("M2_CPU_NO_VNNI"); v && std::string(v) == "1") f.avx512_vnni_vbmi = false;
 #endif
 #if defined(__aarch64__)
   f.neon = true;
@@ -32,7 +35,7 @@ CpuFeatures detect() {
 #endif
   // M2_CPU_GENERIC=1 forces the portable kernels (for tests and for comparing paths).
   if (const char* g = std::getenv("M2_CPU_GENERIC"); g && std::string(g) == "1")
-    f.avx2_fma_f16c = f.avx512 = f.neon = f.dotprod = false;
+    f.avx2_fma_f16c = f.avx512 = f.avx512_vnni_vbmi = f.neon = f.dotprod = false;
   return f;
 }
 }  // namespace
@@ -43,7 +46,9 @@ const CpuFeatures& cpu_features() {
 }
 
 std::string CpuFeatures::describe() const {
-  if (avx2_fma_f16c) return avx512 ? "avx512 gemv + avx2/fma/f16c" : "avx2+fma+f16c";
+  if (avx2_fma_f16c)
+    return avx512 ? (avx512_vnni_vbmi ? "avx512 (+vnni/vbmi) gemv + avx2/fma/f16c" : "avx512 gemv + avx2/fma/f16c")
+                  : "avx2+fma+f16c";
   if (neon) return dotprod ? "neon+dotprod" : "neon";
   return "generic";
 }

@@ -112,9 +112,10 @@ bool linear_rounds_q8(LinearPath path, Activations act, const WeightView& w) {
 }
 
 bool linear_wants_q8(LinearPath path, Activations act, const WeightView& w, int64_t tokens) {
-  // AVX-512 keeps its 8 × 32 fp32 tiles from 5 tokens on: Q8 groups were measured against the AVX2
-  // tiles only (no AVX-512 host was available).
-  return tokens <= (path == LinearPath::Avx512 ? 4 : kQ8MaxTokens) && linear_rounds_q8(path, act, w);
+  // AVX-512 without VNNI keeps its 8 × 32 fp32 tiles from 5 tokens on: Q8 groups were measured
+  // against the AVX2 tiles only.
+  const bool groups = path != LinearPath::Avx512 || cpu_features().avx512_vnni_vbmi;
+  return tokens <= (groups ? kQ8MaxTokens : 4) && linear_rounds_q8(path, act, w);
 }
 
 int64_t linear_grain(LinearPath path, const WeightView& w, int64_t tokens) {
@@ -129,8 +130,7 @@ int64_t linear_grain(LinearPath path, const WeightView& w, int64_t tokens) {
 }
 
 XLayout linear_x_layout(LinearPath path, const WeightView& w, int64_t tokens) {
-  if (path == LinearPath::Avx512 && detail::gemv_avx512_supports(w, tokens))
-    return w.format == WeightFormat::Fp8Block ? XLayout::Plain : XLayout::Pairs;
+  if (path == LinearPath::Avx512 && detail::gemv_avx512_supports(w, tokens)) return detail::gemv_avx512_x_layout(w);
   if (path == LinearPath::Avx2 || path == LinearPath::Avx512) return detail::gemv_avx2_x_layout(w, tokens);
   return XLayout::Plain;
 }
@@ -141,6 +141,13 @@ void prepare_x(XLayout layout, const float* x, int64_t tokens, int64_t K, float*
     const float* xt = x + t * K;
     float* ot = out + t * K;
     int64_t k0 = 0;
+    if (layout == XLayout::E4m3Quads64) {
+      for (; k0 + 64 <= K; k0 += 64)
+        for (int q = 0; q < 4; ++q)
+          for (int j = 0; j < 16; ++j) ot[k0 + 16 * q + j] = xt[k0 + 4 * j + q] * kE4m3XScale;
+      for (; k0 < K; ++k0) ot[k0] = xt[k0];
+      continue;
+    }
     for (; k0 + 32 <= K; k0 += 32) {
       if (layout == XLayout::Pairs) {
         for (int i = 0; i < 16; ++i) {
@@ -166,6 +173,7 @@ void linear_rows(LinearPath path, const LinearJob& job, int64_t r0, int64_t r1) 
       group.xq = job.xq + t0 * rb;
       group.y = job.y + t0 * job.ldy;
       if (path == LinearPath::Neon) detail::rows_q8_neon(group, r0, r1);
+      else if (path == LinearPath::Avx512 && cpu_features().avx512_vnni_vbmi) detail::rows_q8_avx512(group, r0, r1);
       else detail::rows_q8_avx2(group, r0, r1);
     }
     return;

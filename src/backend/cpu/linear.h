@@ -76,6 +76,8 @@ enum class XLayout {
   Plain,      // xd unused
   Pairs,      // the 16 even columns, then the 16 odd ones (AVX2 BF16, AVX-512 FP4)
   E4m3Quads,  // columns 4j, then 4j+1, 4j+2, 4j+3 (j = 0..7), each times kE4m3XScale (AVX2 E4M3)
+  E4m3Quads64,  // per 64-column block: columns 4j, then 4j+1, 4j+2, 4j+3 (j = 0..15), times
+                // kE4m3XScale (AVX-512 E4M3); columns past the last whole 64-block as is
 };
 constexpr float kE4m3XScale = 0x1p64f;  // see gemv_e4m3_pass: the weights decode as value × 2^-120
 XLayout linear_x_layout(LinearPath path, const WeightView& w, int64_t tokens);
@@ -109,10 +111,15 @@ void dequant_row_avx2(const WeightView& w, int64_t r, float* out);
 // Decodes W[r0 .. r0+tile_rows) × [k0 .. k0+kc) into tile[k][tile_rows], zero rows past the end.
 void decode_tile_avx2(const WeightView& w, int64_t r0, int tile_rows, int64_t k0, int64_t kc, float* tile);
 // The AVX-512 kernels (linear_avx512.cpp); only called when cpu_features().avx512.
-// 1-4 tokens of packed FP4/FP8: gemv (FP4 reads job.xd); 5+ tokens: 32-row tiles; else rows_avx2.
+// 1-4 tokens of BF16, FP4 or E4M3 (64-column spans): gemv over job.xd in gemv_avx512_x_layout;
+// 5+ tokens: 32-row tiles; else rows_avx2.
 bool gemv_avx512_supports(const WeightView& w, int64_t tokens);
+XLayout gemv_avx512_x_layout(const WeightView& w);
 void rows_avx512(const LinearJob& job, int64_t r0, int64_t r1);
 constexpr int64_t kAvx512TileRows = 32;
+// FP4 gemv over Q8 rows with VNNI + VBMI (linear_q8_avx512.cpp): 1-4 tokens, cols % 32 == 0; only
+// called when cpu_features().avx512_vnni_vbmi.
+void rows_q8_avx512(const LinearJob& job, int64_t r0, int64_t r1);
 }  // namespace detail
 
 }  // namespace m2

@@ -1,13 +1,21 @@
-// AVX-512 gemv (1-4 tokens) for the packed formats, where decode cost, not memory, was the limit.
-// FP4: the 16 packed bytes of 32 columns are widened to 16 int32 lanes; the low nibbles (even
-// columns) and high nibbles (odd columns) index a 16-entry float table with vpermps, and are
-// multiplied with the even and odd columns of x, which are de-interleaved once per call. Lanes 0-7
-// hold columns 0-15 (NVFP4 block 0), lanes 8-15 columns 16-31 (block 1).
-// FP8: 16 E4M3 bytes → F16 bit pattern → vcvtph2ps.
+// AVX-512 gemv (1-4 tokens) for BF16 and the packed formats. Like the AVX2 gemv, each pass takes R
+// rows × T tokens (R weight streams, R·T accumulator chains) and prefetches the rows of the passes
+// after it: the expert rows are short (1.5-3 KB), and without it the products ran at a fifth of the
+// read limit on a host whose hardware prefetcher does not ramp up within a row.
+//   BF16: one 64-byte load is 32 weights; `<< 16` gives the even columns as fp32 and `& 0xFFFF0000`
+//         the odd ones, over x in XLayout::Pairs.
+//   FP4:  the 16 packed bytes of 32 columns are widened to 16 int32 lanes; vpermps reads the low 4
+//         bits of each index lane, so the lane itself indexes the 16-entry value table by its low
+//         nibble (even column) and, shifted right by 4, by its high nibble (odd column), over x in
+//         XLayout::Pairs. Lanes 0-7 hold columns 0-15 (NVFP4 block 0), lanes 8-15 columns 16-31.
+//   E4M3: 64 bytes → four registers of fp32 bit patterns of value × 2^-120 by shifts and a mask (the
+//         AVX2 kernel's decode at twice the width, see e4m3_quads_raw there), over x in
+//         XLayout::E4m3Quads64; each scale block's sum is scaled once.
 // note: only POD fields of WeightView are touched here, so no std::string code is emitted with AVX-512.
 #if defined(__x86_64__)
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 false positive inside avx512fintrin.h
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 false positives inside avx512fintrin.h
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include <algorithm>
@@ -16,95 +24,174 @@
 
 #include "backend/cpu/gemm_driver.h"
 #include "backend/cpu/linear.h"
+#include "backend/cpu/weight_kind.h"
 
 namespace m2::detail {
 
 namespace {
 
-inline float e8m0_value(uint8_t e) {
-  uint32_t b = e == 0 ? 0x00400000u : uint32_t(e) << 23;
-  float f;
-  std::memcpy(&f, &b, 4);
-  return f;
+// The rows [r, r + R) of the next two passes follow in memory: one prefetch per row and 64 bytes,
+// at the offset being read, 2R rows ahead; near the last row, at the offset itself (a wasted hint
+// instead of a branch: GCC 12 drops a prefetch that is conditional on a member, measured as a 2×
+// slower FP8 gemv from memory).
+template <int R>
+struct RowStreams {
+  const uint8_t* rows[R];
+  int64_t ahead;
+  RowStreams(const WeightView& w, int64_t r) : ahead(r + 3 * R <= w.rows ? 2 * R * w.row_bytes : 0) {
+    for (int i = 0; i < R; ++i) rows[i] = w.data + (r + i) * w.row_bytes;
+  }
+  void prefetch_at(int64_t byte) const {
+    for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + byte + ahead), _MM_HINT_T0);
+  }
+};
+
+// Columns [Ks, K) (past the SIMD columns) by the reference decoder, then y.
+template <int R, int T>
+inline void finish_rows(const WeightView& w, const float* x, float* y, int64_t ldy, int64_t r, int64_t Ks,
+                        __m512 acc[R][T]) {
+  const int64_t K = w.cols;
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) {
+      float s = _mm512_reduce_add_ps(acc[i][t]);
+      for (int64_t k = Ks; k < K; ++k) s += x[t * K + k] * weight_element_ref(w, r + i, k);
+      y[t * ldy + r + i] = s;
+    }
 }
 
-template <int T, bool Nv>
-void gemv_fp4_rows(const WeightView& w, const float* x, const float* xd, float* y, int64_t ldy, int64_t r0,
-                   int64_t r1) {
+template <int T, int R>
+inline void gemv_bf16_pass(const WeightView& w, const float* x, const float* xd, float* y, int64_t ldy, int64_t r) {
+  constexpr int A = T * R <= 8 ? 2 : 1;  // chains per (row, token): two while registers allow
   const int64_t K = w.cols, Ks = K / 32 * 32;
+  const RowStreams<R> s(w, r);
+  const __m512i odd = _mm512_set1_epi32(int(0xFFFF0000u));
+  __m512 acc[R][T][A];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t)
+      for (int a = 0; a < A; ++a) acc[i][t][a] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < Ks; k += 32) {
+    s.prefetch_at(2 * k);
+    for (int i = 0; i < R; ++i) {
+      const __m512i v = _mm512_loadu_si512(s.rows[i] + 2 * k);
+      const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+      const __m512 oddv = _mm512_castsi512_ps(_mm512_and_si512(v, odd));
+      for (int t = 0; t < T; ++t) {
+        const float* xt = xd + t * K + k;
+        acc[i][t][0] = _mm512_fmadd_ps(even, _mm512_loadu_ps(xt), acc[i][t][0]);
+        acc[i][t][A - 1] = _mm512_fmadd_ps(oddv, _mm512_loadu_ps(xt + 16), acc[i][t][A - 1]);
+      }
+    }
+  }
+  __m512 sum[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) sum[i][t] = A == 2 ? _mm512_add_ps(acc[i][t][0], acc[i][t][A - 1]) : acc[i][t][0];
+  finish_rows<R, T>(w, x, y, ldy, r, Ks, sum);
+}
+
+inline __m512 e8m0_scale(uint8_t e) { return _mm512_set1_ps(e8m0_to_f32(e)); }
+
+template <int T, int R, bool Nv>
+inline void gemv_fp4_pass(const WeightView& w, const float* x, const float* xd, float* y, int64_t ldy, int64_t r) {
+  const int64_t K = w.cols, Ks = K / 32 * 32;
+  const RowStreams<R> s(w, r);
   const __m512 lut = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f, -1.0f, -1.5f, -2.0f,
                                     -3.0f, -4.0f, -6.0f);
-  const __m512i nib = _mm512_set1_epi32(0x0F);
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = w.data + r * w.row_bytes;
-    const uint8_t* sc = w.scales + r * w.scale_stride;
-    // Two accumulator sets (even and odd chunks) so consecutive FMAs do not wait on each other.
-    __m512 acc[2][T];
-    for (int t = 0; t < T; ++t) acc[0][t] = acc[1][t] = _mm512_setzero_ps();
-    auto chunk = [&](int64_t k, __m512* a) {
-      const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k / 2)));
-      const __m512 we = _mm512_permutexvar_ps(_mm512_and_si512(b, nib), lut);
+  const uint8_t* sc[R];
+  for (int i = 0; i < R; ++i) sc[i] = w.scales + (r + i) * w.scale_stride;
+  __m512 acc[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < Ks; k += 32) {
+    if (k % 128 == 0) s.prefetch_at(k / 2);
+    for (int i = 0; i < R; ++i) {
+      const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s.rows[i] + k / 2)));
+      const __m512 we = _mm512_permutexvar_ps(b, lut);  // index bits 0-3: the low nibble
       const __m512 wo = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), lut);
-      __m512 s;
-      if constexpr (Nv) {
-        s = _mm512_insertf32x8(_mm512_set1_ps(kE4M3ToF32[sc[k / 16]]), _mm256_set1_ps(kE4M3ToF32[sc[k / 16 + 1]]), 1);
-      } else {
-        s = _mm512_set1_ps(e8m0_value(sc[k / 32]));
-      }
+      __m512 scale;
+      if constexpr (Nv)
+        scale = _mm512_insertf32x8(_mm512_set1_ps(kE4M3ToF32[sc[i][k / 16]]), _mm256_set1_ps(kE4M3ToF32[sc[i][k / 16 + 1]]), 1);
+      else
+        scale = e8m0_scale(sc[i][k / 32]);
       for (int t = 0; t < T; ++t) {
-        __m512 p = _mm512_mul_ps(we, _mm512_loadu_ps(xd + t * K + k));
-        p = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xd + t * K + k + 16), p);
-        a[t] = _mm512_fmadd_ps(p, s, a[t]);
+        const float* xt = xd + t * K + k;
+        const __m512 p = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xt + 16), _mm512_mul_ps(we, _mm512_loadu_ps(xt)));
+        acc[i][t] = _mm512_fmadd_ps(p, scale, acc[i][t]);
       }
-    };
-    int64_t k = 0;
-    for (; k + 64 <= Ks; k += 64) {
-      chunk(k, acc[0]);
-      chunk(k + 32, acc[1]);
-    }
-    if (k < Ks) chunk(k, acc[0]);
-    for (int t = 0; t < T; ++t) acc[0][t] = _mm512_add_ps(acc[0][t], acc[1][t]);
-    const float g = Nv ? w.global_scale : 1.0f;
-    for (int t = 0; t < T; ++t) {
-      float s = _mm512_reduce_add_ps(acc[0][t]) * g;
-      for (int64_t k = Ks; k < K; ++k) s += x[t * K + k] * weight_element_ref(w, r, k);
-      y[t * ldy + r] = s;
     }
   }
+  if constexpr (Nv)
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) acc[i][t] = _mm512_mul_ps(acc[i][t], _mm512_set1_ps(w.global_scale));
+  finish_rows<R, T>(w, x, y, ldy, r, Ks, acc);
+}
+
+// 64 E4M3 bytes → out[q] lane j = column 4j + q (j = 0..15) as the fp32 of value × 2^-120.
+inline void e4m3_quads64_raw(const uint8_t* p, __m512 out[4]) {
+  const __m512i keep = _mm512_set1_epi32(int(0x87F00000u));  // sign + exponent/mantissa bits 20-26
+  const __m512i v = _mm512_loadu_si512(p);
+  const __m512i odd = _mm512_srai_epi16(v, 4);                           // 4j+1, 4j+3 in bits 8-15, 24-31
+  const __m512i even = _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 4);  // 4j, 4j+2
+  out[0] = _mm512_castsi512_ps(_mm512_and_si512(_mm512_slli_epi32(even, 16), keep));
+  out[1] = _mm512_castsi512_ps(_mm512_and_si512(_mm512_slli_epi32(odd, 16), keep));
+  out[2] = _mm512_castsi512_ps(_mm512_and_si512(even, keep));
+  out[3] = _mm512_castsi512_ps(_mm512_and_si512(odd, keep));
+}
+
+template <int T, int R>
+inline void gemv_e4m3_pass(const WeightView& w, const float* x, const float* xq, float* y, int64_t ldy, int64_t r) {
+  constexpr float kScaleRest = 0x1p120f / kE4m3XScale;
+  constexpr int A = T * R <= 4 ? 2 : 1;
+  const int64_t K = w.cols, bc = w.block_cols;  // K % 64 == 0 and bc % 64 == 0 (gemv_avx512_supports)
+  const RowStreams<R> s(w, r);
+  const uint8_t* scale_rows[R];  // float scales, [cols / block_cols] per block row
+  for (int i = 0; i < R; ++i) scale_rows[i] = w.scales + 4 * ((r + i) / w.block_rows * w.scale_stride);
+  __m512 acc[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
+  for (int64_t k0 = 0; k0 < K; k0 += bc) {
+    __m512 part[R][T][A];  // this scale block's sums
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t)
+        for (int a = 0; a < A; ++a) part[i][t][a] = _mm512_setzero_ps();
+    const int64_t k1 = std::min(k0 + bc, K);
+    for (int64_t k = k0; k < k1; k += 64) {
+      s.prefetch_at(k);
+      for (int i = 0; i < R; ++i) {
+        __m512 c[4];
+        e4m3_quads64_raw(s.rows[i] + k, c);
+        for (int t = 0; t < T; ++t) {
+          const float* xt = xq + t * K + k;
+          __m512 &p = part[i][t][0], &q = part[i][t][A - 1];
+          p = _mm512_fmadd_ps(c[0], _mm512_loadu_ps(xt), p);
+          q = _mm512_fmadd_ps(c[1], _mm512_loadu_ps(xt + 16), q);
+          p = _mm512_fmadd_ps(c[2], _mm512_loadu_ps(xt + 32), p);
+          q = _mm512_fmadd_ps(c[3], _mm512_loadu_ps(xt + 48), q);
+        }
+      }
+    }
+    for (int i = 0; i < R; ++i) {
+      float sv;
+      std::memcpy(&sv, scale_rows[i] + 4 * (k0 / bc), 4);
+      const __m512 scale = _mm512_set1_ps(sv * kScaleRest);
+      for (int t = 0; t < T; ++t)
+        acc[i][t] = _mm512_fmadd_ps(A == 2 ? _mm512_add_ps(part[i][t][0], part[i][t][A - 1]) : part[i][t][0], scale,
+                                    acc[i][t]);
+    }
+  }
+  finish_rows<R, T>(w, x, y, ldy, r, K, acc);
 }
 
 template <int T>
-void gemv_fp8_rows(const WeightView& w, const float* x, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  const int64_t K = w.cols, Ks = K / 32 * 32;
-  const __m256i sign = _mm256_set1_epi16(0x80), body = _mm256_set1_epi16(0x7F);
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = w.data + r * w.row_bytes;
-    const float* srow = reinterpret_cast<const float*>(w.scales) + (r / w.block_rows) * w.scale_stride;
-    __m512 acc[T];
-    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < Ks; k += 32) {
-      const __m512 s = _mm512_set1_ps(srow[k / w.block_cols] * 256.0f);
-      for (int half = 0; half < 2; ++half) {
-        __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k + 16 * half)));
-        __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(b, sign), 8),
-                                    _mm256_slli_epi16(_mm256_and_si256(b, body), 7));
-        const __m512 wv = _mm512_mul_ps(_mm512_cvtph_ps(h), s);
-        for (int t = 0; t < T; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + t * K + k + 16 * half), acc[t]);
-      }
+void gemv_rows(const WeightView& w, const float* x, const float* xd, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  for_row_blocks<T == 1 ? 4 : 2>(r0, r1, [&](int64_t r, auto n) {
+    constexpr int R = decltype(n)::value;
+    switch (w.format) {
+      case WeightFormat::Dense: return gemv_bf16_pass<T, R>(w, x, xd, y, ldy, r);
+      case WeightFormat::Nvfp4: return gemv_fp4_pass<T, R, true>(w, x, xd, y, ldy, r);
+      case WeightFormat::Mxfp4: return gemv_fp4_pass<T, R, false>(w, x, xd, y, ldy, r);
+      case WeightFormat::Fp8Block: return gemv_e4m3_pass<T, R>(w, x, xd, y, ldy, r);
     }
-    for (int t = 0; t < T; ++t) {
-      float s = _mm512_reduce_add_ps(acc[t]);
-      for (int64_t k = Ks; k < K; ++k) s += x[t * K + k] * weight_element_ref(w, r, k);
-      y[t * ldy + r] = s;
-    }
-  }
-}
-
-template <int T>
-void dispatch_rows(const WeightView& w, const float* x, const float* xd, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  if (w.format == WeightFormat::Nvfp4) gemv_fp4_rows<T, true>(w, x, xd, y, ldy, r0, r1);
-  else if (w.format == WeightFormat::Mxfp4) gemv_fp4_rows<T, false>(w, x, xd, y, ldy, r0, r1);
-  else gemv_fp8_rows<T>(w, x, y, ldy, r0, r1);
+  });
 }
 
 constexpr int kTileRows = int(kAvx512TileRows), kTileCols = 256, kMr = 8;
@@ -152,20 +239,26 @@ void gemm_tiles(const WeightView& w, const float* x, float* y, int64_t ldy, int6
 
 bool gemv_avx512_supports(const WeightView& w, int64_t tokens) {
   if (tokens < 1 || tokens > 4) return false;
-  if (w.format == WeightFormat::Nvfp4 || w.format == WeightFormat::Mxfp4) return true;
-  return w.format == WeightFormat::Fp8Block && w.dtype == DType::F8_E4M3 && w.block_cols % 32 == 0;
+  switch (w.format) {
+    case WeightFormat::Dense: return w.dtype == DType::BF16;
+    case WeightFormat::Nvfp4:
+    case WeightFormat::Mxfp4: return true;
+    case WeightFormat::Fp8Block:  // whole 64-column spans inside every scale block (else the AVX2 gemv)
+      return w.dtype == DType::F8_E4M3 && w.block_cols % 64 == 0 && w.cols % 64 == 0;
+  }
+  return false;
+}
+
+XLayout gemv_avx512_x_layout(const WeightView& w) {
+  return w.format == WeightFormat::Fp8Block ? XLayout::E4m3Quads64 : XLayout::Pairs;
 }
 
 void rows_avx512(const LinearJob& job, int64_t r0, int64_t r1) {
   const WeightView& w = *job.w;
-  if (gemv_avx512_supports(w, job.tokens)) {
-    switch (job.tokens) {
-      case 1: return dispatch_rows<1>(w, job.x, job.xd, job.y, job.ldy, r0, r1);
-      case 2: return dispatch_rows<2>(w, job.x, job.xd, job.y, job.ldy, r0, r1);
-      case 3: return dispatch_rows<3>(w, job.x, job.xd, job.y, job.ldy, r0, r1);
-      default: return dispatch_rows<4>(w, job.x, job.xd, job.y, job.ldy, r0, r1);
-    }
-  }
+  if (gemv_avx512_supports(w, job.tokens))
+    return dispatch_rows<4>(int(job.tokens), [&](auto t) {
+      gemv_rows<decltype(t)::value>(w, job.x, job.xd, job.y, job.ldy, r0, r1);
+    });
   if (job.tokens <= 4) return rows_avx2(job, r0, r1);
   // 5+ tokens: the 32-row tiles covering [r0, r1); r0 is tile-aligned and r1 is too unless it is w.rows.
   gemm_tiles(w, job.x, job.y, job.ldy, job.tokens, r0 / kTileRows, (r1 + kTileRows - 1) / kTileRows);
@@ -177,6 +270,7 @@ void rows_avx512(const LinearJob& job, int64_t r0, int64_t r1) {
 #include "core/error.h"
 namespace m2::detail {
 bool gemv_avx512_supports(const WeightView&, int64_t) { return false; }
+XLayout gemv_avx512_x_layout(const WeightView&) { return XLayout::Plain; }
 void rows_avx512(const LinearJob& job, int64_t, int64_t) {
   fail("linear {}: the AVX-512 path is not compiled for this architecture", job.w->name);
 }

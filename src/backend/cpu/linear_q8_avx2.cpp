@@ -15,26 +15,12 @@
 
 #include "backend/cpu/gemm_driver.h"
 #include "backend/cpu/linear.h"
+#include "backend/cpu/q8_rows.h"
 #include "backend/cpu/weight_kind.h"
 
 namespace m2::detail {
 
 namespace {
-
-struct Q8Row {  // one token's prepared activations (see quantize_q8_rows)
-  const float* corr;   // [nb][2] per 16-column half
-  const float* corr1;  // [nb] per 32-column block
-  const float* scale;
-  const float* scale2;
-  const int8_t* q;
-};
-
-inline Q8Row q8_row(const uint8_t* base, int64_t cols) {
-  const int64_t nb = cols / 32;
-  return {reinterpret_cast<const float*>(base), reinterpret_cast<const float*>(base + 8 * nb),
-          reinterpret_cast<const float*>(base + 12 * nb), reinterpret_cast<const float*>(base + 16 * nb),
-          reinterpret_cast<const int8_t*>(base + 24 * nb)};
-}
 
 // Codes of 32 columns → (2·value + 12) as bytes: low lane even columns, high lane odd columns.
 // The 16 packed bytes are broadcast to both lanes and the high lane shifted by a nibble.

@@ -1,0 +1,23 @@
+// One token's Q8 activations as the FP4 × Q8 kernels read them (layout in linear.h, quantize_q8_rows).
+// Shared by the AVX2 and AVX-512 kernel files (no intrinsics here).
+#pragma once
+#include <cstdint>
+
+namespace m2::detail {
+
+struct Q8Row {
+  const float* corr;   // [nb][2] 12 × Σq per 16-column half
+  const float* corr1;  // [nb] 12 × Σq per 32-column block
+  const float* scale;  // [nb] max|x| / 127
+  const float* scale2; // [nb][2] the same, each twice
+  const int8_t* q;     // [nb][32] per block the 16 even columns, then the 16 odd ones
+};
+
+inline Q8Row q8_row(const uint8_t* base, int64_t cols) {
+  const int64_t nb = cols / 32;
+  return {reinterpret_cast<const float*>(base), reinterpret_cast<const float*>(base + 8 * nb),
+          reinterpret_cast<const float*>(base + 12 * nb), reinterpret_cast<const float*>(base + 16 * nb),
+          reinterpret_cast<const int8_t*>(base + 24 * nb)};
+}
+
+}  // namespace m2::detail
