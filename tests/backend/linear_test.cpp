@@ -102,10 +102,11 @@ void check_every_e4m3_code(int64_t cols, std::mt19937_64& rng, ThreadPool& pool)
   }
   WeightView w{"every_e4m3_code", WeightFormat::Fp8Block, DType::F8_E4M3, rows, cols, data.data(), cols,
                scales.data(), scols, block, block, 1.0f, 0};
-  if (cpu_features().avx512)
+  if (cpu_features().avx512) {
     ASSERT_EQ(linear_x_layout(LinearPath::Avx512, w, 1), cols % 64 == 0 ? XLayout::E4m3Quads64 : XLayout::E4m3Quads);
+  }
   std::uniform_real_distribution<float> log_x(-20.0f, 20.0f);
-  for (int64_t tokens : {1, 2, 3, 4, 5}) {
+  for (int64_t tokens : {1, 2, 3, 4, 5, 9, 16, 17}) {  // gemv, groups of 4 (AVX-512), tiles
     std::vector<float> x(size_t(tokens * cols));
     for (auto& v : x) v = (rng() % 2 ? 1.0f : -1.0f) * std::exp2(log_x(rng));
     std::vector<float> ref(size_t(tokens * rows)), got(size_t(tokens * rows));

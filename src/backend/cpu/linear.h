@@ -111,8 +111,9 @@ void dequant_row_avx2(const WeightView& w, int64_t r, float* out);
 // Decodes W[r0 .. r0+tile_rows) × [k0 .. k0+kc) into tile[k][tile_rows], zero rows past the end.
 void decode_tile_avx2(const WeightView& w, int64_t r0, int tile_rows, int64_t k0, int64_t kc, float* tile);
 // The AVX-512 kernels (linear_avx512.cpp); only called when cpu_features().avx512.
-// 1-4 tokens of BF16, FP4 or E4M3 (64-column spans): gemv over job.xd in gemv_avx512_x_layout;
-// 5+ tokens: 32-row tiles; else rows_avx2.
+// 1-4 tokens of BF16 or FP4, 1-kAvx512E4m3GemvMaxTokens of E4M3 (64-column spans; past 4 in groups
+// of 4): gemv over job.xd in gemv_avx512_x_layout; more tokens: 32-row tiles; else rows_avx2.
+constexpr int64_t kAvx512E4m3GemvMaxTokens = 16;
 bool gemv_avx512_supports(const WeightView& w, int64_t tokens);
 XLayout gemv_avx512_x_layout(const WeightView& w);
 void rows_avx512(const LinearJob& job, int64_t r0, int64_t r1);

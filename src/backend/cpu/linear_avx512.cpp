@@ -71,14 +71,18 @@ inline void gemv_bf16_pass(const WeightView& w, const float* x, const float* xd,
       for (int a = 0; a < A; ++a) acc[i][t][a] = _mm512_setzero_ps();
   for (int64_t k = 0; k < Ks; k += 32) {
     s.prefetch_at(2 * k);
+    __m512 xe[T], xo[T];  // loaded once for the R rows
+    for (int t = 0; t < T; ++t) {
+      xe[t] = _mm512_loadu_ps(xd + t * K + k);
+      xo[t] = _mm512_loadu_ps(xd + t * K + k + 16);
+    }
     for (int i = 0; i < R; ++i) {
       const __m512i v = _mm512_loadu_si512(s.rows[i] + 2 * k);
       const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
       const __m512 oddv = _mm512_castsi512_ps(_mm512_and_si512(v, odd));
       for (int t = 0; t < T; ++t) {
-        const float* xt = xd + t * K + k;
-        acc[i][t][0] = _mm512_fmadd_ps(even, _mm512_loadu_ps(xt), acc[i][t][0]);
-        acc[i][t][A - 1] = _mm512_fmadd_ps(oddv, _mm512_loadu_ps(xt + 16), acc[i][t][A - 1]);
+        acc[i][t][0] = _mm512_fmadd_ps(even, xe[t], acc[i][t][0]);
+        acc[i][t][A - 1] = _mm512_fmadd_ps(oddv, xo[t], acc[i][t][A - 1]);
       }
     }
   }
@@ -103,6 +107,11 @@ inline void gemv_fp4_pass(const WeightView& w, const float* x, const float* xd, 
     for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
   for (int64_t k = 0; k < Ks; k += 32) {
     if (k % 128 == 0) s.prefetch_at(k / 2);
+    __m512 xe[T], xo[T];  // loaded once for the R rows
+    for (int t = 0; t < T; ++t) {
+      xe[t] = _mm512_loadu_ps(xd + t * K + k);
+      xo[t] = _mm512_loadu_ps(xd + t * K + k + 16);
+    }
     for (int i = 0; i < R; ++i) {
       const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s.rows[i] + k / 2)));
       const __m512 we = _mm512_permutexvar_ps(b, lut);  // index bits 0-3: the low nibble
@@ -113,8 +122,7 @@ inline void gemv_fp4_pass(const WeightView& w, const float* x, const float* xd, 
       else
         scale = e8m0_scale(sc[i][k / 32]);
       for (int t = 0; t < T; ++t) {
-        const float* xt = xd + t * K + k;
-        const __m512 p = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xt + 16), _mm512_mul_ps(we, _mm512_loadu_ps(xt)));
+        const __m512 p = _mm512_fmadd_ps(wo, xo[t], _mm512_mul_ps(we, xe[t]));
         acc[i][t] = _mm512_fmadd_ps(p, scale, acc[i][t]);
       }
     }
@@ -183,7 +191,7 @@ inline void gemv_e4m3_pass(const WeightView& w, const float* x, const float* xq,
 
 template <int T>
 void gemv_rows(const WeightView& w, const float* x, const float* xd, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  for_row_blocks<T == 1 ? 4 : 2>(r0, r1, [&](int64_t r, auto n) {
+  for_row_blocks<4>(r0, r1, [&](int64_t r, auto n) {
     constexpr int R = decltype(n)::value;
     switch (w.format) {
       case WeightFormat::Dense: return gemv_bf16_pass<T, R>(w, x, xd, y, ldy, r);
@@ -238,13 +246,14 @@ void gemm_tiles(const WeightView& w, const float* x, float* y, int64_t ldy, int6
 }  // namespace
 
 bool gemv_avx512_supports(const WeightView& w, int64_t tokens) {
-  if (tokens < 1 || tokens > 4) return false;
+  if (tokens < 1) return false;
   switch (w.format) {
-    case WeightFormat::Dense: return w.dtype == DType::BF16;
+    case WeightFormat::Dense: return w.dtype == DType::BF16 && tokens <= 4;  // groups measured even with the tiles
     case WeightFormat::Nvfp4:
-    case WeightFormat::Mxfp4: return true;
-    case WeightFormat::Fp8Block:  // whole 64-column spans inside every scale block (else the AVX2 gemv)
-      return w.dtype == DType::F8_E4M3 && w.block_cols % 64 == 0 && w.cols % 64 == 0;
+    case WeightFormat::Mxfp4: return tokens <= 4;
+    case WeightFormat::Fp8Block:  // whole 64-column spans inside every scale block (else the AVX2 gemv);
+      // in groups of 4 up to 16 tokens: 2-3x the tiles, whose E4M3 decode converts through F16
+      return w.dtype == DType::F8_E4M3 && w.block_cols % 64 == 0 && w.cols % 64 == 0 && tokens <= kAvx512E4m3GemvMaxTokens;
   }
   return false;
 }
@@ -255,10 +264,15 @@ XLayout gemv_avx512_x_layout(const WeightView& w) {
 
 void rows_avx512(const LinearJob& job, int64_t r0, int64_t r1) {
   const WeightView& w = *job.w;
-  if (gemv_avx512_supports(w, job.tokens))
-    return dispatch_rows<4>(int(job.tokens), [&](auto t) {
-      gemv_rows<decltype(t)::value>(w, job.x, job.xd, job.y, job.ldy, r0, r1);
-    });
+  if (gemv_avx512_supports(w, job.tokens)) {
+    // Past 4 tokens in groups of 4 over the same rows, which the later groups read from L2.
+    const int64_t K = w.cols;
+    for (int64_t t0 = 0; t0 < job.tokens; t0 += 4)
+      dispatch_rows<4>(int(std::min<int64_t>(4, job.tokens - t0)), [&](auto t) {
+        gemv_rows<decltype(t)::value>(w, job.x + t0 * K, job.xd + t0 * K, job.y + t0 * job.ldy, job.ldy, r0, r1);
+      });
+    return;
+  }
   if (job.tokens <= 4) return rows_avx2(job, r0, r1);
   // 5+ tokens: the 32-row tiles covering [r0, r1); r0 is tile-aligned and r1 is too unless it is w.rows.
   gemm_tiles(w, job.x, job.y, job.ldy, job.tokens, r0 / kTileRows, (r1 + kTileRows - 1) / kTileRows);
