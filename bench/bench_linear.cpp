@@ -53,34 +53,44 @@ void BM_Memcpy(benchmark::State& state) {
 }
 
 // range(1): number of distinct weights cycled; 96 streams from memory, 1 stays in cache (decode cost).
+// range(3): tokens (1; 8 as a batched decode step of 8 sequences puts through a shared weight).
 void BM_LinearDecode(benchmark::State& state) {
   const int f = int(state.range(0));
   const Activations act = state.range(2) ? Activations::Q8 : Activations::F32;
   auto& ws = weights(f, int(state.range(1)));
   std::mt19937_64 rng(1);
-  auto x = test::random_floats(rng, 3072);
-  std::vector<float> y(1536);
+  const int64_t T = state.range(3);
+  auto x = test::random_floats(rng, size_t(T * 3072));
+  std::vector<float> y(size_t(T * 1536));
   size_t i = 0, bytes = 0;
   for (auto _ : state) {
     const auto& w = ws[i++ % ws.size()].view;
-    linear(w, x.data(), y.data(), 1, pool(), LinearPath::Auto, act);
+    linear(w, x.data(), y.data(), T, pool(), LinearPath::Auto, act);
     bytes += w.bytes();
   }
   state.SetLabel(std::string(kFormats[f].name) + " " + std::string(activations_name(act)));
   state.counters["bytes_per_second"] = benchmark::Counter(double(bytes), benchmark::Counter::kIsRate);
 }
 
+// range(1) tokens: 512 (a dense prefill) or 16 (an expert's share of a 512-token MoE prefill);
+// range(2): Q8 activations (FP4 weights only; the gemv to 4 tokens, the VNNI gemm or the fp32 tiles
+// on the rounded x past that).
 void BM_LinearPrefill(benchmark::State& state) {
   const int f = int(state.range(0));
+  const int64_t T = state.range(1);
+  const Activations act = state.range(2) ? Activations::Q8 : Activations::F32;
+  if (act == Activations::Q8 && kFormats[f].format != WeightFormat::Nvfp4 && kFormats[f].format != WeightFormat::Mxfp4) {
+    state.SkipWithError("Q8 activations apply to FP4 weights only");
+    return;
+  }
   auto& ws = weights(f, 1);
-  const int64_t T = 512;
   std::mt19937_64 rng(1);
   auto x = test::random_floats(rng, size_t(T * 3072));
   std::vector<float> y(size_t(T * 1536));
-  for (auto _ : state) linear(ws[0].view, x.data(), y.data(), T, pool());
-  state.SetLabel(kFormats[f].name);
+  for (auto _ : state) linear(ws[0].view, x.data(), y.data(), T, pool(), LinearPath::Auto, act);
+  state.SetLabel(std::string(kFormats[f].name) + " " + std::string(activations_name(act)));
   state.counters["flops"] =
-      benchmark::Counter(2.0 * T * 1536 * 3072 * double(state.iterations()), benchmark::Counter::kIsRate);
+      benchmark::Counter(2.0 * double(T) * 1536 * 3072 * double(state.iterations()), benchmark::Counter::kIsRate);
 }
 
 }  // namespace
@@ -88,10 +98,16 @@ void BM_LinearPrefill(benchmark::State& state) {
 BENCHMARK(BM_ReadBandwidth)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
 BENCHMARK(BM_Memcpy)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
 BENCHMARK(BM_LinearDecode)
-    ->ArgsProduct({{0, 1, 2, 3}, {96, 1}, {0, 1}})
-    ->ArgNames({"format", "weights", "q8"})
+    ->ArgsProduct({{0, 1, 2, 3}, {96, 1}, {0, 1}, {1}})
+    ->ArgsProduct({{0, 1, 2, 3}, {96}, {0, 1}, {8}})
+    ->ArgNames({"format", "weights", "q8", "tokens"})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime()
     ->MinTime(1.0);
-BENCHMARK(BM_LinearPrefill)->DenseRange(0, 3)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_LinearPrefill)
+    ->ArgsProduct({{0, 1, 2, 3}, {512, 16}, {0}})
+    ->ArgsProduct({{2, 3}, {512, 16, 8}, {1}})
+    ->ArgNames({"format", "tokens", "q8"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK_MAIN();

@@ -187,7 +187,8 @@ std::vector<LinearPath> q8_paths() {
 // The most tokens a Q8 path runs from Q8 rows (in groups of 4 past 4); more run the fp32 tiles on
 // the rounded x.
 int64_t q8_row_tokens(LinearPath path) {
-  return path == LinearPath::Avx512 && !cpu_features().avx512_vnni_vbmi ? 4 : kQ8MaxTokens;
+  if (path == LinearPath::Avx512) return cpu_features().avx512_vnni_vbmi ? INT64_MAX : 4;  // VNNI: the gemm past 4
+  return kQ8MaxTokens;
 }
 
 TEST(Linear, Q8ActivationsWithinTheirRoundingBound) {
@@ -202,7 +203,9 @@ TEST(Linear, Q8ActivationsWithinTheirRoundingBound) {
   for (const LinearPath path : q8_paths())
   for (auto format : {WeightFormat::Nvfp4, WeightFormat::Mxfp4})
     for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{37, 96}, {19, 320}, {64, 3072}, {9, 1536}, {5, 8256}, {7, 8224}})
-      for (int64_t tokens : {1, 2, 3, 4, 6, 13, 16, 17}) {  // 5-16: Q8 rows in groups of 4; 17: fp32 tiles on the rounded x
+      // 5-16: Q8 rows in groups of 4 (AVX-512 VNNI: its gemm, 6 tokens per step, so 13 and 40 leave
+      // 1 and 4); 17+: fp32 tiles on the rounded x (VNNI: the gemm).
+      for (int64_t tokens : {1, 2, 3, 4, 5, 6, 13, 16, 17, 40}) {
         auto w = test::random_weight(format, DType::U8, rows, cols, rng);
         auto x = test::random_floats(rng, size_t(tokens * cols));
         for (size_t i = 0; i < x.size(); i += 97) x[i] *= 20.0f;  // outliers, as activations have
@@ -240,6 +243,50 @@ TEST(Linear, Q8ActivationsWithinTheirRoundingBound) {
       }
 }
 
+// Every block-scale code through the Q8 paths (the VNNI gemm converts them 16 rows at a time, the
+// gemv 4-8 per row): NVFP4 every E4M3 code but NaN, MXFP4 E8M0 codes 2^±30 (wider ones overflow or
+// underflow fp32 in both the kernel and the reference); against the reference on the rounded x,
+// 2e-6 of Σ|x̃ w|. (NaN codes are outside what the fast paths promise, as for FP8 weights.)
+TEST(Linear, Q8EveryScaleCode) {
+  if (q8_paths().empty()) GTEST_SKIP() << "no AVX2 and no NEON dotprod: the Q8 path is not used on this CPU";
+  std::mt19937_64 rng(test::fresh_seed());
+  ThreadPool pool(2);
+  const int64_t rows = 40, cols = 512;
+  for (const LinearPath path : q8_paths())
+    for (auto format : {WeightFormat::Nvfp4, WeightFormat::Mxfp4}) {
+      auto w = test::random_weight(format, DType::U8, rows, cols, rng);
+      const bool nv = format == WeightFormat::Nvfp4;
+      const int64_t per_row = nv ? cols / 16 : cols / 32;
+      ASSERT_EQ(w.view.scale_stride, per_row);
+      for (int64_t i = 0; i < rows * per_row; ++i) {
+        uint8_t code = nv ? uint8_t(i % 256) : uint8_t(97 + i % 61);
+        if (nv && (code & 0x7F) == 0x7F) code = 0x7E;
+        w.scales[size_t(i)] = code;
+      }
+      for (int64_t tokens : {1, 3, 8, 13}) {
+        auto x = test::random_floats(rng, size_t(tokens * cols));
+        std::vector<float> got(size_t(tokens * rows)), ref(got.size());
+        linear(w.view, x.data(), got.data(), tokens, pool, path, Activations::Q8);
+        std::vector<uint8_t> q8(size_t(tokens * q8_row_bytes(cols)));
+        quantize_q8_rows(x.data(), tokens, cols, q8.data());
+        const auto xr = q8_rounded_x(q8, tokens, cols);
+        linear_ref(w.view, xr.data(), ref.data(), tokens);
+        std::vector<float> wrow(static_cast<size_t>(cols));
+        int bad = 0;
+        for (int64_t r = 0; r < rows; ++r) {
+          dequant_row_ref(w.view, r, wrow.data());
+          for (int64_t t = 0; t < tokens; ++t) {
+            const size_t i = size_t(t * rows + r);
+            double abs_dot = 0;
+            for (int64_t c = 0; c < cols; ++c) abs_dot += std::fabs(double(xr[size_t(t * cols + c)]) * wrow[size_t(c)]);
+            if (!(std::fabs(double(got[i]) - ref[i]) <= 2e-6 * abs_dot + 1e-30)) ++bad;
+          }
+        }
+        EXPECT_EQ(bad, 0) << "path " << int(path) << " " << weight_format_name(format) << " tokens " << tokens;
+      }
+    }
+}
+
 TEST(Linear, Q8IsNotUsedWhereItDoesNotApply) {
   if (q8_paths().empty()) GTEST_SKIP() << "no AVX2 and no NEON dotprod: the Q8 path is not used on this CPU";
   const LinearPath path = q8_paths().front();
@@ -251,9 +298,10 @@ TEST(Linear, Q8IsNotUsedWhereItDoesNotApply) {
   EXPECT_FALSE(linear_wants_q8(LinearPath::Generic, Activations::Q8, nv.view, 1));    // portable path
   EXPECT_FALSE(linear_wants_q8(path, Activations::Q8, bf.view, 1));       // not FP4
   EXPECT_TRUE(linear_wants_q8(path, Activations::Q8, nv.view, 16));       // an expert's share of a prefill
-  EXPECT_FALSE(linear_wants_q8(path, Activations::Q8, nv.view, 17));      // longer prefill: fp32 tiles
+  EXPECT_FALSE(linear_wants_q8(LinearPath::Avx2, Activations::Q8, nv.view, 17));  // longer prefill: fp32 tiles
+  EXPECT_EQ(linear_wants_q8(LinearPath::Avx512, Activations::Q8, nv.view, 512), cpu_features().avx512_vnni_vbmi);  // the VNNI gemm
   EXPECT_TRUE(linear_wants_q8(LinearPath::Avx512, Activations::Q8, nv.view, 4));
-  // AVX-512 without VNNI: fp32 tiles from 5 tokens on; with it, Q8 groups up to 16 as AVX2.
+  // AVX-512 without VNNI: fp32 tiles from 5 tokens on; with it, the VNNI gemm.
   EXPECT_EQ(linear_wants_q8(LinearPath::Avx512, Activations::Q8, nv.view, 5), cpu_features().avx512_vnni_vbmi);
   EXPECT_TRUE(linear_rounds_q8(path, Activations::Q8, nv.view));          // ... on the rounded x
   EXPECT_FALSE(linear_rounds_q8(path, Activations::Q8, bf.view));

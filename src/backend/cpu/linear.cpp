@@ -54,7 +54,7 @@ Activations parse_activations(std::string_view name) {
 
 std::string_view activations_name(Activations a) { return a == Activations::Q8 ? "q8" : "f32"; }
 
-int64_t q8_row_bytes(int64_t cols) { return cols / 32 * 56; }
+int64_t q8_row_bytes(int64_t cols) { return cols / 32 * 68; }
 
 namespace {
 // One 32-column block of x → int8 codes (column order) and the block's scale (max|x| / 127).
@@ -62,10 +62,25 @@ inline float quantize_q8_block(const float* xb, int8_t q[32]) {
   float amax = 0.0f;
   for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
   const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+#if defined(__x86_64__)
+  // Round to nearest even as nearbyint does, without its library call (baseline x86-64 has no
+  // roundps): |x · inv| ≤ 127, so adding 1.5 · 2^23 leaves the integer in the low mantissa bits.
+  // (No FMA in the baseline ISA, so the product is rounded to float first, as nearbyint sees it.)
+  for (int i = 0; i < 32; ++i) q[i] = int8_t((xb[i] * inv + 0x1.8p23f) - 0x1.8p23f);
+#else
   for (int i = 0; i < 32; ++i) q[i] = int8_t(std::nearbyint(xb[i] * inv));
+#endif
   return amax / 127.0f;
 }
 }  // namespace
+
+void quantize_q8_rows(const float* x, int64_t tokens, int64_t cols, uint8_t* out, ThreadPool& pool) {
+  if (tokens < 8) return quantize_q8_rows(x, tokens, cols, out);
+  const int64_t rb = q8_row_bytes(cols);
+  pool.parallel_for(tokens, [&](int64_t t0, int64_t t1, int) {
+    quantize_q8_rows(x + t0 * cols, t1 - t0, cols, out + t0 * rb);
+  }, 4);
+}
 
 void quantize_q8_rows(const float* x, int64_t tokens, int64_t cols, uint8_t* out) {
   const int64_t nb = cols / 32;
@@ -77,6 +92,8 @@ void quantize_q8_rows(const float* x, int64_t tokens, int64_t cols, uint8_t* out
     float* scale = reinterpret_cast<float*>(row + 12 * nb);
     float* scale2 = reinterpret_cast<float*>(row + 16 * nb);
     int8_t* q = reinterpret_cast<int8_t*>(row + 24 * nb);
+    int32_t* neg_corr2 = reinterpret_cast<int32_t*>(row + 56 * nb);
+    int32_t* neg_corr1 = reinterpret_cast<int32_t*>(row + 64 * nb);
     for (int64_t b = 0; b < nb; ++b) {
       int8_t cq[32];
       const float d = quantize_q8_block(xt + 32 * b, cq);
@@ -91,6 +108,9 @@ void quantize_q8_rows(const float* x, int64_t tokens, int64_t cols, uint8_t* out
       corr2[2 * b] = float(12 * half[0]);
       corr2[2 * b + 1] = float(12 * half[1]);
       corr1[b] = float(12 * (half[0] + half[1]));
+      neg_corr2[2 * b] = -12 * half[0];
+      neg_corr2[2 * b + 1] = -12 * half[1];
+      neg_corr1[b] = -12 * (half[0] + half[1]);
     }
   }
 }
@@ -114,8 +134,11 @@ bool linear_rounds_q8(LinearPath path, Activations act, const WeightView& w) {
 bool linear_wants_q8(LinearPath path, Activations act, const WeightView& w, int64_t tokens) {
   // AVX-512 without VNNI keeps its 8 × 32 fp32 tiles from 5 tokens on: Q8 groups were measured
   // against the AVX2 tiles only.
-  const bool groups = path != LinearPath::Avx512 || cpu_features().avx512_vnni_vbmi;
-  return tokens <= (groups ? kQ8MaxTokens : 4) && linear_rounds_q8(path, act, w);
+  if (path == LinearPath::Avx512) {
+    if (cpu_features().avx512_vnni_vbmi) return linear_rounds_q8(path, act, w);  // every count: gemv, then the VNNI gemm
+    return tokens <= 4 && linear_rounds_q8(path, act, w);
+  }
+  return tokens <= kQ8MaxTokens && linear_rounds_q8(path, act, w);
 }
 
 int64_t linear_grain(LinearPath path, const WeightView& w, int64_t tokens) {
@@ -164,7 +187,9 @@ void prepare_x(XLayout layout, const float* x, int64_t tokens, int64_t K, float*
 }
 
 void linear_rows(LinearPath path, const LinearJob& job, int64_t r0, int64_t r1) {
-  if (job.xq) {  // the Q8 kernels take 1-4 tokens: more run in groups of 4 over the same rows
+  if (job.xq && job.tokens > 4 && path == LinearPath::Avx512 && cpu_features().avx512_vnni_vbmi)
+    return detail::rows_q8_gemm_avx512(job, r0, r1);
+  if (job.xq) {  // the Q8 gemv kernels take 1-4 tokens: more run in groups of 4 over the same rows
     const int64_t rb = q8_row_bytes(job.w->cols);
     for (int64_t t0 = 0; t0 < job.tokens; t0 += 4) {
       LinearJob group = job;
@@ -193,7 +218,7 @@ void linear(const WeightView& w, const float* x, float* y, int64_t tokens, Threa
   if (linear_wants_q8(path, act, w, tokens)) {
     thread_local std::vector<uint8_t> q8;  // grows once; the decode loop then reuses it
     if (int64_t(q8.size()) < tokens * q8_row_bytes(w.cols)) q8.resize(size_t(tokens * q8_row_bytes(w.cols)));
-    quantize_q8_rows(x, tokens, w.cols, q8.data());
+    quantize_q8_rows(x, tokens, w.cols, q8.data(), pool);
     job.xq = q8.data();
   } else if (linear_rounds_q8(path, act, w)) {  // 5+ tokens: the fp32 tiles on the same rounded x
     thread_local std::vector<float> rounded;

@@ -40,8 +40,11 @@ void linear(const WeightView& w, const float* x, float* y, int64_t tokens, Threa
 //   float scale[nb]     per 32-column block (max|x| / 127)
 //   float scale2[nb][2] the same, each twice (NVFP4's two 16-column blocks per chunk)
 //   int8  q[nb][32]     round(x / scale), per block the 16 even columns then the 16 odd ones
+//   int32 neg_corr2[nb][2], neg_corr1[nb]  −corr2, −corr1 as integers (the VNNI matrix kernel
+//                       starts its int32 sums of a scale block there)
 int64_t q8_row_bytes(int64_t cols);
 void quantize_q8_rows(const float* x, int64_t tokens, int64_t cols, uint8_t* out);
+void quantize_q8_rows(const float* x, int64_t tokens, int64_t cols, uint8_t* out, ThreadPool& pool);  // rows in parallel
 // Whether a product with these activations sees x rounded to Q8 (FP4 weights on the AVX2/AVX-512
 // paths, NEON with dotprod): at 1-kQ8MaxTokens tokens (1-4 on the AVX-512 path) linear_rows runs it from Q8 rows
 // (linear_wants_q8; the caller fills LinearJob::xq; past 4 tokens in groups of 4 over each row range,
@@ -114,6 +117,7 @@ void decode_tile_avx2(const WeightView& w, int64_t r0, int tile_rows, int64_t k0
 // 1-4 tokens of BF16 or FP4, 1-kAvx512E4m3GemvMaxTokens of E4M3 (64-column spans; past 4 in groups
 // of 4): gemv over job.xd in gemv_avx512_x_layout; more tokens: 32-row tiles; else rows_avx2.
 constexpr int64_t kAvx512E4m3GemvMaxTokens = 16;
+constexpr int64_t kAvx512Bf16GemvMaxTokens = 8;  // in groups of 4 past 4; the tiles win from ~16 in cache
 bool gemv_avx512_supports(const WeightView& w, int64_t tokens);
 XLayout gemv_avx512_x_layout(const WeightView& w);
 void rows_avx512(const LinearJob& job, int64_t r0, int64_t r1);
@@ -121,6 +125,9 @@ constexpr int64_t kAvx512TileRows = 32;
 // FP4 gemv over Q8 rows with VNNI + VBMI (linear_q8_avx512.cpp): 1-4 tokens, cols % 32 == 0; only
 // called when cpu_features().avx512_vnni_vbmi.
 void rows_q8_avx512(const LinearJob& job, int64_t r0, int64_t r1);
+// The matrix product over Q8 rows with VNNI + VBMI (linear_q8_gemm_avx512.cpp): 5+ tokens, 32-row
+// tiles (kAvx512TileRows), cols % 32 == 0; only called when cpu_features().avx512_vnni_vbmi.
+void rows_q8_gemm_avx512(const LinearJob& job, int64_t r0, int64_t r1);
 }  // namespace detail
 
 }  // namespace m2

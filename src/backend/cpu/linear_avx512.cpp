@@ -248,7 +248,7 @@ void gemm_tiles(const WeightView& w, const float* x, float* y, int64_t ldy, int6
 bool gemv_avx512_supports(const WeightView& w, int64_t tokens) {
   if (tokens < 1) return false;
   switch (w.format) {
-    case WeightFormat::Dense: return w.dtype == DType::BF16 && tokens <= 4;  // groups measured even with the tiles
+    case WeightFormat::Dense: return w.dtype == DType::BF16 && tokens <= kAvx512Bf16GemvMaxTokens;
     case WeightFormat::Nvfp4:
     case WeightFormat::Mxfp4: return tokens <= 4;
     case WeightFormat::Fp8Block:  // whole 64-column spans inside every scale block (else the AVX2 gemv);
@@ -265,12 +265,14 @@ XLayout gemv_avx512_x_layout(const WeightView& w) {
 void rows_avx512(const LinearJob& job, int64_t r0, int64_t r1) {
   const WeightView& w = *job.w;
   if (gemv_avx512_supports(w, job.tokens)) {
-    // Past 4 tokens in groups of 4 over the same rows, which the later groups read from L2.
+    // Past 4 tokens in groups of 4 over the same row stripe, which the later groups read from L2.
     const int64_t K = w.cols;
-    for (int64_t t0 = 0; t0 < job.tokens; t0 += 4)
-      dispatch_rows<4>(int(std::min<int64_t>(4, job.tokens - t0)), [&](auto t) {
-        gemv_rows<decltype(t)::value>(w, job.x + t0 * K, job.xd + t0 * K, job.y + t0 * job.ldy, job.ldy, r0, r1);
-      });
+    for_row_stripes(w, r0, r1, [&](int64_t s0, int64_t s1) {
+      for (int64_t t0 = 0; t0 < job.tokens; t0 += 4)
+        dispatch_rows<4>(int(std::min<int64_t>(4, job.tokens - t0)), [&](auto t) {
+          gemv_rows<decltype(t)::value>(w, job.x + t0 * K, job.xd + t0 * K, job.y + t0 * job.ldy, job.ldy, s0, s1);
+        });
+    });
     return;
   }
   if (job.tokens <= 4) return rows_avx2(job, r0, r1);

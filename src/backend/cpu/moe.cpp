@@ -145,7 +145,7 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
   if (q8) {
     const int64_t rb = q8_row_bytes(w.cols);
     if (int64_t(x_q8_.size()) < S * rb) x_q8_.resize(size_t(S * rb));
-    quantize_q8_rows(xp, S, w.cols, x_q8_.data());
+    quantize_q8_rows(xp, S, w.cols, x_q8_.data(), pool_);
     for (auto& it : group_items_)
       if (it.q8) it.job.xq = x_q8_.data() + (it.job.x - xp) / w.cols * rb;
   }

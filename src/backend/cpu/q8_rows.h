@@ -11,13 +11,16 @@ struct Q8Row {
   const float* scale;  // [nb] max|x| / 127
   const float* scale2; // [nb][2] the same, each twice
   const int8_t* q;     // [nb][32] per block the 16 even columns, then the 16 odd ones
+  const int32_t* neg_corr2;  // [nb][2] −corr
+  const int32_t* neg_corr1;  // [nb] −corr1
 };
 
 inline Q8Row q8_row(const uint8_t* base, int64_t cols) {
   const int64_t nb = cols / 32;
   return {reinterpret_cast<const float*>(base), reinterpret_cast<const float*>(base + 8 * nb),
           reinterpret_cast<const float*>(base + 12 * nb), reinterpret_cast<const float*>(base + 16 * nb),
-          reinterpret_cast<const int8_t*>(base + 24 * nb)};
+          reinterpret_cast<const int8_t*>(base + 24 * nb), reinterpret_cast<const int32_t*>(base + 56 * nb),
+          reinterpret_cast<const int32_t*>(base + 64 * nb)};
 }
 
 }  // namespace m2::detail

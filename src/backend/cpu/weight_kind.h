@@ -1,6 +1,7 @@
 // The element encodings the SIMD kernels are specialised for: one instantiation per encoding, so no
 // branch runs per chunk. Shared by the AVX2 and NEON kernel files (no intrinsics here).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -66,6 +67,15 @@ inline void for_row_blocks(int64_t r0, int64_t r1, Pass&& pass) {
   int64_t r = r0;
   for (; r + R <= r1; r += R) pass(r, std::integral_constant<int, R>{});
   for (; r < r1; ++r) pass(r, std::integral_constant<int, 1>{});
+}
+
+// [r0, r1) in stripes of whole 4-row passes of about kStripeBytes of weights: a gemv that runs its
+// tokens in groups reads a stripe from memory once and from L2 for the later groups.
+constexpr int64_t kStripeBytes = 128 << 10;
+template <typename Stripe>
+inline void for_row_stripes(const WeightView& w, int64_t r0, int64_t r1, Stripe&& stripe) {
+  const int64_t rows = std::max<int64_t>(4, kStripeBytes / std::max<int64_t>(1, w.row_bytes) / 4 * 4);
+  for (int64_t s = r0; s < r1; s += rows) stripe(s, std::min(r1, s + rows));
 }
 
 // Columns that the 32-wide SIMD decode covers; block-FP8 also needs whole chunks inside a scale block.
