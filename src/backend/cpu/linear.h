@@ -46,7 +46,8 @@ int64_t q8_row_bytes(int64_t cols);
 void quantize_q8_rows(const float* x, int64_t tokens, int64_t cols, uint8_t* out);
 void quantize_q8_rows(const float* x, int64_t tokens, int64_t cols, uint8_t* out, ThreadPool& pool);  // rows in parallel
 // Whether a product with these activations sees x rounded to Q8 (FP4 weights on the AVX2/AVX-512
-// paths, NEON with dotprod): at 1-kQ8MaxTokens tokens (1-4 on the AVX-512 path) linear_rows runs it from Q8 rows
+// paths, NEON with dotprod): at 1-kQ8MaxTokens tokens (AVX-512: 1-4 without VNNI, every count with
+// VNNI + VBMI, past 4 in its matrix product) linear_rows runs it from Q8 rows
 // (linear_wants_q8; the caller fills LinearJob::xq; past 4 tokens in groups of 4 over each row range,
 // whose weights are then read from L1), beyond that the fp32 tiles run on round_q8(x), so that a
 // request's products do not depend on how many tokens its batch put through an expert. (An expert
