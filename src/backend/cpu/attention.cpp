@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include "backend/cpu/attention_simd.h"
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/cpu_features.h"
 #include "core/error.h"
 
 namespace m2 {
@@ -52,6 +54,31 @@ inline void axpy(float p, const float* v, float* o, int n) {
 
 constexpr int kMaxGroup = 64;  // q heads per kv head (paged_attention refuses more)
 
+// One K row against a GQA group's q heads, one V row into their outputs: the portable loops, or the
+// AVX2 / AVX-512 kernels (attention_simd.cpp) where the CPU has them and head_dim fits.
+struct GroupKernels {
+  void (*dots)(const float* q, const float* k, int group, int d, float* out);
+  void (*axpys)(const float* p, const float* v, float* o, int group, int d);
+};
+
+void dots_portable(const float* q, const float* k, int group, int d, float* out) {
+  for (int h = 0; h < group; ++h) out[h] = dot(q + int64_t(h) * d, k, d);
+}
+void axpys_portable(const float* p, const float* v, float* o, int group, int d) {
+  for (int h = 0; h < group; ++h) axpy(p[h], v, o + int64_t(h) * d, d);
+}
+
+GroupKernels group_kernels(int head_dim) {
+#if defined(__x86_64__)
+  if (head_dim <= detail::kAttnSimdMaxDim) {
+    if (cpu_features().avx512) return {detail::attn_dots_avx512, detail::attn_axpys_avx512};
+    if (cpu_features().avx2_fma_f16c) return {detail::attn_dots_avx2, detail::attn_axpys_avx2};
+  }
+#endif
+  (void)head_dim;
+  return {dots_portable, axpys_portable};
+}
+
 struct AttentionArgs {
   const float* q;
   float* out;
@@ -98,6 +125,7 @@ void attend(const AttentionArgs& a, const E* kc, const E* vc, int64_t total_toke
   const int64_t q_dim = int64_t(a.heads) * a.head_dim, kv_dim = int64_t(a.kv_heads) * a.head_dim;
   const int64_t bs = a.block_size;
   const float scale = 1.0f / std::sqrt(float(a.head_dim));
+  const GroupKernels kern = group_kernels(a.head_dim);
   pool.parallel_for(total_tokens * a.kv_heads, [&](int64_t i0, int64_t i1, int thread) {
     // [group, context] scores, then one converted K/V row.
     std::vector<float>& buf = scores_per_thread[size_t(thread)];
@@ -126,8 +154,10 @@ void attend(const AttentionArgs& a, const E* kc, const E* vc, int64_t total_toke
         const int64_t n = std::min(bs, ctx - j0);
         for (int64_t r = 0; r < n; ++r) {
           const float* k = row_f32(kb + r * kv_dim, kv_row, a.head_dim);
+          float dots[kMaxGroup];
+          kern.dots(qv, k, group, a.head_dim, dots);
           for (int hh = 0; hh < group; ++hh) {
-            const float d = dot(qv + int64_t(hh) * a.head_dim, k, a.head_dim) * k_mul;
+            const float d = dots[hh] * k_mul;
             scores[hh * ctx + j0 + r] = d;
             mx[hh] = std::max(mx[hh], d);
           }
@@ -150,8 +180,9 @@ void attend(const AttentionArgs& a, const E* kc, const E* vc, int64_t total_toke
         const int64_t n = std::min(bs, ctx - j0);
         for (int64_t r = 0; r < n; ++r) {
           const float* v = row_f32(vb + r * kv_dim, kv_row, a.head_dim);
-          for (int hh = 0; hh < group; ++hh)
-            axpy(scores[hh * ctx + j0 + r] * inv[hh], v, o + int64_t(hh) * a.head_dim, a.head_dim);
+          float p[kMaxGroup];
+          for (int hh = 0; hh < group; ++hh) p[hh] = scores[hh * ctx + j0 + r] * inv[hh];
+          kern.axpys(p, v, o, group, a.head_dim);
         }
       }
     }
