@@ -174,6 +174,13 @@ std::vector<float> q8_rounded_x(const std::vector<uint8_t>& rows, int64_t tokens
   return out;
 }
 
+// x → its Q8 rows (quantize_q8_rows) → the values they stand for.
+std::vector<float> q8_rounded(const std::vector<float>& x, int64_t tokens, int64_t cols) {
+  std::vector<uint8_t> q8(size_t(tokens * q8_row_bytes(cols)));
+  quantize_q8_rows(x.data(), tokens, cols, q8.data());
+  return q8_rounded_x(q8, tokens, cols);
+}
+
 // The paths with a Q8 kernel on this CPU: AVX2, AVX-512 (its VNNI kernel where the CPU has VNNI and
 // VBMI, else the AVX2 one), NEON with dotprod. Empty when there is none.
 std::vector<LinearPath> q8_paths() {
@@ -213,9 +220,7 @@ TEST(Linear, Q8ActivationsWithinTheirRoundingBound) {
         ASSERT_TRUE(linear_rounds_q8(path, Activations::Q8, w.view));
         std::vector<float> got(size_t(tokens * rows)), ref(got.size()), ref_rounded(got.size());
         linear(w.view, x.data(), got.data(), tokens, pool, path, Activations::Q8);
-        std::vector<uint8_t> q8(size_t(tokens * q8_row_bytes(cols)));
-        quantize_q8_rows(x.data(), tokens, cols, q8.data());
-        const auto xr = q8_rounded_x(q8, tokens, cols);
+        const auto xr = q8_rounded(x, tokens, cols);
         linear_ref(w.view, x.data(), ref.data(), tokens);
         linear_ref(w.view, xr.data(), ref_rounded.data(), tokens);
         std::vector<float> wrow(static_cast<size_t>(cols));
@@ -267,9 +272,7 @@ TEST(Linear, Q8EveryScaleCode) {
         auto x = test::random_floats(rng, size_t(tokens * cols));
         std::vector<float> got(size_t(tokens * rows)), ref(got.size());
         linear(w.view, x.data(), got.data(), tokens, pool, path, Activations::Q8);
-        std::vector<uint8_t> q8(size_t(tokens * q8_row_bytes(cols)));
-        quantize_q8_rows(x.data(), tokens, cols, q8.data());
-        const auto xr = q8_rounded_x(q8, tokens, cols);
+        const auto xr = q8_rounded(x, tokens, cols);
         linear_ref(w.view, xr.data(), ref.data(), tokens);
         std::vector<float> wrow(static_cast<size_t>(cols));
         int bad = 0;

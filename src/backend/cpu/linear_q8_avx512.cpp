@@ -103,7 +103,7 @@ inline void gemv_q8_pass(const WeightView& w, const Q8Row* xr, int64_t r, int64_
   __m512 acc[R][T];
   for (int i = 0; i < R; ++i)
     for (int t = 0; t < T; ++t) acc[i][t] = acc_io[i][t];
-  const __m128i lut16 = _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
+  const __m128i lut16 = _mm_load_si128(reinterpret_cast<const __m128i*>(kFp4OffsetCodes));
   const __m512i lut = _mm512_broadcast_i32x4(lut16);
   const uint8_t* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = w.data + (r + i) * w.row_bytes + 16 * c0;

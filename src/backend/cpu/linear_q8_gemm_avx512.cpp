@@ -104,7 +104,7 @@ inline __m512 e8m0_lanes_half(__m512i e) {
 // Rows [r, r + valid) (valid ≤ 32) × blocks [b0, b0 + nbc) into p.
 template <bool Nv>
 void pack_tile(const WeightView& w, int64_t r, int64_t valid, int64_t b0, int nbc, PackedTile& p) {
-  const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
+  const __m512i lut = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kFp4OffsetCodes)));
   const int scale_bytes = Nv ? 2 * nbc : nbc;  // ≤ 32
   const __mmask32 scale_mask = scale_bytes == 32 ? ~__mmask32(0) : (__mmask32(1) << scale_bytes) - 1;
   for (int g = 0; g < 2; ++g) {

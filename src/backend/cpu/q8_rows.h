@@ -5,6 +5,10 @@
 
 namespace m2::detail {
 
+// The FP4 (E2M1) codes as the Q8 kernels multiply them: 2·value + 12, so that they are unsigned
+// bytes (vpmaddubsw, vpdpbusd take u8 × s8); the +12 is removed with the rows' corrections.
+alignas(16) inline constexpr int8_t kFp4OffsetCodes[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
+
 struct Q8Row {
   const float* corr;   // [nb][2] 12 × Σq per 16-column half
   const float* corr1;  // [nb] 12 × Σq per 32-column block
