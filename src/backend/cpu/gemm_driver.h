@@ -21,7 +21,7 @@ inline void dispatch_rows(int n, Kernel&& kernel) {
 
 // For weight tiles [tile0, tile1) of TileRows rows: decode TileCols columns at a time into `tile`
 // ([TileCols][TileRows]) with decode(r0, k0, kc, tile), then run
-// kernel(M, x_rows, tile, kc, y_rows, rows, first) over the tokens, Mr at a time.
+// kernel(M, x_rows, tile, kc, y_rows, rows, first) over the tokens, at most Mr at a time.
 // y has row stride ldy (≥ w.rows).
 template <int TileRows, int TileCols, int Mr, typename Decode, typename Kernel>
 void gemm_tile_loop(const WeightView& w, const float* x, float* y, int64_t ldy, int64_t tokens, int64_t tile0,
@@ -34,13 +34,16 @@ void gemm_tile_loop(const WeightView& w, const float* x, float* y, int64_t ldy, 
       const int64_t kc = std::min<int64_t>(TileCols, K - k0);
       decode(r0, k0, kc, tile);
       const bool first = k0 == 0;
-      int64_t t = 0;
-      for (; t + Mr <= tokens; t += Mr)
-        kernel(std::integral_constant<int, Mr>{}, x + t * K + k0, tile, kc, y + t * ldy + r0, rows, first);
-      if (t < tokens)
-        dispatch_rows<Mr - 1>(int(tokens - t), [&](auto m) {
+      // ceil(tokens / Mr) blocks of balanced sizes (10 tokens: 5 + 5, not 8 + 2): a block of M
+      // tokens has 2M independent FMA chains, too few to cover the FMA latency when M is small.
+      const int64_t blocks = (tokens + Mr - 1) / Mr, base = tokens / blocks, extra = tokens % blocks;
+      for (int64_t b = 0, t = 0; b < blocks; ++b) {
+        const int m_tokens = int(base + (b < extra));
+        dispatch_rows<Mr>(m_tokens, [&](auto m) {
           kernel(m, x + t * K + k0, tile, kc, y + t * ldy + r0, rows, first);
         });
+        t += m_tokens;
+      }
     }
   }
 }

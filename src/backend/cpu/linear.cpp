@@ -115,13 +115,15 @@ void quantize_q8_rows(const float* x, int64_t tokens, int64_t cols, uint8_t* out
   }
 }
 
-void round_q8(const float* x, int64_t tokens, int64_t cols, float* out) {
-  for (int64_t i = 0; i < tokens * (cols / 32); ++i) {
-    const int64_t t = i / (cols / 32), b = i % (cols / 32);
-    int8_t q[32];
-    const float d = quantize_q8_block(x + t * cols + 32 * b, q);
-    for (int j = 0; j < 32; ++j) out[t * cols + 32 * b + j] = float(q[j]) * d;
-  }
+void round_q8(const float* x, int64_t tokens, int64_t cols, float* out, ThreadPool& pool) {
+  pool.parallel_for(tokens, [&](int64_t t0, int64_t t1, int) {
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t b = 0; b < cols / 32; ++b) {
+        int8_t q[32];
+        const float d = quantize_q8_block(x + t * cols + 32 * b, q);
+        for (int j = 0; j < 32; ++j) out[t * cols + 32 * b + j] = float(q[j]) * d;
+      }
+  }, 4);
 }
 
 bool linear_rounds_q8(LinearPath path, Activations act, const WeightView& w) {
@@ -223,7 +225,7 @@ void linear(const WeightView& w, const float* x, float* y, int64_t tokens, Threa
   } else if (linear_rounds_q8(path, act, w)) {  // 5+ tokens: the fp32 tiles on the same rounded x
     thread_local std::vector<float> rounded;
     if (int64_t(rounded.size()) < tokens * w.cols) rounded.resize(size_t(tokens * w.cols));
-    round_q8(x, tokens, w.cols, rounded.data());
+    round_q8(x, tokens, w.cols, rounded.data(), pool);
     job.x = job.xd = rounded.data();
   } else if (const XLayout layout = linear_x_layout(path, w, tokens); layout != XLayout::Plain) {
     thread_local std::vector<float> buf;  // grows once; the decode loop then reuses it

@@ -56,7 +56,7 @@ constexpr int64_t kQ8MaxTokens = 16;
 bool linear_rounds_q8(LinearPath path, Activations act, const WeightView& w);
 bool linear_wants_q8(LinearPath path, Activations act, const WeightView& w, int64_t tokens);
 // x [tokens, cols] → the values the Q8 rows stand for (q · scale), in column order.
-void round_q8(const float* x, int64_t tokens, int64_t cols, float* out);
+void round_q8(const float* x, int64_t tokens, int64_t cols, float* out, ThreadPool& pool);  // rows in parallel
 
 // One product of a grouped call, computed a row range at a time on the calling thread:
 // y[t * ldy + r] = Σ_c x[t * w.cols + c] · W[r, c] for t < tokens. `xd` is x rearranged by

@@ -138,7 +138,7 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
   }
   if (rounded) {  // experts with 5+ rows: the fp32 tiles on the Q8-rounded input
     if (int64_t(x_rounded_.size()) < S * w.cols) x_rounded_.resize(size_t(S * w.cols));
-    round_q8(xp, S, w.cols, x_rounded_.data());
+    round_q8(xp, S, w.cols, x_rounded_.data(), pool_);
     for (auto& it : group_items_)
       if (it.rounded) it.job.x = x_rounded_.data() + (it.job.x - xp);
   }
