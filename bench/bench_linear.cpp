@@ -99,7 +99,7 @@ BENCHMARK(BM_ReadBandwidth)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRe
 BENCHMARK(BM_Memcpy)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
 BENCHMARK(BM_LinearDecode)
     ->ArgsProduct({{0, 1, 2, 3}, {96, 1}, {0, 1}, {1}})
-    ->ArgsProduct({{0, 1, 2, 3}, {96}, {0, 1}, {8}})
+    ->ArgsProduct({{0, 1, 2, 3}, {96, 1}, {0, 1}, {8}})
     ->ArgNames({"format", "weights", "q8", "tokens"})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime()
