@@ -134,7 +134,7 @@ bool linear_rounds_q8(LinearPath path, Activations act, const WeightView& w) {
 }
 
 bool linear_wants_q8(LinearPath path, Activations act, const WeightView& w, int64_t tokens) {
-  // AVX-512 without VNNI keeps its 8 × 32 fp32 tiles from 5 tokens on: Q8 groups were measured
+  // AVX-512 without VNNI keeps its 12 × 32 fp32 tiles from 5 tokens on: Q8 groups were measured
   // against the AVX2 tiles only.
   if (path == LinearPath::Avx512) {
     if (cpu_features().avx512_vnni_vbmi) return linear_rounds_q8(path, act, w);  // every count: gemv, then the VNNI gemm

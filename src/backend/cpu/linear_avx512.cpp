@@ -202,7 +202,7 @@ void gemv_rows(const WeightView& w, const float* x, const float* xd, float* y, i
   });
 }
 
-constexpr int kTileRows = int(kAvx512TileRows), kTileCols = 256, kMr = 8;
+constexpr int kTileRows = int(kAvx512TileRows), kTileCols = 256, kMr = 12;
 
 // acc[m][32] += x[m tokens, kc] · tile[kc][32]; stored into y on the first K chunk, added after.
 template <int M>
