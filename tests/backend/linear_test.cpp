@@ -62,24 +62,30 @@ TEST(Linear, FastPathsMatchReferenceForEveryFormat) {
   }
 }
 
-// The AVX-512 fp32 tiles decode FP4 at full width (a dword transpose, then vpermps per column) and
-// the AVX2 tiles by 8×8 transposes; both sum each output over the same 256-column chunks in the same
+// The AVX-512 fp32 tiles decode FP4, BF16 and E4M3 at full width (dword transposes, then vpermps,
+// shifts and masks per column) and the AVX2 tiles by 8×8 transposes; both sum each output over the same 256-column chunks in the same
 // order with FMAs, so the two paths must agree bit for bit at 5+ tokens (f32 activations): any
 // misplaced nibble, row or scale shows, however small its value.
-TEST(Linear, Avx512Fp4TilesEqualTheAvx2TilesBitForBit) {
+TEST(Linear, Avx512TilesEqualTheAvx2TilesBitForBit) {
   if (!cpu_features().avx512 || !cpu_features().avx2_fma_f16c) GTEST_SKIP() << "needs AVX-512 and AVX2";
   std::mt19937_64 rng(test::fresh_seed());
   ThreadPool pool(2);
-  for (auto format : {WeightFormat::Nvfp4, WeightFormat::Mxfp4})
+  const std::pair<WeightFormat, DType> formats[] = {
+      {WeightFormat::Nvfp4, DType::U8}, {WeightFormat::Mxfp4, DType::U8}, {WeightFormat::Dense, DType::BF16},
+      {WeightFormat::Fp8Block, DType::F8_E4M3}};
+  for (auto [format, dtype] : formats)
     for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{64, 256}, {130, 320}, {96, 608}}) {
-      auto w = test::random_weight(format, DType::U8, rows, cols, rng);
-      for (int64_t tokens : {5, 12, 13, 29}) {
+      auto w = test::random_weight(format, dtype, rows, cols, rng);
+      // BF16 and E4M3 run the AVX-512 gemv up to their kAvx512*GemvMaxTokens, tiles past it.
+      for (int64_t tokens : {5, 9, 12, 13, 17, 29}) {
+        if (format == WeightFormat::Dense && tokens <= detail::kAvx512Bf16GemvMaxTokens) continue;
+        if (format == WeightFormat::Fp8Block && tokens <= detail::kAvx512E4m3GemvMaxTokens) continue;
         auto x = test::random_floats(rng, size_t(tokens * cols));
         std::vector<float> avx2(size_t(tokens * rows)), avx512(size_t(tokens * rows), NAN);
         linear(w.view, x.data(), avx2.data(), tokens, pool, LinearPath::Avx2);
         linear(w.view, x.data(), avx512.data(), tokens, pool, LinearPath::Avx512);
         for (size_t i = 0; i < avx2.size(); ++i)
-          ASSERT_EQ(avx512[i], avx2[i]) << (format == WeightFormat::Nvfp4 ? "nvfp4" : "mxfp4") << " rows " << rows
+          ASSERT_EQ(avx512[i], avx2[i]) << int(format) << " rows " << rows
                                          << " cols " << cols << " tokens " << tokens << " output " << i;
       }
     }

@@ -133,10 +133,9 @@ inline void gemv_fp4_pass(const WeightView& w, const float* x, const float* xd, 
   finish_rows<R, T>(w, x, y, ldy, r, Ks, acc);
 }
 
-// 64 E4M3 bytes → out[q] lane j = column 4j + q (j = 0..15) as the fp32 of value × 2^-120.
-inline void e4m3_quads64_raw(const uint8_t* p, __m512 out[4]) {
+// 64 E4M3 bytes (lane j: bytes 4j .. 4j + 3) → out[q] lane j = byte 4j + q as the fp32 of value × 2^-120.
+inline void e4m3_quads_raw(__m512i v, __m512 out[4]) {
   const __m512i keep = _mm512_set1_epi32(int(0x87F00000u));  // sign + exponent/mantissa bits 20-26
-  const __m512i v = _mm512_loadu_si512(p);
   const __m512i odd = _mm512_srai_epi16(v, 4);                           // 4j+1, 4j+3 in bits 8-15, 24-31
   const __m512i even = _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 4);  // 4j, 4j+2
   out[0] = _mm512_castsi512_ps(_mm512_and_si512(_mm512_slli_epi32(even, 16), keep));
@@ -144,6 +143,9 @@ inline void e4m3_quads64_raw(const uint8_t* p, __m512 out[4]) {
   out[2] = _mm512_castsi512_ps(_mm512_and_si512(even, keep));
   out[3] = _mm512_castsi512_ps(_mm512_and_si512(odd, keep));
 }
+
+// 64 E4M3 bytes at p → out[q] lane j = column 4j + q (j = 0..15) as the fp32 of value × 2^-120.
+inline void e4m3_quads64_raw(const uint8_t* p, __m512 out[4]) { e4m3_quads_raw(_mm512_loadu_si512(p), out); }
 
 template <int T, int R>
 inline void gemv_e4m3_pass(const WeightView& w, const float* x, const float* xq, float* y, int64_t ldy, int64_t r) {
@@ -301,6 +303,89 @@ void decode_fp4_tile(const WeightView& w, int64_t r0, int64_t k0, int64_t kc, fl
   }
 }
 
+// r[i] lane j → r[j] lane i (16 × 16 dwords): dword and qword unpacks within 128-bit lanes, then a
+// 4 × 4 transpose of the 128-bit lanes; 64 shuffles.
+inline void transpose16x16_epi32(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  // Then u[4g + c], 128-bit lane L: dword 4L + c of rows 4g .. 4g + 3.
+  __m512i u[16];
+  for (int i = 0; i < 16; i += 4) {
+    u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512i a01 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), a23 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);
+    const __m512i b01 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44), b23 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xEE);
+    r[c] = _mm512_shuffle_i32x4(a01, b01, 0x88);
+    r[4 + c] = _mm512_shuffle_i32x4(a01, b01, 0xDD);
+    r[8 + c] = _mm512_shuffle_i32x4(a23, b23, 0x88);
+    r[12 + c] = _mm512_shuffle_i32x4(a23, b23, 0xDD);
+  }
+}
+
+// BF16 rows [r0, r0 + 32) × columns [k0, k0 + kc) into tile[k][32], bit for bit what
+// decode_tile_avx2 writes: per 16 rows and 32 columns (64 bytes a row) a 16 × 16 dword transpose, so
+// that lane i of register d holds row i's columns 2d (low half) and 2d + 1 (high half); `<< 16` and
+// `& 0xFFFF0000` make them fp32.
+void decode_bf16_tile(const WeightView& w, int64_t r0, int64_t k0, int64_t kc, float* tile) {
+  const int64_t Ks = simd_cols(w);
+  int64_t ksimd = 0;
+  while (ksimd + 32 <= kc && k0 + ksimd + 32 <= Ks) ksimd += 32;
+  const __m512i odd = _mm512_set1_epi32(int(0xFFFF0000u));
+  for (int h = 0; h < 2; ++h) {
+    const int64_t rh = r0 + 16 * h;
+    for (int64_t k = 0; k < ksimd; k += 32) {
+      __m512i d[16];
+      for (int i = 0; i < 16; ++i) d[i] = _mm512_loadu_si512(w.data + (rh + i) * w.row_bytes + 2 * (k0 + k));
+      transpose16x16_epi32(d);
+      float* out = tile + k * kTileRows + 16 * h;
+      for (int c = 0; c < 16; ++c) {
+        _mm512_store_ps(out + 2 * c * kTileRows, _mm512_castsi512_ps(_mm512_slli_epi32(d[c], 16)));
+        _mm512_store_ps(out + (2 * c + 1) * kTileRows, _mm512_castsi512_ps(_mm512_and_si512(d[c], odd)));
+      }
+    }
+    for (int i = 0; i < 16; ++i)
+      for (int64_t k = ksimd; k < kc; ++k) tile[k * kTileRows + 16 * h + i] = weight_element_ref(w, rh + i, k0 + k);
+  }
+}
+
+// E4M3 rows [r0, r0 + 32) × columns [k0, k0 + kc) into tile[k][32] (block_cols % 64 == 0), bit for
+// bit what decode_tile_avx2 writes: per 16 rows and 64 columns a 16 × 16 dword transpose (lane i of
+// register c: row i's columns 4c .. 4c + 3), e4m3_quads_raw's shifts and mask, then × 2^112 (exact)
+// × the row's block scale × 256, the AVX2 decode's (value × 2^-8) × (scale × 256).
+void decode_e4m3_tile(const WeightView& w, int64_t r0, int64_t k0, int64_t kc, float* tile) {
+  const int64_t Ks = simd_cols(w);
+  int64_t ksimd = 0;
+  while (ksimd + 64 <= kc && k0 + ksimd + 64 <= Ks) ksimd += 64;
+  const __m512 rescale = _mm512_set1_ps(0x1p112f);
+  for (int h = 0; h < 2; ++h) {
+    const int64_t rh = r0 + 16 * h;
+    for (int64_t k = 0; k < ksimd; k += 64) {
+      alignas(64) float scale[16];
+      for (int i = 0; i < 16; ++i) scale[i] = chunk_scale_f32<Kind::E4m3>(w, rh + i, k0 + k, 0);
+      const __m512 sv = _mm512_load_ps(scale);
+      __m512i d[16];
+      for (int i = 0; i < 16; ++i) d[i] = _mm512_loadu_si512(w.data + (rh + i) * w.row_bytes + k0 + k);
+      transpose16x16_epi32(d);
+      float* out = tile + k * kTileRows + 16 * h;
+      for (int c = 0; c < 16; ++c) {
+        __m512 v[4];
+        e4m3_quads_raw(d[c], v);
+        for (int q = 0; q < 4; ++q)
+          _mm512_store_ps(out + (4 * c + q) * kTileRows, _mm512_mul_ps(_mm512_mul_ps(v[q], rescale), sv));
+      }
+    }
+    for (int i = 0; i < 16; ++i)
+      for (int64_t k = ksimd; k < kc; ++k) tile[k * kTileRows + 16 * h + i] = weight_element_ref(w, rh + i, k0 + k);
+  }
+}
+
 void gemm_tiles(const WeightView& w, const float* x, float* y, int64_t ldy, int64_t tokens, int64_t tile0,
                 int64_t tile1) {
   alignas(64) float tile[kTileCols * kTileRows];
@@ -309,10 +394,13 @@ void gemm_tiles(const WeightView& w, const float* x, float* y, int64_t ldy, int6
   gemm_tile_loop<kTileRows, kTileCols, kMr>(
       w, x, y, ldy, tokens, tile0, tile1, tile,
       [&](int64_t r0, int64_t k0, int64_t kc, float* t) {
-        // Whole 32-row FP4 tiles at AVX-512 width; the last partial tile and the other formats by AVX2.
+        // Whole 32-row FP4, BF16 and E4M3 tiles at AVX-512 width; the last partial tile and the other
+        // formats (F16, F32, E5M2, E4M3 in blocks of other than 64k columns) by AVX2.
         if (r0 + kTileRows > w.rows) return decode_tile_avx2(w, r0, kTileRows, k0, kc, t);
         if (kind == Kind::Mxfp4) return decode_fp4_tile<Kind::Mxfp4>(w, r0, k0, kc, t);
         if (kind == Kind::Nvfp4) return decode_fp4_tile<Kind::Nvfp4>(w, r0, k0, kc, t);
+        if (kind == Kind::Bf16) return decode_bf16_tile(w, r0, k0, kc, t);
+        if (kind == Kind::E4m3 && w.block_cols % 64 == 0) return decode_e4m3_tile(w, r0, k0, kc, t);
         decode_tile_avx2(w, r0, kTileRows, k0, kc, t);
       },
       [&](auto m, const float* xt, const float* t, int64_t kc, float* yt, int rows, bool first) {
