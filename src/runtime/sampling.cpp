@@ -151,6 +151,9 @@ void Sampler::prepare(const float* logits, const SamplingParams& p, std::span<co
     std::sort(order_.begin(), order_.begin() + n, by_value);
     z = 0;
     for (int64_t i = 0; i < n; ++i) z += std::exp(double(w[order_[size_t(i)]] - lmax));
+    // order_[n] is the largest token cut: a near-tie with the last one kept may swap them.
+    cut_margin_ = std::min(cut_margin_, (std::exp(double(w[order_[size_t(n - 1)]] - lmax)) -
+                                         std::exp(double(w[order_[size_t(n)]] - lmax))) / z);
   }
   if (p.top_p < 1.0f) {
     // The smallest prefix of the sorted candidates whose mass reaches top_p (at least one token).
@@ -169,6 +172,12 @@ void Sampler::prepare(const float* logits, const SamplingParams& p, std::span<co
         if (cum + pi >= p.top_p) {
           keep = i + 1;
           cut_margin_ = std::min({cut_margin_, cum + pi - p.top_p, p.top_p - cum});
+          if (keep < n) {  // and a near-tie of the last one kept with the largest one cut
+            float next = w[order_[size_t(keep)]];  // past the sorted head, the largest of the rest
+            if (keep == sorted)
+              for (int64_t j = sorted; j < n; ++j) next = std::max(next, w[order_[size_t(j)]]);
+            cut_margin_ = std::min(cut_margin_, pi - std::exp(double(next - lmax)) / z);
+          }
           break;
         }
         cum += pi;
@@ -180,6 +189,10 @@ void Sampler::prepare(const float* logits, const SamplingParams& p, std::span<co
       if (sorted == n) break;  // rounding: the whole set is below top_p
     }
   }
+  // Draws walk the candidates in token-id order: then the token drawn moves only when the
+  // probabilities move by the decision margin, whereas in value order a near-tie that swaps two
+  // candidates would move every later one's interval.
+  if (top_k || p.top_p < 1.0f) std::sort(order_.begin(), order_.begin() + n);
   num_candidates_ = n;
   double total = 0;
   for (int64_t i = 0; i < n; ++i) total += probs_[size_t(i)] = std::exp(double(w[order_[size_t(i)]] - lmax));

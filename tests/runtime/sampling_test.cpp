@@ -181,6 +181,65 @@ TEST(Sampler, GreedyTiesMaskingAndSeeds) {
   EXPECT_EQ(a, b);
 }
 
+// Logits that move by ~1e-6 (another batch, another summation order) must move a draw only where
+// its recorded margin said it was that close: near-tied candidates that swap places in value order
+// must not shift the others' intervals, and a near-tie at the top-k or top-p cut must show in the
+// margin.
+TEST(Sampler, DrawsMoveOnlyWithinTheirMarginWhenLogitsMoveSlightly) {
+  std::mt19937_64 rng(test::fresh_seed());
+  const int V = 60, N = 4000;
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.top_k = 20;
+  // The top 20 lifted well clear of the rest: no near-tie at the cut unless planted.
+  auto base = test::random_floats(rng, V, 1.0f);
+  std::vector<int32_t> order(V);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return base[size_t(a)] > base[size_t(b)]; });
+  for (int i = 0; i < p.top_k; ++i) base[size_t(order[size_t(i)])] += 3.0f;
+  // Candidates i and i + 1 (in value order) made a near-tie that swaps order between the two runs.
+  auto near_ties = [&](std::initializer_list<int> at, std::vector<float>& one, std::vector<float>& other) {
+    for (int i : at) {
+      const auto a = size_t(order[size_t(i)]), b = size_t(order[size_t(i + 1)]);
+      one[b] = one[a] - 2e-6f;
+      other[b] = one[a] - 1e-6f;
+      other[a] = one[a] - 3e-6f;
+    }
+  };
+  std::vector<float> logits = base, nudged = base;
+  near_ties({0, 3, 7}, logits, nudged);
+  std::uniform_real_distribution<float> jitter(-1e-6f, 1e-6f);
+  for (auto& l : nudged) l += jitter(rng);
+  Sampler s(V), t(V);
+  s.prepare(logits.data(), p, {}, 0, {});
+  t.prepare(nudged.data(), p, {}, 0, {});
+  const uint64_t seed = rng();
+  Rng ra(seed), rb(seed);
+  int moved = 0, close = 0;
+  for (int i = 0; i < N; ++i) {
+    double ma = 0, mb = 0;
+    const int32_t x = s.pick(ra, &ma), y = t.pick(rb, &mb);
+    close += std::min(ma, mb) < 1e-3;
+    if (x == y) continue;
+    ++moved;
+    EXPECT_LT(std::min(ma, mb), 1e-3) << "draw " << i << ": token " << x << " became " << y << " far from any boundary";
+  }
+  EXPECT_LE(moved, N / 100);
+  EXPECT_LT(close, N / 10) << "the margins flag most draws: the check above says little";
+  // A near-tie at the top-k cut: which of the two is a candidate may flip, so every draw is close.
+  logits = base;
+  nudged = base;
+  near_ties({p.top_k - 1}, logits, nudged);
+  for (const std::vector<float>* l : {&base, &logits}) {
+    s.prepare(l->data(), p, {}, 0, {});
+    Rng r(seed);
+    double m = 0;
+    s.pick(r, &m);
+    if (l == &base) EXPECT_GT(m, 1e-6) << "no near-tie at the cut";
+    else EXPECT_LT(m, 1e-5) << "the near-tie at the top-k cut";
+  }
+}
+
 TEST(Sampler, LogprobsAreLogSoftmaxOfTheRawLogits) {
   std::mt19937_64 rng(test::fresh_seed());
   auto logits = test::random_floats(rng, 1000, 3.0f);
