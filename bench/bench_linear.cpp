@@ -53,7 +53,8 @@ void BM_Memcpy(benchmark::State& state) {
 }
 
 // range(1): number of distinct weights cycled; 96 streams from memory, 1 stays in cache (decode cost).
-// range(3): tokens (1; 8 as a batched decode step of 8 sequences puts through a shared weight).
+// range(3): tokens (1; 8 as a batched decode step of 8 sequences puts through a shared weight; 12 and
+// 16 for BF16 / FP8, from memory as a large MoE prefill's experts are).
 void BM_LinearDecode(benchmark::State& state) {
   const int f = int(state.range(0));
   const Activations act = state.range(2) ? Activations::Q8 : Activations::F32;
@@ -100,6 +101,7 @@ BENCHMARK(BM_Memcpy)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime(
 BENCHMARK(BM_LinearDecode)
     ->ArgsProduct({{0, 1, 2, 3}, {96, 1}, {0, 1}, {1}})
     ->ArgsProduct({{0, 1, 2, 3}, {96, 1}, {0, 1}, {8}})
+    ->ArgsProduct({{0, 1}, {96, 1}, {0}, {12, 16}})  // BF16 / FP8 where the gemv hands over to the tiles
     ->ArgNames({"format", "weights", "q8", "tokens"})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime()

@@ -118,7 +118,7 @@ void decode_tile_avx2(const WeightView& w, int64_t r0, int tile_rows, int64_t k0
 // 1-4 tokens of BF16 or FP4, 1-kAvx512E4m3GemvMaxTokens of E4M3 (64-column spans; past 4 in groups
 // of 4): gemv over job.xd in gemv_avx512_x_layout; more tokens: 32-row tiles; else rows_avx2.
 constexpr int64_t kAvx512E4m3GemvMaxTokens = 16;
-constexpr int64_t kAvx512Bf16GemvMaxTokens = 8;  // in groups of 4 past 4; the tiles win from ~16 in cache
+constexpr int64_t kAvx512Bf16GemvMaxTokens = 8;  // in groups of 4 past 4: from memory 1.3x the tiles at 6-8
 bool gemv_avx512_supports(const WeightView& w, int64_t tokens);
 XLayout gemv_avx512_x_layout(const WeightView& w);
 void rows_avx512(const LinearJob& job, int64_t r0, int64_t r1);

@@ -417,7 +417,8 @@ bool gemv_avx512_supports(const WeightView& w, int64_t tokens) {
     case WeightFormat::Nvfp4:
     case WeightFormat::Mxfp4: return tokens <= 4;
     case WeightFormat::Fp8Block:  // whole 64-column spans inside every scale block (else the AVX2 gemv);
-      // in groups of 4 up to 16 tokens: 2-3x the tiles, whose E4M3 decode converts through F16
+      // in groups of 4 up to 16 tokens: from memory 1.1-1.7x the tiles at 8-16 (BENCHMARKS.md), though
+      // in cache the tiles lead from 8
       return w.dtype == DType::F8_E4M3 && w.block_cols % 64 == 0 && w.cols % 64 == 0 && tokens <= kAvx512E4m3GemvMaxTokens;
   }
   return false;
