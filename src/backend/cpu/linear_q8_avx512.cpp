@@ -10,7 +10,10 @@
 //     to [Ae Be Ce De] and [Ao Bo Co Do] by two 128-bit lane shuffles per token, shared by the R rows.
 //   - vpdpbusd multiplies u8 codes by s8 activations and sums 4 products into each int32 lane (no
 //     int16 intermediate, no saturation); one conversion and one FMA per 4 chunks, with the
-//     scale products laid out per int32 lane beforehand (scale_lanes).
+//     scale products made per int32 lane in registers beside the dots (scale_lanes4). Made in a
+//     first pass through memory (scale_lanes, now only for the last 1-3 chunks) they left the
+//     weight stream idle meanwhile: 1 token streamed 59-65 GB/s in cache and 22-30 from memory, now
+//     72-82 and 28-33 (docs/BENCHMARKS.md).
 // note: only POD fields of WeightView are touched here, so no std::string code is emitted with AVX-512.
 #if defined(__x86_64__)
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,avx2,fma,f16c")
@@ -36,69 +39,64 @@ constexpr int kMaxChunks = 128;  // 4096 columns per pass; wider rows run in col
 // per int32 lane of the dot products: out[4j .. 4j + 4) for chunk j. The lanes of a chunk hold
 // columns 0-7, 8-15, 16-23, 24-31 (even and odd summed), so NVFP4 (two 16-column blocks) is
 // [s0 s0 s1 s1] and MXFP4 [s s s s]. Returns Σ scale × (12 · Σq) over the scale blocks: what the
-// codes' +12 offset added to the dots.
+// codes' +12 offset added to the dots. Scalar: for the 1-3 chunks past the groups of 4.
 template <bool Nv>
 inline float scale_lanes(const WeightView& w, int64_t r, const Q8Row& x, int64_t c0, int64_t n, float* out) {
   const uint8_t* sc = w.scales + r * w.scale_stride;
-  int64_t j = 0;
   float corr = 0.0f;
-  if constexpr (Nv) {
-    const __m256 g = _mm256_set1_ps(128.0f * w.global_scale);  // ½ × 2^8 (the F16 trick's offset)
-    const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    __m256 acc = _mm256_setzero_ps();
-    for (; j + 4 <= n; j += 4) {
-      // E4M3 → F16 bits (× 2^-8): sign-extend, shift exponent+mantissa into place, clear bit 14.
-      const __m128i b = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc + 2 * (c0 + j))));
-      const __m128i h = _mm_and_si128(_mm_slli_epi16(b, 7), _mm_set1_epi16(int16_t(0xBFFF)));
-      const __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(h), g), _mm256_loadu_ps(x.scale2 + 2 * (c0 + j)));
-      acc = _mm256_fmadd_ps(v, _mm256_loadu_ps(x.corr + 2 * (c0 + j)), acc);
-      _mm512_store_ps(out + 4 * j, _mm512_permutexvar_ps(dup, _mm512_zextps256_ps512(v)));
-    }
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, acc);
-    for (float v : lanes) corr += v;
-    for (; j < n; ++j) {
-      const int64_t c = c0 + j;
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t c = c0 + j;
+    if constexpr (Nv) {
       const float xs = x.scale[c] * 0.5f * w.global_scale;
       const float s0 = kE4M3ToF32[sc[2 * c]] * xs, s1 = kE4M3ToF32[sc[2 * c + 1]] * xs;
       out[4 * j] = out[4 * j + 1] = s0;
       out[4 * j + 2] = out[4 * j + 3] = s1;
       corr += s0 * x.corr[2 * c] + s1 * x.corr[2 * c + 1];
-    }
-  } else {
-    const __m512i dup = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    __m128 acc = _mm_setzero_ps();
-    for (; j + 4 <= n; j += 4) {
-      // E8M0 → float bits: e << 23; e = 0 is 2^-127 (0x00400000), which max() supplies.
-      int32_t e4;
-      std::memcpy(&e4, sc + c0 + j, 4);
-      const __m128i e = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(e4));
-      const __m128i bits = _mm_max_epi32(_mm_slli_epi32(e, 23), _mm_set1_epi32(0x00400000));
-      const __m128 v = _mm_mul_ps(_mm_mul_ps(_mm_castsi128_ps(bits), _mm_loadu_ps(x.scale + c0 + j)), _mm_set1_ps(0.5f));
-      acc = _mm_fmadd_ps(v, _mm_loadu_ps(x.corr1 + c0 + j), acc);
-      _mm512_store_ps(out + 4 * j, _mm512_permutexvar_ps(dup, _mm512_zextps128_ps512(v)));
-    }
-    alignas(16) float lanes[4];
-    _mm_store_ps(lanes, acc);
-    for (float v : lanes) corr += v;
-    for (; j < n; ++j) {
-      const float s = 0.5f * e8m0_to_f32(sc[c0 + j]) * x.scale[c0 + j];
+    } else {
+      const float s = 0.5f * e8m0_to_f32(sc[c]) * x.scale[c];
       out[4 * j] = out[4 * j + 1] = out[4 * j + 2] = out[4 * j + 3] = s;
-      corr += s * x.corr1[c0 + j];
+      corr += s * x.corr1[c];
     }
   }
   return corr;
 }
 
-// R rows × T tokens over chunks [c0, c0 + n): first every scale product, then the integer dots, 4
-// chunks per step; the last n % 4 chunks one at a time at 256 bits (even codes in the low lane, odd
-// in the high one, as the Q8 layout has them).
+// scale_lanes of the 4 chunks [c, c + 4) of row r as one register, with their correction terms
+// added into corr (lane sums: Σ scale × 12·Σq). NVFP4: E4M3 → F16 bits (× 2^-8, made up by the
+// 128 = ½ × 2^8 factor): sign-extend, shift exponent + mantissa into place, clear bit 14. MXFP4:
+// E8M0 → float bits e << 23, where e = 0 is 2^-127 (0x00400000), which max() supplies.
+template <bool Nv>
+inline __m512 scale_lanes4(const WeightView& w, int64_t r, const Q8Row& x, int64_t c, __m256& corr) {
+  const uint8_t* sc = w.scales + r * w.scale_stride;
+  if constexpr (Nv) {
+    const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    const __m128i b = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc + 2 * c)));
+    const __m128i h = _mm_and_si128(_mm_slli_epi16(b, 7), _mm_set1_epi16(int16_t(0xBFFF)));
+    const __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(128.0f * w.global_scale)),
+                                   _mm256_loadu_ps(x.scale2 + 2 * c));
+    corr = _mm256_fmadd_ps(v, _mm256_loadu_ps(x.corr + 2 * c), corr);
+    return _mm512_permutexvar_ps(dup, _mm512_zextps256_ps512(v));
+  } else {
+    const __m512i dup = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    int32_t e4;
+    std::memcpy(&e4, sc + c, 4);
+    const __m128i e = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(e4));
+    const __m128i bits = _mm_max_epi32(_mm_slli_epi32(e, 23), _mm_set1_epi32(0x00400000));
+    const __m128 v = _mm_mul_ps(_mm_mul_ps(_mm_castsi128_ps(bits), _mm_loadu_ps(x.scale + c)), _mm_set1_ps(0.5f));
+    corr = _mm256_fmadd_ps(_mm256_zextps128_ps256(v), _mm256_zextps128_ps256(_mm_loadu_ps(x.corr1 + c)), corr);
+    return _mm512_permutexvar_ps(dup, _mm512_zextps128_ps512(v));
+  }
+}
+
+// R rows × T tokens over chunks [c0, c0 + n): the integer dots 4 chunks per step, each with its scale
+// products; the last n % 4 chunks one at a time at 256 bits (even codes in the low lane, odd in the
+// high one, as the Q8 layout has them).
 template <bool Nv, int T, int R>
 inline void gemv_q8_pass(const WeightView& w, const Q8Row* xr, int64_t r, int64_t c0, int64_t n, __m512 acc_io[R][T],
                          float corr[R][T]) {
-  alignas(64) float sp[R][T][kMaxChunks * 4];
+  __m256 corr_acc[R][T];
   for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) corr[i][t] += scale_lanes<Nv>(w, r + i, xr[t], c0, n, sp[i][t]);
+    for (int t = 0; t < T; ++t) corr_acc[i][t] = _mm256_setzero_ps();
   // Local accumulators: the caller's array may alias the weight bytes (uint8_t).
   __m512 acc[R][T];
   for (int i = 0; i < R; ++i)
@@ -128,11 +126,22 @@ inline void gemv_q8_pass(const WeightView& w, const Q8Row* xr, int64_t r, int64_
       const __m512i co = _mm512_permutexvar_epi8(_mm512_srli_epi16(bytes, 4), lut);
       for (int t = 0; t < T; ++t) {
         const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ce, xe[t]), co, xo[t]);
-        acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_load_ps(sp[i][t] + 16 * g), acc[i][t]);
+        const __m512 sv = scale_lanes4<Nv>(w, r + i, xr[t], c0 + 4 * g, corr_acc[i][t]);
+        acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sv, acc[i][t]);
       }
     }
   }
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) {
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, corr_acc[i][t]);
+      for (float v : lanes) corr[i][t] += v;
+    }
   if (4 * g < n) {
+    const int64_t c4 = 4 * g;
+    alignas(64) float sp[R][T][16];
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) corr[i][t] += scale_lanes<Nv>(w, r + i, xr[t], c0 + c4, n - c4, sp[i][t]);
     const __m256i lut256 = _mm256_broadcastsi128_si256(lut16), nib = _mm256_set1_epi8(0x0F);
     const __m256i shift = _mm256_setr_epi64x(0, 0, 4, 4);
     __m256 tail[R][T];
@@ -145,7 +154,7 @@ inline void gemv_q8_pass(const WeightView& w, const Q8Row* xr, int64_t r, int64_
         for (int t = 0; t < T; ++t) {
           const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[t].q + 32 * (c0 + c)));
           const __m256 dot = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), wq, xq));
-          tail[i][t] = _mm256_fmadd_ps(dot, _mm256_broadcast_ps(reinterpret_cast<const __m128*>(sp[i][t] + 4 * c)), tail[i][t]);
+          tail[i][t] = _mm256_fmadd_ps(dot, _mm256_broadcast_ps(reinterpret_cast<const __m128*>(sp[i][t] + 4 * (c - c4))), tail[i][t]);
         }
       }
     for (int i = 0; i < R; ++i)
