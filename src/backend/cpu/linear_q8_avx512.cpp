@@ -11,9 +11,9 @@
 //   - vpdpbusd multiplies u8 codes by s8 activations and sums 4 products into each int32 lane (no
 //     int16 intermediate, no saturation); one conversion and one FMA per 4 chunks, with the
 //     scale products made per int32 lane in registers beside the dots (scale_lanes4). Made in a
-//     first pass through memory (scale_lanes, now only for the last 1-3 chunks) they left the
-//     weight stream idle meanwhile: 1 token streamed 59-65 GB/s in cache and 22-30 from memory, now
-//     72-82 and 28-33 (docs/BENCHMARKS.md).
+//     first pass through L1 (scale_lanes, now only for the last 1-3 chunks) they left the weight
+//     stream idle meanwhile: 1 token streamed 46-61 GB/s in cache and 24-30 from memory, now 53-79
+//     and 23-34 (docs/BENCHMARKS.md, the VM's spread).
 // note: only POD fields of WeightView are touched here, so no std::string code is emitted with AVX-512.
 #if defined(__x86_64__)
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,avx2,fma,f16c")
