@@ -197,17 +197,16 @@ TEST(Sampler, DrawsMoveOnlyWithinTheirMarginWhenLogitsMoveSlightly) {
   std::iota(order.begin(), order.end(), 0);
   std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return base[size_t(a)] > base[size_t(b)]; });
   for (int i = 0; i < p.top_k; ++i) base[size_t(order[size_t(i)])] += 3.0f;
-  // Candidates i and i + 1 (in value order) made a near-tie that swaps order between the two runs.
-  auto near_ties = [&](std::initializer_list<int> at, std::vector<float>& one, std::vector<float>& other) {
+  // Candidates i and i + 1 (in value order) made a near-tie in `one`, swapped in `other` if given.
+  auto near_ties = [&](std::initializer_list<int> at, std::vector<float>& one, std::vector<float>* other) {
     for (int i : at) {
       const auto a = size_t(order[size_t(i)]), b = size_t(order[size_t(i + 1)]);
       one[b] = one[a] - 2e-6f;
-      other[b] = one[a] - 1e-6f;
-      other[a] = one[a] - 3e-6f;
+      if (other) (*other)[b] = one[a] - 1e-6f, (*other)[a] = one[a] - 3e-6f;
     }
   };
   std::vector<float> logits = base, nudged = base;
-  near_ties({0, 3, 7}, logits, nudged);
+  near_ties({0, 3, 7}, logits, &nudged);
   std::uniform_real_distribution<float> jitter(-1e-6f, 1e-6f);
   for (auto& l : nudged) l += jitter(rng);
   Sampler s(V), t(V);
@@ -228,16 +227,27 @@ TEST(Sampler, DrawsMoveOnlyWithinTheirMarginWhenLogitsMoveSlightly) {
   EXPECT_LT(close, N / 10) << "the margins flag most draws: the check above says little";
   // A near-tie at the top-k cut: which of the two is a candidate may flip, so every draw is close.
   logits = base;
-  nudged = base;
-  near_ties({p.top_k - 1}, logits, nudged);
-  for (const std::vector<float>* l : {&base, &logits}) {
-    s.prepare(l->data(), p, {}, 0, {});
+  near_ties({p.top_k - 1}, logits, nullptr);
+  auto first_margin = [&](const std::vector<float>& l) {
+    s.prepare(l.data(), p, {}, 0, {});
     Rng r(seed);
     double m = 0;
     s.pick(r, &m);
-    if (l == &base) EXPECT_GT(m, 1e-6) << "no near-tie at the cut";
-    else EXPECT_LT(m, 1e-5) << "the near-tie at the top-k cut";
-  }
+    return m;
+  };
+  EXPECT_GT(first_margin(base), 1e-6) << "no near-tie at the top-k cut";
+  EXPECT_LT(first_margin(logits), 1e-5) << "the near-tie at the top-k cut";
+  // A near-tie at the top-p cut: top_p halfway into candidate 5's mass keeps 0-5 and cuts 6, its
+  // near-twin, with both cut conditions themselves far from tight.
+  logits = base;
+  near_ties({5}, logits, nullptr);
+  auto weight = [&](int i) { return std::exp(double(logits[size_t(order[size_t(i)])] - logits[size_t(order[0])])); };
+  double z = 0, head = 0;
+  for (int i = 0; i < p.top_k; ++i) z += weight(i);
+  for (int i = 0; i < 5; ++i) head += weight(i) / z;
+  p.top_p = float(head + 0.5 * weight(5) / z);
+  EXPECT_GT(first_margin(base), 1e-6) << "no near-tie at the top-p cut";
+  EXPECT_LT(first_margin(logits), 1e-5) << "the near-tie at the top-p cut";
 }
 
 TEST(Sampler, LogprobsAreLogSoftmaxOfTheRawLogits) {
