@@ -67,12 +67,14 @@ class CpuBackend final : public Backend {
   std::vector<float> x_prepared_;           // [S, cols] grouped-linear input in the kernels' XLayout
   std::vector<uint8_t> x_q8_;               // [S, q8_row_bytes(cols)] grouped-linear input as Q8 rows
   std::vector<float> x_rounded_;            // [S, cols] grouped-linear input rounded to Q8 (5+ rows)
+  std::vector<uint16_t> x_bf16_;            // [S, cols] grouped-linear input as bf16 rows
   struct GroupItem {                        // one expert × part of a grouped call
     LinearJob job;
     int64_t grain, units;                   // rows per work unit, units
     double unit_cost;
     bool q8;                                // the job reads Q8 rows of x
     bool rounded;                           // the job reads x rounded to Q8 (fp32 tiles)
+    bool bf16;                              // the job reads bf16 rows of x
   };
   std::vector<GroupItem> group_items_;
 };

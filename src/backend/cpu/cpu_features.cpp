@@ -27,6 +27,9 @@ CpuFeatures detect() {
   f.avx512_vnni_vbmi = f.avx512 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
   // M2_CPU_NO_VNNI=1 keeps the AVX-512 path but runs its FP4 × Q8 products on the AVX2 kernel.
   if (const char* v = std::getenv("M2_CPU_NO_VNNI"); v && std::string(v) == "1") f.avx512_vnni_vbmi = false;
+  f.avx512_bf16 = f.avx512 && __builtin_cpu_supports("avx512bf16");
+  // M2_CPU_NO_BF16=1 runs BF16 weights on the exact fp32 kernels whatever the activations.
+  if (const char* b = std::getenv("M2_CPU_NO_BF16"); b && std::string(b) == "1") f.avx512_bf16 = false;
 #endif
 #if defined(__aarch64__)
   f.neon = true;
@@ -35,7 +38,7 @@ CpuFeatures detect() {
 #endif
   // M2_CPU_GENERIC=1 forces the portable kernels (for tests and for comparing paths).
   if (const char* g = std::getenv("M2_CPU_GENERIC"); g && std::string(g) == "1")
-    f.avx2_fma_f16c = f.avx512 = f.avx512_vnni_vbmi = f.neon = f.dotprod = false;
+    f.avx2_fma_f16c = f.avx512 = f.avx512_vnni_vbmi = f.avx512_bf16 = f.neon = f.dotprod = false;
   return f;
 }
 }  // namespace
@@ -46,9 +49,12 @@ const CpuFeatures& cpu_features() {
 }
 
 std::string CpuFeatures::describe() const {
-  if (avx2_fma_f16c)
-    return avx512 ? (avx512_vnni_vbmi ? "avx512 (+vnni/vbmi) gemv + avx2/fma/f16c" : "avx512 gemv + avx2/fma/f16c")
-                  : "avx2+fma+f16c";
+  if (avx2_fma_f16c) {
+    if (!avx512) return "avx2+fma+f16c";
+    std::string extra = avx512_vnni_vbmi ? "vnni/vbmi" : "";
+    if (avx512_bf16) extra += extra.empty() ? "bf16" : "/bf16";
+    return "avx512" + (extra.empty() ? std::string() : " (+" + extra + ")") + " gemv + avx2/fma/f16c";
+  }
   if (neon) return dotprod ? "neon+dotprod" : "neon";
   return "generic";
 }

@@ -143,6 +143,18 @@ bool linear_wants_q8(LinearPath path, Activations act, const WeightView& w, int6
   return tokens <= kQ8MaxTokens && linear_rounds_q8(path, act, w);
 }
 
+bool linear_wants_bf16(LinearPath path, Activations act, const WeightView& w) {
+  return act == Activations::Q8 && path == LinearPath::Avx512 && cpu_features().avx512_bf16 &&
+         w.format == WeightFormat::Dense && w.dtype == DType::BF16 && w.cols > 0;
+}
+
+void bf16_rows(const float* x, int64_t tokens, int64_t cols, uint16_t* out, ThreadPool& pool) {
+  M2_CHECK(cpu_features().avx512_bf16, "bf16_rows: this CPU has no AVX512_BF16");
+  pool.parallel_for(tokens, [&](int64_t t0, int64_t t1, int) {
+    detail::bf16_rows_avx512(x + t0 * cols, (t1 - t0) * cols, out + t0 * cols);
+  }, std::max<int64_t>(1, 4096 / std::max<int64_t>(cols, 1)));
+}
+
 int64_t linear_grain(LinearPath path, const WeightView& w, int64_t tokens) {
   switch (path) {
     case LinearPath::Avx512:
@@ -189,6 +201,7 @@ void prepare_x(XLayout layout, const float* x, int64_t tokens, int64_t K, float*
 }
 
 void linear_rows(LinearPath path, const LinearJob& job, int64_t r0, int64_t r1) {
+  if (job.xb) return detail::rows_bf16_avx512(job, r0, r1);
   if (job.xq && job.tokens > 4 && path == LinearPath::Avx512 && cpu_features().avx512_vnni_vbmi)
     return detail::rows_q8_gemm_avx512(job, r0, r1);
   if (job.xq) {  // the Q8 gemv kernels take 1-4 tokens: more run in groups of 4 over the same rows
@@ -217,7 +230,12 @@ void linear(const WeightView& w, const float* x, float* y, int64_t tokens, Threa
             Activations act) {
   path = resolve_linear_path(path);
   LinearJob job{&w, x, x, nullptr, y, w.rows, tokens};
-  if (linear_wants_q8(path, act, w, tokens)) {
+  if (linear_wants_bf16(path, act, w)) {
+    thread_local std::vector<uint16_t> xb;  // grows once; the decode loop then reuses it
+    if (int64_t(xb.size()) < tokens * w.cols) xb.resize(size_t(tokens * w.cols));
+    bf16_rows(x, tokens, w.cols, xb.data(), pool);
+    job.xb = xb.data();
+  } else if (linear_wants_q8(path, act, w, tokens)) {
     thread_local std::vector<uint8_t> q8;  // grows once; the decode loop then reuses it
     if (int64_t(q8.size()) < tokens * q8_row_bytes(w.cols)) q8.resize(size_t(tokens * q8_row_bytes(w.cols)));
     quantize_q8_rows(x, tokens, w.cols, q8.data(), pool);

@@ -22,9 +22,11 @@ LinearPath resolve_linear_path(LinearPath requested);
 // The activation precision of the FP4 products.
 enum class Activations {
   F32,  // exact: fp32 activations × decoded weights, fp32 accumulation (the reference; eval's default)
-  Q8,   // x rounded to int8 per 32-column block (scale max|x|/127, as llama.cpp's Q8_0), then
-        // int8 × FP4-code integer dot products: a 32-column chunk in ~12 instructions instead of ~25.
-        // Error per output ≤ Σ_blocks (max|x_b| / 254) · Σ_b |w| (tests/backend/linear_test.cpp).
+  Q8,   // as llama.cpp: FP4 weights see x rounded to int8 per 32-column block (scale max|x|/127,
+        // llama.cpp's Q8_0), then int8 × FP4-code integer dot products: a 32-column chunk in ~12
+        // instructions instead of ~25. Error per output ≤ Σ_blocks (max|x_b| / 254) · Σ_b |w|.
+        // BF16 weights on CPUs with AVX512_BF16 see x rounded to bf16 (llama.cpp's BF16 vec_dot
+        // type), then vdpbf16ps: error per output ≤ 2^-8 Σ |x w| (tests/backend/linear_test.cpp).
 };
 Activations parse_activations(std::string_view name);  // "f32" | "q8"; else InvalidArgument
 std::string_view activations_name(Activations a);
@@ -69,7 +71,14 @@ struct LinearJob {
   float* y = nullptr;
   int64_t ldy = 0;
   int64_t tokens = 0;
+  const uint16_t* xb = nullptr;  // bf16 rows of x (bf16_rows) when linear_wants_bf16 says so, else null
 };
+// Whether a product runs BF16 weights × bf16-rounded x (AVX512_BF16; every token count, so that a
+// request's products do not depend on its batch): the caller fills LinearJob::xb.
+bool linear_wants_bf16(LinearPath path, Activations act, const WeightView& w);
+// x [tokens, cols] → out [tokens, cols] bf16 (round to nearest even), rows in parallel. Only where
+// linear_wants_bf16 can hold (AVX512_BF16).
+void bf16_rows(const float* x, int64_t tokens, int64_t cols, uint16_t* out, ThreadPool& pool);
 // Rows per work unit: ranges passed to linear_rows start at multiples of it (tile rows of the
 // matrix-matrix kernels), and end at a multiple of it or at w.rows.
 int64_t linear_grain(LinearPath path, const WeightView& w, int64_t tokens);
@@ -126,6 +135,10 @@ constexpr int64_t kAvx512TileRows = 32;
 // FP4 gemv over Q8 rows with VNNI + VBMI (linear_q8_avx512.cpp): 1-4 tokens, cols % 32 == 0; only
 // called when cpu_features().avx512_vnni_vbmi.
 void rows_q8_avx512(const LinearJob& job, int64_t r0, int64_t r1);
+// BF16 weights × bf16 rows of x with AVX512_BF16 (linear_bf16_avx512.cpp): every token count, any
+// cols; only called when cpu_features().avx512_bf16. bf16_rows_avx512 converts n floats.
+void rows_bf16_avx512(const LinearJob& job, int64_t r0, int64_t r1);
+void bf16_rows_avx512(const float* x, int64_t n, uint16_t* out);
 // The matrix product over Q8 rows with VNNI + VBMI (linear_q8_gemm_avx512.cpp): 5+ tokens, 32-row
 // tiles (kAvx512TileRows), cols % 32 == 0; only called when cpu_features().avx512_vnni_vbmi.
 void rows_q8_gemm_avx512(const LinearJob& job, int64_t r0, int64_t r1);

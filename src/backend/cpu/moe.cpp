@@ -107,7 +107,7 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
   const float* xd = xp;
   group_items_.clear();  // capacity kept: no allocation once warmed up
   XLayout layout = XLayout::Plain;  // of every product that reads a rearranged x (one format per weight)
-  bool q8 = false, rounded = false;
+  bool q8 = false, rounded = false, bf16 = false;
   for (int64_t e = 0; e < w.experts; ++e) {
     const int64_t n = off[e + 1] - off[e];
     if (n < 0) fail<InvalidArgument>("grouped_linear: offsets decrease at expert {}", e);
@@ -117,16 +117,19 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
       const WeightView& v = w.part(e, p);
       if (v.cols != w.cols) fail<InvalidArgument>("grouped_linear: {} has {} columns, expected {}", v.name, v.cols, w.cols);
       const int64_t grain = linear_grain(path_, v, n);
-      const bool wants_q8 = linear_wants_q8(path_, act_, v, n), rounds = !wants_q8 && linear_rounds_q8(path_, act_, v);
+      const bool wants_bf16 = linear_wants_bf16(path_, act_, v);
+      const bool wants_q8 = !wants_bf16 && linear_wants_q8(path_, act_, v, n);
+      const bool rounds = !wants_bf16 && !wants_q8 && linear_rounds_q8(path_, act_, v);
       q8 |= wants_q8;
       rounded |= rounds;
-      if (const XLayout l = wants_q8 ? XLayout::Plain : linear_x_layout(path_, v, n); l != XLayout::Plain) {
+      bf16 |= wants_bf16;
+      if (const XLayout l = wants_q8 || wants_bf16 ? XLayout::Plain : linear_x_layout(path_, v, n); l != XLayout::Plain) {
         if (layout != XLayout::Plain && layout != l)
           fail<InvalidArgument>("grouped_linear: {} reads its input in another layout than the group's other parts", v.name);
         layout = l;
       }
       LinearJob job{&v, xp + int64_t(off[e]) * w.cols, nullptr, nullptr, yp + int64_t(off[e]) * w.rows + row0, w.rows, n};
-      group_items_.push_back({job, grain, (v.rows + grain - 1) / grain, double(grain) * double(4 + n), wants_q8, rounds});
+      group_items_.push_back({job, grain, (v.rows + grain - 1) / grain, double(grain) * double(4 + n), wants_q8, rounds, wants_bf16});
       row0 += v.rows;
     }
     if (row0 != w.rows) fail<InvalidArgument>("grouped_linear: expert {} has {} rows, expected {}", e, row0, w.rows);
@@ -148,6 +151,12 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
     quantize_q8_rows(xp, S, w.cols, x_q8_.data(), pool_);
     for (auto& it : group_items_)
       if (it.q8) it.job.xq = x_q8_.data() + (it.job.x - xp) / w.cols * rb;
+  }
+  if (bf16) {
+    if (int64_t(x_bf16_.size()) < S * w.cols) x_bf16_.resize(size_t(S * w.cols));
+    bf16_rows(xp, S, w.cols, x_bf16_.data(), pool_);
+    for (auto& it : group_items_)
+      if (it.bf16) it.job.xb = x_bf16_.data() + (it.job.x - xp);
   }
   double total = 0;
   for (auto& it : group_items_) {
