@@ -57,7 +57,7 @@ void BM_Memcpy(benchmark::State& state) {
 // 16 for BF16 / FP8, from memory as a large MoE prefill's experts are).
 void BM_LinearDecode(benchmark::State& state) {
   const int f = int(state.range(0));
-  const Activations act = state.range(2) ? Activations::Q8 : Activations::F32;
+  const Activations act = state.range(2) ? Activations::Q8Bf16 : Activations::F32;  // q8 for FP4 weights
   auto& ws = weights(f, int(state.range(1)));
   std::mt19937_64 rng(1);
   const int64_t T = state.range(3);
@@ -74,16 +74,16 @@ void BM_LinearDecode(benchmark::State& state) {
 }
 
 // range(1) tokens: 512 (a dense prefill) or 16 (an expert's share of a 512-token MoE prefill);
-// range(2): Q8 activations (FP4 weights: the gemv to 4 tokens, the VNNI gemm or the fp32 tiles on
+// range(2): q8-bf16 activations (FP4 weights, as q8: the gemv to 4 tokens, the VNNI gemm or the fp32 tiles on
 // the rounded x past that; BF16 weights: bf16 rows of x through vdpbf16ps, on CPUs with AVX512_BF16).
 void BM_LinearPrefill(benchmark::State& state) {
   const int f = int(state.range(0));
   const int64_t T = state.range(1);
-  const Activations act = state.range(2) ? Activations::Q8 : Activations::F32;
+  const Activations act = state.range(2) ? Activations::Q8Bf16 : Activations::F32;  // q8 for FP4 weights
   auto& ws = weights(f, 1);
-  if (act == Activations::Q8 && !linear_rounds_q8(resolve_linear_path(LinearPath::Auto), act, ws[0].view) &&
+  if (act != Activations::F32 && !linear_rounds_q8(resolve_linear_path(LinearPath::Auto), act, ws[0].view) &&
       !linear_wants_bf16(resolve_linear_path(LinearPath::Auto), act, ws[0].view)) {
-    state.SkipWithError("Q8 activations apply to FP4 weights (and BF16 weights with AVX512_BF16) only");
+    state.SkipWithError("q8-bf16 activations apply to FP4 weights (and BF16 weights with AVX512_BF16) only");
     return;
   }
   std::mt19937_64 rng(1);

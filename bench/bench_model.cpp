@@ -125,7 +125,7 @@ int main(int argc, char** argv) {
   app.add_option("--decode", decode, "decoded tokens at batch 1")->capture_default_str();
   app.add_option("--threads", threads, "threads (0 = all)")->capture_default_str();
   std::string activations = "q8";
-  app.add_option("--activations", activations, "q8 | f32 (FP4 products' activations, as m2 serve)")->capture_default_str();
+  app.add_option("--activations", activations, "q8 | q8-bf16 | f32 (as m2 serve)")->capture_default_str();
   app.add_option("--batches", batches_text, "batched-decode sizes, comma-separated (empty: skip)")->capture_default_str();
   app.add_option("--batch-prompt", batch_prompt, "prompt length of each batched request")->capture_default_str();
   app.add_option("--batch-steps", batch_steps, "timed decode steps per batch size")->capture_default_str();

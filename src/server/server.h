@@ -26,7 +26,7 @@ struct ServeOptions {
   bool enable_prefix_caching = true;
   int speculative_ngram = 0;
   int threads = 0;
-  std::string activations = "q8";  // FP4 products: q8 (int8 activations, as llama.cpp) | f32 (exact)
+  std::string activations = "q8";  // q8 (int8 activations in FP4 products, as llama.cpp) | q8-bf16 | f32 (exact)
   // API.
   std::string api_key;
   bool enable_auto_tool_choice = false;

@@ -320,7 +320,7 @@ TEST(Linear, Q8EveryScaleCode) {
     }
 }
 
-// BF16 weights × bf16-rounded x (Activations::Q8 on CPUs with AVX512_BF16), every token count:
+// BF16 weights × bf16-rounded x (Activations::Q8Bf16 on CPUs with AVX512_BF16), every token count:
 //  1. Against the reference run on x̃ = bf16(x) (round to nearest even): only the fp32 summation
 //     differs, 2e-6 of Σ|x̃ w|. Run on x itself the products differ by ~2^-10 √K |x w|, far outside it.
 //  2. Against the exact reference: |y − ref| ≤ 2^-8 Σ|x w| (each |x − x̃| ≤ 2^-8 |x|: 8 significant
@@ -336,11 +336,11 @@ TEST(Linear, Bf16ActivationsWithinTheirRoundingBound) {
       auto w = test::random_weight(WeightFormat::Dense, DType::BF16, rows, cols, rng);
       auto x = test::random_floats(rng, size_t(tokens * cols));
       for (size_t i = 0; i < x.size(); i += 97) x[i] *= 20.0f;  // outliers, as activations have
-      ASSERT_TRUE(linear_wants_bf16(LinearPath::Avx512, Activations::Q8, w.view));
+      ASSERT_TRUE(linear_wants_bf16(LinearPath::Avx512, Activations::Q8Bf16, w.view));
       std::vector<float> xr(x.size());
       for (size_t i = 0; i < x.size(); ++i) xr[i] = bf16_to_f32(f32_to_bf16(x[i]));
       std::vector<float> got(size_t(tokens * rows)), ref(got.size()), ref_rounded(got.size());
-      linear(w.view, x.data(), got.data(), tokens, pool, LinearPath::Avx512, Activations::Q8);
+      linear(w.view, x.data(), got.data(), tokens, pool, LinearPath::Avx512, Activations::Q8Bf16);
       linear_ref(w.view, x.data(), ref.data(), tokens);
       linear_ref(w.view, xr.data(), ref_rounded.data(), tokens);
       std::vector<float> wrow(static_cast<size_t>(cols));
@@ -372,16 +372,16 @@ TEST(Linear, Bf16ProductOfATokenDoesNotDependOnItsBatch) {
   auto w = test::random_weight(WeightFormat::Dense, DType::BF16, rows, cols, rng);
   auto x = test::random_floats(rng, size_t(tokens * cols));
   std::vector<float> all(size_t(tokens * rows)), one(static_cast<size_t>(rows)), all1(all.size());
-  linear(w.view, x.data(), all.data(), tokens, pool2, LinearPath::Avx512, Activations::Q8);
-  linear(w.view, x.data(), all1.data(), tokens, pool1, LinearPath::Avx512, Activations::Q8);
+  linear(w.view, x.data(), all.data(), tokens, pool2, LinearPath::Avx512, Activations::Q8Bf16);
+  linear(w.view, x.data(), all1.data(), tokens, pool1, LinearPath::Avx512, Activations::Q8Bf16);
   EXPECT_EQ(std::memcmp(all.data(), all1.data(), all.size() * 4), 0) << "1 thread against 2";
   for (int64_t t = 0; t < tokens; ++t) {
-    linear(w.view, x.data() + t * cols, one.data(), 1, pool2, LinearPath::Avx512, Activations::Q8);
+    linear(w.view, x.data() + t * cols, one.data(), 1, pool2, LinearPath::Avx512, Activations::Q8Bf16);
     EXPECT_EQ(std::memcmp(one.data(), all.data() + t * rows, size_t(rows) * 4), 0) << "token " << t;
   }
   for (int64_t n : {3, 7}) {  // the first n tokens as a batch of their own (4-row blocks, other groups)
     std::vector<float> part(size_t(n * rows));
-    linear(w.view, x.data(), part.data(), n, pool2, LinearPath::Avx512, Activations::Q8);
+    linear(w.view, x.data(), part.data(), n, pool2, LinearPath::Avx512, Activations::Q8Bf16);
     EXPECT_EQ(std::memcmp(part.data(), all.data(), part.size() * 4), 0) << n << " tokens";
   }
 }
@@ -405,13 +405,19 @@ TEST(Linear, Q8IsNotUsedWhereItDoesNotApply) {
   EXPECT_TRUE(linear_rounds_q8(path, Activations::Q8, nv.view));          // ... on the rounded x
   EXPECT_FALSE(linear_rounds_q8(path, Activations::Q8, bf.view));
   EXPECT_FALSE(linear_wants_q8(path, Activations::Q8, nv48.view, 1));     // cols % 32 != 0
-  // bf16 activations: BF16 weights only, AVX-512 with AVX512_BF16 only, Q8 requested only.
-  EXPECT_EQ(linear_wants_bf16(LinearPath::Avx512, Activations::Q8, bf.view), cpu_features().avx512_bf16);
+  // bf16 activations: BF16 weights only, AVX-512 with AVX512_BF16 only, q8-bf16 requested only;
+  // q8-bf16 rounds FP4 products' x as q8 does.
+  EXPECT_EQ(linear_wants_bf16(LinearPath::Avx512, Activations::Q8Bf16, bf.view), cpu_features().avx512_bf16);
+  EXPECT_FALSE(linear_wants_bf16(LinearPath::Avx512, Activations::Q8, bf.view));
   EXPECT_FALSE(linear_wants_bf16(LinearPath::Avx512, Activations::F32, bf.view));
-  EXPECT_FALSE(linear_wants_bf16(LinearPath::Avx2, Activations::Q8, bf.view));
-  EXPECT_FALSE(linear_wants_bf16(LinearPath::Avx512, Activations::Q8, nv.view));
+  EXPECT_FALSE(linear_wants_bf16(LinearPath::Avx2, Activations::Q8Bf16, bf.view));
+  EXPECT_FALSE(linear_wants_bf16(LinearPath::Avx512, Activations::Q8Bf16, nv.view));
+  EXPECT_TRUE(linear_rounds_q8(path, Activations::Q8Bf16, nv.view));
+  EXPECT_EQ(linear_wants_q8(path, Activations::Q8Bf16, nv.view, 1), linear_wants_q8(path, Activations::Q8, nv.view, 1));
   EXPECT_EQ(parse_activations("q8"), Activations::Q8);
   EXPECT_EQ(parse_activations("f32"), Activations::F32);
+  EXPECT_EQ(parse_activations("q8-bf16"), Activations::Q8Bf16);
+  for (auto a : {Activations::F32, Activations::Q8, Activations::Q8Bf16}) EXPECT_EQ(parse_activations(activations_name(a)), a);
   EXPECT_THROW(parse_activations("int8"), InvalidArgument);
 }
 

@@ -49,10 +49,17 @@ LinearPath resolve_linear_path(LinearPath path) {
 Activations parse_activations(std::string_view name) {
   if (name == "f32") return Activations::F32;
   if (name == "q8") return Activations::Q8;
-  fail<InvalidArgument>("activations: expected f32 or q8, found '{}'", printable(name));
+  if (name == "q8-bf16") return Activations::Q8Bf16;
+  fail<InvalidArgument>("activations: expected f32, q8 or q8-bf16, found '{}'", printable(name));
 }
 
-std::string_view activations_name(Activations a) { return a == Activations::Q8 ? "q8" : "f32"; }
+std::string_view activations_name(Activations a) {
+  switch (a) {
+    case Activations::Q8: return "q8";
+    case Activations::Q8Bf16: return "q8-bf16";
+    default: return "f32";
+  }
+}
 
 int64_t q8_row_bytes(int64_t cols) { return cols / 32 * 68; }
 
@@ -129,7 +136,7 @@ void round_q8(const float* x, int64_t tokens, int64_t cols, float* out, ThreadPo
 bool linear_rounds_q8(LinearPath path, Activations act, const WeightView& w) {
   const bool has_q8_kernel = path == LinearPath::Avx2 || path == LinearPath::Avx512 ||
                              (path == LinearPath::Neon && cpu_features().dotprod);
-  return act == Activations::Q8 && has_q8_kernel &&
+  return (act == Activations::Q8 || act == Activations::Q8Bf16) && has_q8_kernel &&
          (w.format == WeightFormat::Nvfp4 || w.format == WeightFormat::Mxfp4) && w.cols % 32 == 0 && w.cols > 0;
 }
 
@@ -144,7 +151,7 @@ bool linear_wants_q8(LinearPath path, Activations act, const WeightView& w, int6
 }
 
 bool linear_wants_bf16(LinearPath path, Activations act, const WeightView& w) {
-  return act == Activations::Q8 && path == LinearPath::Avx512 && cpu_features().avx512_bf16 &&
+  return act == Activations::Q8Bf16 && path == LinearPath::Avx512 && cpu_features().avx512_bf16 &&
          w.format == WeightFormat::Dense && w.dtype == DType::BF16 && w.cols > 0;
 }
 

@@ -1,6 +1,6 @@
 // BF16 weights × bf16-rounded activations with AVX512_BF16 (vdpbf16ps), every token count: the
-// Activations::Q8 ("as llama.cpp") product of BF16 weights, which llama.cpp also runs on bf16
-// activations. One vdpbf16ps multiplies 32 bf16 pairs and adds each pair's sum into 16 fp32 lanes:
+// Activations::Q8Bf16 product of BF16 weights (llama.cpp also runs BF16 weights on bf16
+// activations). One vdpbf16ps multiplies 32 bf16 pairs and adds each pair's sum into 16 fp32 lanes:
 // twice an FMA's multiply-adds, with no conversion of the weights (the fp32 path shifts every
 // weight into an fp32 before its FMA). The products of two bf16 are exact in fp32; what differs from
 // the exact path is x rounded to bf16 (to nearest even: |x − x̃| ≤ 2^-8 |x|) and the summation order.
