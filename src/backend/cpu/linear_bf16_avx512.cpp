@@ -40,22 +40,26 @@ inline __m512 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
   return _mm512_add_ps(s2, _mm512_permute_ps(s2, _MM_SHUFFLE(2, 3, 0, 1)));
 }
 
-// y[t · ldy + i] = Σ_c W[row i, c] · x̃[t, c] for i < R, t < G. `stream`: the rows come from memory
-// (the first token group over them), so the rows 2R further on are prefetched into L2, one line per
-// row and chunk (expert rows are too short for the hardware prefetcher to ramp up).
+// y[t · ldy + i] = Σ_c W[row i, c] · x̃[t, c] for i < R, t < G. The next R rows (the next block,
+// from memory) are prefetched into L2 one line per row and chunk, by every token group over these
+// rows in turn: group `phase` of `period` takes the chunks ≡ phase (mod period), so the weight stream
+// runs beside all of them, not only the first (period 0: no prefetch, rows past the last block).
+// Expert rows are too short for the hardware prefetcher to ramp up.
 template <int R, int G>
 inline void bf16_block(const uint16_t* w, int64_t ldw, const uint16_t* xb, int64_t K, float* y, int64_t ldy,
-                       bool stream) {
+                       int phase, int period) {
   __m512 acc[R][G];
   for (int i = 0; i < R; ++i)
     for (int t = 0; t < G; ++t) acc[i][t] = _mm512_setzero_ps();
-  const int64_t ahead = 2 * R * ldw;
+  const int64_t ahead = R * ldw;
+  int wait = phase;  // chunks until this group's next prefetch
   int64_t c = 0;
   for (; c + 32 <= K; c += 32) {
     __m512i wv[R];
-    for (int i = 0; i < R; ++i) {
-      wv[i] = _mm512_loadu_si512(w + i * ldw + c);
-      if (stream) _mm_prefetch(reinterpret_cast<const char*>(w + i * ldw + ahead + c), _MM_HINT_T1);
+    for (int i = 0; i < R; ++i) wv[i] = _mm512_loadu_si512(w + i * ldw + c);
+    if (period > 0 && wait-- == 0) {
+      for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(w + i * ldw + ahead + c), _MM_HINT_T1);
+      wait = period - 1;
     }
     for (int t = 0; t < G; ++t) {
       const __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + t * K + c);
@@ -85,11 +89,12 @@ inline void bf16_block(const uint16_t* w, int64_t ldw, const uint16_t* xb, int64
 template <int R, int Gmax>
 inline void bf16_rows_tokens(const uint16_t* w, int64_t ldw, const uint16_t* xb, int64_t K, float* y, int64_t ldy,
                              int64_t tokens, bool stream) {
+  // `stream`: the next R rows are weights of this range (prefetched over all groups).
   const int64_t groups = (tokens + Gmax - 1) / Gmax, base = tokens / groups, extra = tokens % groups;
   for (int64_t g = 0, t = 0; g < groups; ++g) {
     const int n = int(base + (g < extra));
     dispatch_rows<Gmax>(n, [&](auto gn) {
-      bf16_block<R, decltype(gn)::value>(w, ldw, xb + t * K, K, y + t * ldy, ldy, stream && g == 0);
+      bf16_block<R, decltype(gn)::value>(w, ldw, xb + t * K, K, y + t * ldy, ldy, int(g), stream ? int(groups) : 0);
     });
     t += n;
   }
@@ -107,7 +112,7 @@ void bf16_rows(const LinearJob& job, int64_t r0, int64_t r1) {
     const uint16_t* xb = job.xb + t0 * K;
     float* y = job.y + t0 * job.ldy;
     int64_t r = r0;
-    for (; r + R <= r1; r += R) bf16_rows_tokens<R, Gmax>(wd + r * ldw, ldw, xb, K, y + r, job.ldy, n, true);
+    for (; r + R <= r1; r += R) bf16_rows_tokens<R, Gmax>(wd + r * ldw, ldw, xb, K, y + r, job.ldy, n, r + 2 * R <= r1);
     for (; r < r1; ++r) bf16_rows_tokens<1, Gmax>(wd + r * ldw, ldw, xb, K, y + r, job.ldy, n, false);
   }
 }
