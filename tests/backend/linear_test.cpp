@@ -412,6 +412,8 @@ TEST(Linear, Q8IsNotUsedWhereItDoesNotApply) {
   EXPECT_FALSE(linear_wants_bf16(LinearPath::Avx512, Activations::F32, bf.view));
   EXPECT_FALSE(linear_wants_bf16(LinearPath::Avx2, Activations::Q8Bf16, bf.view));
   EXPECT_FALSE(linear_wants_bf16(LinearPath::Avx512, Activations::Q8Bf16, nv.view));
+  auto f8 = test::random_weight(WeightFormat::Fp8Block, DType::F8_E4M3, 8, 256, rng);
+  EXPECT_FALSE(linear_wants_bf16(LinearPath::Avx512, Activations::Q8Bf16, f8.view));  // FP8: the fp32 kernels
   EXPECT_TRUE(linear_rounds_q8(path, Activations::Q8Bf16, nv.view));
   EXPECT_EQ(linear_wants_q8(path, Activations::Q8Bf16, nv.view, 1), linear_wants_q8(path, Activations::Q8, nv.view, 1));
   EXPECT_EQ(parse_activations("q8"), Activations::Q8);
