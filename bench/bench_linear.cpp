@@ -1,4 +1,5 @@
-// One linear layer per weight format at the real MiniMax-M2 widths, against the read limit and memcpy.
+// One linear layer per weight format at the real MiniMax-M2 widths, against the read limit, memcpy and
+// the fp32 FMA peak.
 //   decode (1 token): bytes of weight streamed per second (counter "bytes_per_second")
 //   prefill (512 tokens): GFLOP/s (counter "flops")
 // Each weight set is larger than the last-level cache so decode streams from memory.
@@ -6,6 +7,7 @@
 
 #include "backend/cpu/linear.h"
 #include "backend/random_weight.h"
+#include "fma_peak.h"
 #include "memory_bandwidth.h"
 #include "read_bandwidth.h"
 
@@ -44,6 +46,13 @@ void BM_ReadBandwidth(benchmark::State& state) {
   double bw = 0;
   for (auto _ : state) bw = bench::read_bandwidth(pool(), size_t(1) << 30, 3);
   state.counters["bytes_per_second"] = bw;
+}
+
+// The prefill limit: fp32 FMA at the widest vector width, all threads (bench/fma_peak.cpp).
+void BM_FmaPeak(benchmark::State& state) {
+  double peak = 0;
+  for (auto _ : state) peak = bench::fma_peak_flops(pool());
+  state.counters["flops"] = peak;
 }
 
 void BM_Memcpy(benchmark::State& state) {
@@ -99,6 +108,7 @@ void BM_LinearPrefill(benchmark::State& state) {
 
 BENCHMARK(BM_ReadBandwidth)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
 BENCHMARK(BM_Memcpy)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
+BENCHMARK(BM_FmaPeak)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
 BENCHMARK(BM_LinearDecode)
     ->ArgsProduct({{0, 1, 2, 3}, {96, 1}, {0, 1}, {1}})
     ->ArgsProduct({{0, 1, 2, 3}, {96, 1}, {0, 1}, {8}})

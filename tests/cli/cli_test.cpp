@@ -145,6 +145,14 @@ TEST(Cli, RunFromTextAndChat) {
   EXPECT_EQ(r.out, " the President of the United States was in the hands of the President. The President was elected to "
                    "the Congress, and it was the first President of the United States. The President was elected to be "
                    "elected\n");
+  // bf16 activations (where the CPU has AVX512_BF16): a greedy sample that starts as the exact one does
+  // (it leaves it after ~20 tokens on an AVX512_BF16 host: docs/DESIGN.md); an unknown mode is refused.
+  r = m2("run " + demo + " --prompt 'The President said that' --max-tokens 40 --activations q8-bf16");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out.rfind(" the President of the United States", 0), 0u) << r.out;
+  r = m2("run " + demo + " --prompt 'The President said that' --max-tokens 4 --activations int8");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("expected f32, q8 or q8-bf16, found 'int8'"), std::string::npos) << r.out;
   r = m2_stdin("run " + demo + " --chat --max-tokens 12", R"({"messages": [{"role": "user", "content": "Hello"}]})");
   ASSERT_EQ(r.code, 0) << r.out;
   for (const char* s : {"=== reasoning ===", "=== content ===", "=== tool calls ===", "\"role\": \"assistant\""})
