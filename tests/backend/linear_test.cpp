@@ -320,23 +320,45 @@ TEST(Linear, Q8EveryScaleCode) {
     }
 }
 
-// BF16 weights × bf16-rounded x (Activations::Q8Bf16 on CPUs with AVX512_BF16), every token count:
+// BF16 and FP8 block weights × bf16-rounded x (Activations::Q8Bf16 on CPUs with AVX512_BF16; FP8
+// also needs VBMI), every token count:
 //  1. Against the reference run on x̃ = bf16(x) (round to nearest even): only the fp32 summation
 //     differs, 2e-6 of Σ|x̃ w|. Run on x itself the products differ by ~2^-10 √K |x w|, far outside it.
 //  2. Against the exact reference: |y − ref| ≤ 2^-8 Σ|x w| (each |x − x̃| ≤ 2^-8 |x|: 8 significant
 //     bits), plus the fp32 slack.
-// cols: 96 (3 chunks), 100 and 33 (a masked last chunk), the real widths; rows: 37 and 19 leave rows
-// past the 8- and 4-row blocks; tokens: 1-2 (8 rows × 2), 3-6 (4 rows × up to 6), then groups.
+struct Bf16Case {
+  WeightFormat format;
+  DType dtype;
+  int64_t rows, cols;
+  int block;  // FP8 block size (rows and columns)
+};
+// BF16 cols: 96 (3 chunks), 100 and 33 (a masked last chunk), the real widths; rows 37 and 19 leave
+// rows past the 8- and 4-row blocks. FP8: 128-blocks (137 rows: a block row of 9; 3072 / 1536
+// columns: the real widths) and 64-blocks (one 64-column step per scale block).
+const Bf16Case kBf16Cases[] = {
+    {WeightFormat::Dense, DType::BF16, 37, 96, 0},          {WeightFormat::Dense, DType::BF16, 19, 100, 0},
+    {WeightFormat::Dense, DType::BF16, 64, 3072, 0},        {WeightFormat::Dense, DType::BF16, 9, 1536, 0},
+    {WeightFormat::Dense, DType::BF16, 8, 33, 0},           {WeightFormat::Fp8Block, DType::F8_E4M3, 137, 256, 128},
+    {WeightFormat::Fp8Block, DType::F8_E4M3, 19, 3072, 128}, {WeightFormat::Fp8Block, DType::F8_E4M3, 70, 1536, 128},
+    {WeightFormat::Fp8Block, DType::F8_E4M3, 37, 192, 64},  {WeightFormat::Fp8Block, DType::F8_E5M2, 45, 384, 128},
+};
+
+bool bf16_runs(const Bf16Case& c) {
+  return cpu_features().avx512_bf16 && (c.format == WeightFormat::Dense || cpu_features().avx512_vnni_vbmi);
+}
+
 TEST(Linear, Bf16ActivationsWithinTheirRoundingBound) {
   if (!cpu_features().avx512_bf16) GTEST_SKIP() << "no AVX512_BF16: BF16 weights keep fp32 activations on this CPU";
   std::mt19937_64 rng(test::fresh_seed());
   ThreadPool pool(2);
-  for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{37, 96}, {19, 100}, {64, 3072}, {9, 1536}, {8, 33}})
+  for (const Bf16Case& c : kBf16Cases)
     for (int64_t tokens : {1, 2, 3, 5, 6, 7, 13, 40}) {
-      auto w = test::random_weight(WeightFormat::Dense, DType::BF16, rows, cols, rng);
+      if (!bf16_runs(c)) continue;
+      const int64_t rows = c.rows, cols = c.cols;
+      auto w = test::random_weight(c.format, c.dtype, rows, cols, rng, c.block ? c.block : 128);
       auto x = test::random_floats(rng, size_t(tokens * cols));
       for (size_t i = 0; i < x.size(); i += 97) x[i] *= 20.0f;  // outliers, as activations have
-      ASSERT_TRUE(linear_wants_bf16(LinearPath::Avx512, Activations::Q8Bf16, w.view));
+      ASSERT_TRUE(linear_wants_bf16(LinearPath::Avx512, Activations::Q8Bf16, w.view)) << dtype_name(c.dtype);
       std::vector<float> xr(x.size());
       for (size_t i = 0; i < x.size(); ++i) xr[i] = bf16_to_f32(f32_to_bf16(x[i]));
       std::vector<float> got(size_t(tokens * rows)), ref(got.size()), ref_rounded(got.size());
@@ -349,40 +371,44 @@ TEST(Linear, Bf16ActivationsWithinTheirRoundingBound) {
         dequant_row_ref(w.view, r, wrow.data());
         for (int64_t t = 0; t < tokens; ++t) {
           double abs_dot = 0, abs_dot_x = 0;
-          for (int64_t c = 0; c < cols; ++c) {
-            abs_dot += std::fabs(double(xr[size_t(t * cols + c)]) * wrow[size_t(c)]);
-            abs_dot_x += std::fabs(double(x[size_t(t * cols + c)]) * wrow[size_t(c)]);
+          for (int64_t k = 0; k < cols; ++k) {
+            abs_dot += std::fabs(double(xr[size_t(t * cols + k)]) * wrow[size_t(k)]);
+            abs_dot_x += std::fabs(double(x[size_t(t * cols + k)]) * wrow[size_t(k)]);
           }
           const size_t i = size_t(t * rows + r);
           if (!(std::fabs(double(got[i]) - ref_rounded[i]) <= 2e-6 * abs_dot + 1e-30)) ++bad;
           if (!(std::fabs(double(got[i]) - ref[i]) <= 0x1p-8 * abs_dot_x + 2e-6 * abs_dot)) ++bad;
         }
       }
-      EXPECT_EQ(bad, 0) << rows << "x" << cols << " tokens " << tokens;
+      EXPECT_EQ(bad, 0) << dtype_name(c.dtype) << " " << rows << "x" << cols << " tokens " << tokens;
     }
 }
 
 // A token's bf16 product is the same bits whether it runs alone, beside 39 others, or on one thread
-// (other row ranges: the rows past the 8- and 4-row blocks run one at a time).
+// (other row ranges: the rows past the 8-, 4- and 2-row blocks run one at a time).
 TEST(Linear, Bf16ProductOfATokenDoesNotDependOnItsBatch) {
   if (!cpu_features().avx512_bf16) GTEST_SKIP() << "no AVX512_BF16: BF16 weights keep fp32 activations on this CPU";
   std::mt19937_64 rng(test::fresh_seed());
   ThreadPool pool2(2), pool1(1);
-  const int64_t rows = 45, cols = 3072 + 17, tokens = 40;
-  auto w = test::random_weight(WeightFormat::Dense, DType::BF16, rows, cols, rng);
-  auto x = test::random_floats(rng, size_t(tokens * cols));
-  std::vector<float> all(size_t(tokens * rows)), one(static_cast<size_t>(rows)), all1(all.size());
-  linear(w.view, x.data(), all.data(), tokens, pool2, LinearPath::Avx512, Activations::Q8Bf16);
-  linear(w.view, x.data(), all1.data(), tokens, pool1, LinearPath::Avx512, Activations::Q8Bf16);
-  EXPECT_EQ(std::memcmp(all.data(), all1.data(), all.size() * 4), 0) << "1 thread against 2";
-  for (int64_t t = 0; t < tokens; ++t) {
-    linear(w.view, x.data() + t * cols, one.data(), 1, pool2, LinearPath::Avx512, Activations::Q8Bf16);
-    EXPECT_EQ(std::memcmp(one.data(), all.data() + t * rows, size_t(rows) * 4), 0) << "token " << t;
-  }
-  for (int64_t n : {3, 7}) {  // the first n tokens as a batch of their own (4-row blocks, other groups)
-    std::vector<float> part(size_t(n * rows));
-    linear(w.view, x.data(), part.data(), n, pool2, LinearPath::Avx512, Activations::Q8Bf16);
-    EXPECT_EQ(std::memcmp(part.data(), all.data(), part.size() * 4), 0) << n << " tokens";
+  for (const Bf16Case& c : {Bf16Case{WeightFormat::Dense, DType::BF16, 45, 3072 + 17, 0},
+                            Bf16Case{WeightFormat::Fp8Block, DType::F8_E4M3, 45, 3072, 128}}) {
+    if (!bf16_runs(c)) continue;
+    const int64_t rows = c.rows, cols = c.cols, tokens = 40;
+    auto w = test::random_weight(c.format, c.dtype, rows, cols, rng, c.block ? c.block : 128);
+    auto x = test::random_floats(rng, size_t(tokens * cols));
+    std::vector<float> all(size_t(tokens * rows)), one(static_cast<size_t>(rows)), all1(all.size());
+    linear(w.view, x.data(), all.data(), tokens, pool2, LinearPath::Avx512, Activations::Q8Bf16);
+    linear(w.view, x.data(), all1.data(), tokens, pool1, LinearPath::Avx512, Activations::Q8Bf16);
+    EXPECT_EQ(std::memcmp(all.data(), all1.data(), all.size() * 4), 0) << dtype_name(c.dtype) << ": 1 thread against 2";
+    for (int64_t t = 0; t < tokens; ++t) {
+      linear(w.view, x.data() + t * cols, one.data(), 1, pool2, LinearPath::Avx512, Activations::Q8Bf16);
+      EXPECT_EQ(std::memcmp(one.data(), all.data() + t * rows, size_t(rows) * 4), 0) << dtype_name(c.dtype) << " token " << t;
+    }
+    for (int64_t n : {2, 3, 7}) {  // the first n tokens as a batch of their own (other blocks and groups)
+      std::vector<float> part(size_t(n * rows));
+      linear(w.view, x.data(), part.data(), n, pool2, LinearPath::Avx512, Activations::Q8Bf16);
+      EXPECT_EQ(std::memcmp(part.data(), all.data(), part.size() * 4), 0) << dtype_name(c.dtype) << " " << n << " tokens";
+    }
   }
 }
 
@@ -413,7 +439,10 @@ TEST(Linear, Q8IsNotUsedWhereItDoesNotApply) {
   EXPECT_FALSE(linear_wants_bf16(LinearPath::Avx2, Activations::Q8Bf16, bf.view));
   EXPECT_FALSE(linear_wants_bf16(LinearPath::Avx512, Activations::Q8Bf16, nv.view));
   auto f8 = test::random_weight(WeightFormat::Fp8Block, DType::F8_E4M3, 8, 256, rng);
-  EXPECT_FALSE(linear_wants_bf16(LinearPath::Avx512, Activations::Q8Bf16, f8.view));  // FP8: the fp32 kernels
+  auto f8_32 = test::random_weight(WeightFormat::Fp8Block, DType::F8_E4M3, 8, 256, rng, 32);
+  EXPECT_EQ(linear_wants_bf16(LinearPath::Avx512, Activations::Q8Bf16, f8.view),
+            cpu_features().avx512_bf16 && cpu_features().avx512_vnni_vbmi);
+  EXPECT_FALSE(linear_wants_bf16(LinearPath::Avx512, Activations::Q8Bf16, f8_32.view));  // 32-column blocks: fp32
   EXPECT_TRUE(linear_rounds_q8(path, Activations::Q8Bf16, nv.view));
   EXPECT_EQ(linear_wants_q8(path, Activations::Q8Bf16, nv.view, 1), linear_wants_q8(path, Activations::Q8, nv.view, 1));
   EXPECT_EQ(parse_activations("q8"), Activations::Q8);

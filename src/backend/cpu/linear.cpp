@@ -151,14 +151,20 @@ bool linear_wants_q8(LinearPath path, Activations act, const WeightView& w, int6
 }
 
 bool linear_wants_bf16(LinearPath path, Activations act, const WeightView& w) {
-  return act == Activations::Q8Bf16 && path == LinearPath::Avx512 && cpu_features().avx512_bf16 &&
-         w.format == WeightFormat::Dense && w.dtype == DType::BF16 && w.cols > 0;
+  if (act != Activations::Q8Bf16 || path != LinearPath::Avx512 || !cpu_features().avx512_bf16 || w.cols <= 0) return false;
+  if (w.format == WeightFormat::Dense) return w.dtype == DType::BF16;
+  return w.format == WeightFormat::Fp8Block && (w.dtype == DType::F8_E4M3 || w.dtype == DType::F8_E5M2) &&
+         cpu_features().avx512_vnni_vbmi && w.cols % 64 == 0 && w.block_cols % 64 == 0;
 }
 
-void bf16_rows(const float* x, int64_t tokens, int64_t cols, uint16_t* out, ThreadPool& pool) {
+Bf16Layout bf16_layout(const WeightView& w) {
+  return w.format == WeightFormat::Fp8Block ? Bf16Layout::Fp8Interleaved64 : Bf16Layout::Plain;
+}
+
+void bf16_rows(const float* x, int64_t tokens, int64_t cols, Bf16Layout layout, uint16_t* out, ThreadPool& pool) {
   M2_CHECK(cpu_features().avx512_bf16, "bf16_rows: this CPU has no AVX512_BF16");
   pool.parallel_for(tokens, [&](int64_t t0, int64_t t1, int) {
-    detail::bf16_rows_avx512(x + t0 * cols, (t1 - t0) * cols, out + t0 * cols);
+    detail::bf16_rows_avx512(x + t0 * cols, (t1 - t0) * cols, layout, out + t0 * cols);
   }, std::max<int64_t>(1, 4096 / std::max<int64_t>(cols, 1)));
 }
 
@@ -240,7 +246,7 @@ void linear(const WeightView& w, const float* x, float* y, int64_t tokens, Threa
   if (linear_wants_bf16(path, act, w)) {
     thread_local std::vector<uint16_t> xb;  // grows once; the decode loop then reuses it
     if (int64_t(xb.size()) < tokens * w.cols) xb.resize(size_t(tokens * w.cols));
-    bf16_rows(x, tokens, w.cols, xb.data(), pool);
+    bf16_rows(x, tokens, w.cols, bf16_layout(w), xb.data(), pool);
     job.xb = xb.data();
   } else if (linear_wants_q8(path, act, w, tokens)) {
     thread_local std::vector<uint8_t> q8;  // grows once; the decode loop then reuses it

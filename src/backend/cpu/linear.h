@@ -75,12 +75,17 @@ struct LinearJob {
   int64_t tokens = 0;
   const uint16_t* xb = nullptr;  // bf16 rows of x (bf16_rows) when linear_wants_bf16 says so, else null
 };
+// How the bf16 rows of x are laid out for a weight: as x (BF16 weights), or per 64-column block the
+// columns [0-7 16-23 32-39 48-55] then [8-15 24-31 40-47 56-63] (FP8 weights: the order their
+// codes are converted in, linear_bf16_avx512.cpp).
+enum class Bf16Layout { Plain, Fp8Interleaved64 };
+Bf16Layout bf16_layout(const WeightView& w);
 // Whether a product runs BF16 weights × bf16-rounded x (AVX512_BF16; every token count, so that a
 // request's products do not depend on its batch): the caller fills LinearJob::xb.
 bool linear_wants_bf16(LinearPath path, Activations act, const WeightView& w);
 // x [tokens, cols] → out [tokens, cols] bf16 (round to nearest even), rows in parallel. Only where
 // linear_wants_bf16 can hold (AVX512_BF16).
-void bf16_rows(const float* x, int64_t tokens, int64_t cols, uint16_t* out, ThreadPool& pool);
+void bf16_rows(const float* x, int64_t tokens, int64_t cols, Bf16Layout layout, uint16_t* out, ThreadPool& pool);
 // Rows per work unit: ranges passed to linear_rows start at multiples of it (tile rows of the
 // matrix-matrix kernels), and end at a multiple of it or at w.rows.
 int64_t linear_grain(LinearPath path, const WeightView& w, int64_t tokens);
@@ -137,10 +142,11 @@ constexpr int64_t kAvx512TileRows = 32;
 // FP4 gemv over Q8 rows with VNNI + VBMI (linear_q8_avx512.cpp): 1-4 tokens, cols % 32 == 0; only
 // called when cpu_features().avx512_vnni_vbmi.
 void rows_q8_avx512(const LinearJob& job, int64_t r0, int64_t r1);
-// BF16 weights × bf16 rows of x with AVX512_BF16 (linear_bf16_avx512.cpp): every token count, any
-// cols; only called when cpu_features().avx512_bf16. bf16_rows_avx512 converts n floats.
+// BF16 weights (any cols) and FP8 block weights (cols, block_cols % 64 == 0; with VBMI) × bf16 rows of
+// x with AVX512_BF16 (linear_bf16_avx512.cpp): every token count; only called when
+// cpu_features().avx512_bf16. bf16_rows_avx512 converts n floats (whole rows).
 void rows_bf16_avx512(const LinearJob& job, int64_t r0, int64_t r1);
-void bf16_rows_avx512(const float* x, int64_t n, uint16_t* out);
+void bf16_rows_avx512(const float* x, int64_t n, Bf16Layout layout, uint16_t* out);
 // The matrix product over Q8 rows with VNNI + VBMI (linear_q8_gemm_avx512.cpp): 5+ tokens, 32-row
 // tiles (kAvx512TileRows), cols % 32 == 0; only called when cpu_features().avx512_vnni_vbmi.
 void rows_q8_gemm_avx512(const LinearJob& job, int64_t r0, int64_t r1);

@@ -11,17 +11,27 @@
 //     blocks of ~512 KiB of x at a time (they stay in L2).
 //   - A token's result does not depend on R, G or how many tokens share the call: each accumulator
 //     sums its chunks in column order (the last partial chunk masked), then one fixed reduction tree.
+//   - FP8 block weights (E4M3 / E5M2; cols and block_cols multiples of 64; needs VBMI): 64 codes are
+//     one load; two vpermi2b look the high and the low byte of each code's bf16 up in 128-entry
+//     tables (the bf16 of an FP8 value is exact), a vpternlogd puts the sign back, and two byte
+//     unpacks make the words: columns [0-7 16-23 32-39 48-55] and [8-15 24-31 40-47 56-63], the
+//     order the bf16 rows of x are then written in (Bf16Layout::Fp8Interleaved64). Each block of
+//     block_cols columns sums into its own accumulators, which are added into the totals times the
+//     block's scale (R = 8 rows at 1 token, 4 × 2 at 2, 2 × up to 4 beyond: twice the registers).
 // note: only POD fields of WeightView are touched here, so no std::string code is emitted with AVX-512.
 #if defined(__x86_64__)
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vbmi,avx2,fma,f16c")
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 false positives inside avx512fintrin.h
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "backend/cpu/gemm_driver.h"
 #include "backend/cpu/linear.h"
+#include "core/dtype.h"
+#include "core/error.h"
 
 namespace m2::detail {
 
@@ -117,10 +127,140 @@ void bf16_rows(const LinearJob& job, int64_t r0, int64_t r1) {
   }
 }
 
+
+// E4M3 / E5M2 code & 0x7F → the high byte (sign clear) and the low byte of its value's bf16.
+struct Fp8Bf16Tables {
+  alignas(64) uint8_t hi[128];
+  alignas(64) uint8_t lo[128];
+};
+Fp8Bf16Tables make_fp8_bf16_tables(bool e5m2) {
+  Fp8Bf16Tables t;
+  for (int c = 0; c < 128; ++c) {
+    const float v = e5m2 ? f16_to_f32(uint16_t(c << 8)) : kE4M3ToF32[size_t(c)];
+    const uint16_t b = f32_to_bf16(v);
+    t.hi[c] = uint8_t(b >> 8);
+    t.lo[c] = uint8_t(b & 0xFF);
+  }
+  return t;
+}
+const Fp8Bf16Tables& fp8_bf16_tables(bool e5m2) {
+  static const Fp8Bf16Tables e4m3 = make_fp8_bf16_tables(false), e5m2t = make_fp8_bf16_tables(true);
+  return e5m2 ? e5m2t : e4m3;
+}
+
+struct Fp8Lut {
+  __m512i hi0, hi1, lo0, lo1, sign;
+};
+
+// 64 FP8 codes → their bf16 in the interleaved column order (see the file comment).
+inline void fp8_to_bf16(const Fp8Lut& l, const uint8_t* p, __m512i& a, __m512i& b) {
+  const __m512i v = _mm512_loadu_si512(p);
+  const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(l.hi0, v, l.hi1), v, l.sign, 0xF8);  // hi | (v & 0x80)
+  const __m512i lo = _mm512_permutex2var_epi8(l.lo0, v, l.lo1);
+  a = _mm512_unpacklo_epi8(lo, hi);
+  b = _mm512_unpackhi_epi8(lo, hi);
+}
+
+// Rows [0, R) × tokens [0, G) of an FP8 block weight (rows from `w`, their scales from `sc[i]`,
+// float per block column), y[t · ldy + i]; prefetch as bf16_block.
+template <int R, int G>
+inline void fp8_block(const Fp8Lut& l, const uint8_t* w, int64_t ldw, const uint8_t* const* sc, int64_t bc,
+                      const uint16_t* xb, int64_t K, float* y, int64_t ldy, int phase, int period) {
+  __m512 tot[R][G];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < G; ++t) tot[i][t] = _mm512_setzero_ps();
+  const int64_t ahead = R * ldw;
+  int wait = phase;
+  for (int64_t c0 = 0; c0 < K; c0 += bc) {
+    __m512 acc[R][G];
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < G; ++t) acc[i][t] = _mm512_setzero_ps();
+    for (int64_t c = c0; c < c0 + bc; c += 64) {
+      if (period > 0 && wait-- == 0) {
+        for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(w + i * ldw + ahead + c), _MM_HINT_T1);
+        wait = period - 1;
+      }
+      __m512bh xa[G], xc[G];
+      for (int t = 0; t < G; ++t) {
+        xa[t] = (__m512bh)_mm512_loadu_si512(xb + t * K + c);
+        xc[t] = (__m512bh)_mm512_loadu_si512(xb + t * K + c + 32);
+      }
+      for (int i = 0; i < R; ++i) {
+        __m512i a, b;
+        fp8_to_bf16(l, w + i * ldw + c, a, b);
+        for (int t = 0; t < G; ++t) {
+          acc[i][t] = _mm512_dpbf16_ps(acc[i][t], (__m512bh)a, xa[t]);
+          acc[i][t] = _mm512_dpbf16_ps(acc[i][t], (__m512bh)b, xc[t]);
+        }
+      }
+    }
+    for (int i = 0; i < R; ++i) {
+      float s;
+      std::memcpy(&s, sc[i] + 4 * (c0 / bc), 4);
+      const __m512 sv = _mm512_set1_ps(s);
+      for (int t = 0; t < G; ++t) tot[i][t] = _mm512_fmadd_ps(acc[i][t], sv, tot[i][t]);
+    }
+  }
+  alignas(64) float s[16];
+  const __m512 zero = _mm512_setzero_ps();
+  for (int t = 0; t < G; ++t)
+    for (int i = 0; i < R; i += 4) {
+      _mm512_store_ps(s, reduce4(tot[i][t], i + 1 < R ? tot[i + 1][t] : zero, i + 2 < R ? tot[i + 2][t] : zero,
+                                 i + 3 < R ? tot[i + 3][t] : zero));
+      for (int j = 0; j < 4 && i + j < R; ++j) y[t * ldy + i + j] = s[4 * j];
+    }
+}
+
+template <int R, int Gmax>
+void fp8_rows(const LinearJob& job, int64_t r0, int64_t r1) {
+  const WeightView& w = *job.w;
+  const int64_t K = w.cols, ldw = w.row_bytes;
+  const Fp8Bf16Tables& tb = fp8_bf16_tables(w.dtype == DType::F8_E5M2);
+  const Fp8Lut l{_mm512_load_si512(tb.hi), _mm512_load_si512(tb.hi + 64), _mm512_load_si512(tb.lo),
+                 _mm512_load_si512(tb.lo + 64), _mm512_set1_epi8(int8_t(0x80))};
+  const int64_t block = std::max<int64_t>(Gmax, (int64_t(512) << 10) / (2 * K) / Gmax * Gmax);
+  auto run = [&](auto rows, int64_t r, const uint16_t* xb, float* y, int64_t n, bool stream) {
+    constexpr int RR = decltype(rows)::value;
+    const uint8_t* sc[RR];
+    for (int i = 0; i < RR; ++i) sc[i] = w.scales + 4 * ((r + i) / w.block_rows * w.scale_stride);
+    const int64_t groups = (n + Gmax - 1) / Gmax, base = n / groups, extra = n % groups;
+    for (int64_t g = 0, t = 0; g < groups; ++g) {
+      const int m = int(base + (g < extra));
+      dispatch_rows<Gmax>(m, [&](auto gn) {
+        fp8_block<RR, decltype(gn)::value>(l, w.data + r * ldw, ldw, sc, w.block_cols, xb + t * K, K, y + t * job.ldy + r,
+                                           job.ldy, int(g), stream ? int(groups) : 0);
+      });
+      t += m;
+    }
+  };
+  for (int64_t t0 = 0; t0 < job.tokens; t0 += block) {
+    const int64_t n = std::min(block, job.tokens - t0);
+    const uint16_t* xb = job.xb + t0 * K;
+    float* y = job.y + t0 * job.ldy;
+    int64_t r = r0;
+    for (; r + R <= r1; r += R) run(std::integral_constant<int, R>{}, r, xb, y, n, r + 2 * R <= r1);
+    for (; r < r1; ++r) run(std::integral_constant<int, 1>{}, r, xb, y, n, false);
+  }
+}
+
 }  // namespace
 
-void bf16_rows_avx512(const float* x, int64_t n, uint16_t* out) {
+void bf16_rows_avx512(const float* x, int64_t n, Bf16Layout layout, uint16_t* out) {
   int64_t i = 0;
+  if (layout == Bf16Layout::Fp8Interleaved64) {  // n is a multiple of 64 here (whole rows)
+    alignas(64) static constexpr int16_t kOrderA[32] = {0,  1,  2,  3,  4,  5,  6,  7,  16, 17, 18, 19, 20, 21, 22, 23,
+                                                        32, 33, 34, 35, 36, 37, 38, 39, 48, 49, 50, 51, 52, 53, 54, 55};
+    const __m512i ia = _mm512_load_si512(kOrderA);
+    const __m512i ib = _mm512_add_epi16(ia, _mm512_set1_epi16(8));
+    for (; i + 64 <= n; i += 64) {
+      const __m512i n0 = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
+      const __m512i n1 = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 48), _mm512_loadu_ps(x + i + 32));
+      _mm512_storeu_si512(out + i, _mm512_permutex2var_epi16(n0, ia, n1));
+      _mm512_storeu_si512(out + i + 32, _mm512_permutex2var_epi16(n0, ib, n1));
+    }
+    M2_CHECK(i == n, "bf16_rows: the interleaved layout takes whole 64-column blocks");
+    return;
+  }
   for (; i + 32 <= n; i += 32)
     _mm512_storeu_si512(out + i, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i)));
   if (i < n) {
@@ -133,6 +273,11 @@ void bf16_rows_avx512(const float* x, int64_t n, uint16_t* out) {
 }
 
 void rows_bf16_avx512(const LinearJob& job, int64_t r0, int64_t r1) {
+  if (job.w->format == WeightFormat::Fp8Block) {
+    if (job.tokens == 1) return fp8_rows<8, 1>(job, r0, r1);
+    if (job.tokens == 2) return fp8_rows<4, 2>(job, r0, r1);
+    return fp8_rows<2, 4>(job, r0, r1);
+  }
   if (job.tokens <= 2) return bf16_rows<8, 2>(job, r0, r1);
   bf16_rows<4, 6>(job, r0, r1);
 }
@@ -145,7 +290,7 @@ namespace m2::detail {
 void rows_bf16_avx512(const LinearJob& job, int64_t, int64_t) {
   fail("linear {}: the AVX512_BF16 path is not compiled for this architecture", job.w->name);
 }
-void bf16_rows_avx512(const float*, int64_t, uint16_t*) {
+void bf16_rows_avx512(const float*, int64_t, Bf16Layout, uint16_t*) {
   fail("bf16_rows: the AVX512_BF16 path is not compiled for this architecture");
 }
 }  // namespace m2::detail

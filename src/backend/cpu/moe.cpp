@@ -108,6 +108,7 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
   group_items_.clear();  // capacity kept: no allocation once warmed up
   XLayout layout = XLayout::Plain;  // of every product that reads a rearranged x (one format per weight)
   bool q8 = false, rounded = false, bf16 = false;
+  Bf16Layout bf16_order = Bf16Layout::Plain;
   for (int64_t e = 0; e < w.experts; ++e) {
     const int64_t n = off[e + 1] - off[e];
     if (n < 0) fail<InvalidArgument>("grouped_linear: offsets decrease at expert {}", e);
@@ -122,7 +123,12 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
       const bool rounds = !wants_bf16 && !wants_q8 && linear_rounds_q8(path_, act_, v);
       q8 |= wants_q8;
       rounded |= rounds;
-      bf16 |= wants_bf16;
+      if (wants_bf16) {
+        if (bf16 && bf16_layout(v) != bf16_order)
+          fail<InvalidArgument>("grouped_linear: {} reads its bf16 input in another layout than the group's other parts", v.name);
+        bf16 = true;
+        bf16_order = bf16_layout(v);
+      }
       if (const XLayout l = wants_q8 || wants_bf16 ? XLayout::Plain : linear_x_layout(path_, v, n); l != XLayout::Plain) {
         if (layout != XLayout::Plain && layout != l)
           fail<InvalidArgument>("grouped_linear: {} reads its input in another layout than the group's other parts", v.name);
@@ -154,7 +160,7 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
   }
   if (bf16) {
     if (int64_t(x_bf16_.size()) < S * w.cols) x_bf16_.resize(size_t(S * w.cols));
-    bf16_rows(xp, S, w.cols, x_bf16_.data(), pool_);
+    bf16_rows(xp, S, w.cols, bf16_order, x_bf16_.data(), pool_);
     for (auto& it : group_items_)
       if (it.bf16) it.job.xb = x_bf16_.data() + (it.job.x - xp);
   }
