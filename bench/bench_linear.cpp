@@ -84,7 +84,8 @@ void BM_LinearDecode(benchmark::State& state) {
 
 // range(1) tokens: 512 (a dense prefill) or 16 (an expert's share of a 512-token MoE prefill);
 // range(2): q8-bf16 activations (FP4 weights, as q8: the gemv to 4 tokens, the VNNI gemm or the fp32 tiles on
-// the rounded x past that; BF16 weights: bf16 rows of x through vdpbf16ps, on CPUs with AVX512_BF16).
+// the rounded x past that; BF16 and FP8 weights: bf16 rows of x through vdpbf16ps, on CPUs with
+// AVX512_BF16).
 void BM_LinearPrefill(benchmark::State& state) {
   const int f = int(state.range(0));
   const int64_t T = state.range(1);
@@ -92,7 +93,7 @@ void BM_LinearPrefill(benchmark::State& state) {
   auto& ws = weights(f, 1);
   if (act != Activations::F32 && !linear_rounds_q8(resolve_linear_path(LinearPath::Auto), act, ws[0].view) &&
       !linear_wants_bf16(resolve_linear_path(LinearPath::Auto), act, ws[0].view)) {
-    state.SkipWithError("q8-bf16 activations apply to FP4 weights (and BF16 weights with AVX512_BF16) only");
+    state.SkipWithError("q8-bf16 activations apply to FP4 weights (and BF16 / FP8 weights with AVX512_BF16) only");
     return;
   }
   std::mt19937_64 rng(1);
@@ -113,14 +114,14 @@ BENCHMARK(BM_LinearDecode)
     ->ArgsProduct({{0, 1, 2, 3}, {96, 1}, {0, 1}, {1}})
     ->ArgsProduct({{0, 1, 2, 3}, {96, 1}, {0, 1}, {8}})
     ->ArgsProduct({{0, 1}, {96, 1}, {0}, {12, 16}})  // BF16 / FP8 where the gemv hands over to the tiles
-    ->ArgsProduct({{0}, {96, 1}, {1}, {12, 16}})     // BF16 × bf16 rows (AVX512_BF16)
+    ->ArgsProduct({{0, 1}, {96, 1}, {1}, {12, 16}})  // BF16 / FP8 × bf16 rows (AVX512_BF16)
     ->ArgNames({"format", "weights", "q8", "tokens"})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime()
     ->MinTime(1.0);
 BENCHMARK(BM_LinearPrefill)
     ->ArgsProduct({{0, 1, 2, 3}, {512, 16}, {0}})
-    ->ArgsProduct({{0, 2, 3}, {512, 16, 8}, {1}})
+    ->ArgsProduct({{0, 1, 2, 3}, {512, 16, 8}, {1}})
     ->ArgNames({"format", "tokens", "q8"})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();

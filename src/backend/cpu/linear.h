@@ -25,7 +25,8 @@ enum class Activations {
   Q8,   // FP4 weights see x rounded to int8 per 32-column block (scale max|x|/127, as llama.cpp's
         // Q8_0), then int8 × FP4-code integer dot products: a 32-column chunk in ~12 instructions
         // instead of ~25. Error per output ≤ Σ_blocks (max|x_b| / 254) · Σ_b |w|. Other weights: fp32.
-  Q8Bf16,  // Q8, and BF16 weights on CPUs with AVX512_BF16 see x rounded to bf16 (llama.cpp's BF16
+  Q8Bf16,  // Q8, and BF16 weights on CPUs with AVX512_BF16 (FP8 block weights too, with VBMI, when
+           // cols and block_cols are multiples of 64) see x rounded to bf16 (llama.cpp's BF16
            // vec_dot type) through vdpbf16ps: error per output ≤ 2^-8 Σ |x w|. Not the default: a
            // rounding amplifies the ~1e-6 batch-to-batch jitter of the fp32 ops before it into a
            // bf16 step (2^-8) of that input (docs/DESIGN.md, "Batch independence").

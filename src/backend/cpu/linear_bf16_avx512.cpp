@@ -17,7 +17,11 @@
 //     unpacks make the words: columns [0-7 16-23 32-39 48-55] and [8-15 24-31 40-47 56-63], the
 //     order the bf16 rows of x are then written in (Bf16Layout::Fp8Interleaved64). Each block of
 //     block_cols columns sums into its own accumulators, which are added into the totals times the
-//     block's scale (R = 8 rows at 1 token, 4 × 2 at 2, 2 × up to 4 beyond: twice the registers).
+//     block's scale (twice the registers: 2 rows × up to 6 tokens). At 3+ tokens a block of rows is
+//     converted once into an L1 buffer and every token group runs on it; converted per token group
+//     where they were used, the conversions held the product to a third of the vdpbf16ps peak (at
+//     16 tokens no faster than the fp32 tiles). At 1-2 tokens the rows are converted where they are
+//     used (4 rows), with the same order of additions, so the bits do not depend on the path.
 // note: only POD fields of WeightView are touched here, so no std::string code is emitted with AVX-512.
 #if defined(__x86_64__)
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vbmi,avx2,fma,f16c")
@@ -161,42 +165,30 @@ inline void fp8_to_bf16(const Fp8Lut& l, const uint8_t* p, __m512i& a, __m512i& 
   b = _mm512_unpackhi_epi8(lo, hi);
 }
 
-// Rows [0, R) × tokens [0, G) of an FP8 block weight (rows from `w`, their scales from `sc[i]`,
-// float per block column), y[t · ldy + i]; prefetch as bf16_block.
+// Rows [0, R) × tokens [0, G) of an FP8 block weight, from its rows already converted to bf16 (`wb`,
+// [R][K] in the interleaved column order) and their scales (`sc[i]`: floats per block column):
+// each scale block sums into its own accumulators, added into the totals times the block's scale.
 template <int R, int G>
-inline void fp8_block(const Fp8Lut& l, const uint8_t* w, int64_t ldw, const uint8_t* const* sc, int64_t bc,
-                      const uint16_t* xb, int64_t K, float* y, int64_t ldy, int phase, int period) {
+inline void fp8_block(const uint16_t* wb, const uint8_t* const* sc, int64_t bc, const uint16_t* xb, int64_t K,
+                      float* y, int64_t ldy) {
   __m512 tot[R][G];
   for (int i = 0; i < R; ++i)
     for (int t = 0; t < G; ++t) tot[i][t] = _mm512_setzero_ps();
-  const int64_t ahead = R * ldw;
-  int wait = phase;
-  for (int64_t c0 = 0; c0 < K; c0 += bc) {
+  for (int64_t c0 = 0, cb = 0; c0 < K; c0 += bc, ++cb) {  // cb: the block column (no division)
     __m512 acc[R][G];
     for (int i = 0; i < R; ++i)
       for (int t = 0; t < G; ++t) acc[i][t] = _mm512_setzero_ps();
-    for (int64_t c = c0; c < c0 + bc; c += 64) {
-      if (period > 0 && wait-- == 0) {
-        for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(w + i * ldw + ahead + c), _MM_HINT_T1);
-        wait = period - 1;
-      }
-      __m512bh xa[G], xc[G];
+    for (int64_t c = c0; c < c0 + bc; c += 32) {
+      __m512i wv[R];
+      for (int i = 0; i < R; ++i) wv[i] = _mm512_loadu_si512(wb + i * K + c);
       for (int t = 0; t < G; ++t) {
-        xa[t] = (__m512bh)_mm512_loadu_si512(xb + t * K + c);
-        xc[t] = (__m512bh)_mm512_loadu_si512(xb + t * K + c + 32);
-      }
-      for (int i = 0; i < R; ++i) {
-        __m512i a, b;
-        fp8_to_bf16(l, w + i * ldw + c, a, b);
-        for (int t = 0; t < G; ++t) {
-          acc[i][t] = _mm512_dpbf16_ps(acc[i][t], (__m512bh)a, xa[t]);
-          acc[i][t] = _mm512_dpbf16_ps(acc[i][t], (__m512bh)b, xc[t]);
-        }
+        const __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + t * K + c);
+        for (int i = 0; i < R; ++i) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], (__m512bh)wv[i], xv);
       }
     }
     for (int i = 0; i < R; ++i) {
       float s;
-      std::memcpy(&s, sc[i] + 4 * (c0 / bc), 4);
+      std::memcpy(&s, sc[i] + 4 * cb, 4);
       const __m512 sv = _mm512_set1_ps(s);
       for (int t = 0; t < G; ++t) tot[i][t] = _mm512_fmadd_ps(acc[i][t], sv, tot[i][t]);
     }
@@ -211,6 +203,56 @@ inline void fp8_block(const Fp8Lut& l, const uint8_t* w, int64_t ldw, const uint
     }
 }
 
+// The same sums for 1-2 tokens without the buffer: each row's 64 columns are converted where they
+// are used (a buffer's stores and loads cost more than the conversion they save at so few tokens).
+// The order of the additions is fp8_block's (per block: A then B of each 64-column step, then the
+// scale), so a token's bits do not depend on which of the two ran.
+template <int R, int G>
+inline void fp8_block_direct(const Fp8Lut& l, const uint8_t* w, int64_t ldw, const uint8_t* const* sc, int64_t bc,
+                             const uint16_t* xb, int64_t K, float* y, int64_t ldy, bool prefetch) {
+  __m512 tot[R][G];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < G; ++t) tot[i][t] = _mm512_setzero_ps();
+  for (int64_t c0 = 0, cb = 0; c0 < K; c0 += bc, ++cb) {
+    __m512 acc[R][G];
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < G; ++t) acc[i][t] = _mm512_setzero_ps();
+    for (int64_t c = c0; c < c0 + bc; c += 64) {
+      __m512bh xa[G], xc[G];
+      for (int t = 0; t < G; ++t) {
+        xa[t] = (__m512bh)_mm512_loadu_si512(xb + t * K + c);
+        xc[t] = (__m512bh)_mm512_loadu_si512(xb + t * K + c + 32);
+      }
+      for (int i = 0; i < R; ++i) {
+        if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(w + (i + R) * ldw + c), _MM_HINT_T1);
+        __m512i a, b;
+        fp8_to_bf16(l, w + i * ldw + c, a, b);
+        for (int t = 0; t < G; ++t) {
+          acc[i][t] = _mm512_dpbf16_ps(acc[i][t], (__m512bh)a, xa[t]);
+          acc[i][t] = _mm512_dpbf16_ps(acc[i][t], (__m512bh)b, xc[t]);
+        }
+      }
+    }
+    for (int i = 0; i < R; ++i) {
+      float s;
+      std::memcpy(&s, sc[i] + 4 * cb, 4);
+      const __m512 sv = _mm512_set1_ps(s);
+      for (int t = 0; t < G; ++t) tot[i][t] = _mm512_fmadd_ps(acc[i][t], sv, tot[i][t]);
+    }
+  }
+  alignas(64) float s[16];
+  const __m512 zero = _mm512_setzero_ps();
+  for (int t = 0; t < G; ++t)
+    for (int i = 0; i < R; i += 4) {
+      _mm512_store_ps(s, reduce4(tot[i][t], i + 1 < R ? tot[i + 1][t] : zero, i + 2 < R ? tot[i + 2][t] : zero,
+                                 i + 3 < R ? tot[i + 3][t] : zero));
+      for (int j = 0; j < 4 && i + j < R; ++j) y[t * ldy + i + j] = s[4 * j];
+    }
+}
+
+// FP8 rows [r0, r1): each block of R rows is converted to bf16 once per token block (into an L1
+// buffer; the next R rows prefetched into L2 meanwhile), then every token group runs on it, so the
+// conversion is shared by all the tokens, not redone per group.
 template <int R, int Gmax>
 void fp8_rows(const LinearJob& job, int64_t r0, int64_t r1) {
   const WeightView& w = *job.w;
@@ -218,17 +260,33 @@ void fp8_rows(const LinearJob& job, int64_t r0, int64_t r1) {
   const Fp8Bf16Tables& tb = fp8_bf16_tables(w.dtype == DType::F8_E5M2);
   const Fp8Lut l{_mm512_load_si512(tb.hi), _mm512_load_si512(tb.hi + 64), _mm512_load_si512(tb.lo),
                  _mm512_load_si512(tb.lo + 64), _mm512_set1_epi8(int8_t(0x80))};
+  thread_local std::vector<uint16_t> buf;  // [R][K] bf16; grows once
+  if (int64_t(buf.size()) < R * K) buf.resize(size_t(R * K));
+  uint16_t* wb = buf.data();
   const int64_t block = std::max<int64_t>(Gmax, (int64_t(512) << 10) / (2 * K) / Gmax * Gmax);
-  auto run = [&](auto rows, int64_t r, const uint16_t* xb, float* y, int64_t n, bool stream) {
+  auto run = [&](auto rows, int64_t r, const uint16_t* xb, float* y, int64_t n, bool prefetch) {
     constexpr int RR = decltype(rows)::value;
     const uint8_t* sc[RR];
     for (int i = 0; i < RR; ++i) sc[i] = w.scales + 4 * ((r + i) / w.block_rows * w.scale_stride);
+    if (n <= 2) {
+      if (n == 1) return fp8_block_direct<RR, 1>(l, w.data + r * ldw, ldw, sc, w.block_cols, xb, K, y + r, job.ldy, prefetch);
+      return fp8_block_direct<RR, 2>(l, w.data + r * ldw, ldw, sc, w.block_cols, xb, K, y + r, job.ldy, prefetch);
+    }
+    for (int i = 0; i < RR; ++i) {
+      const uint8_t* src = w.data + (r + i) * ldw;
+      for (int64_t c = 0; c < K; c += 64) {
+        if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(src + RR * ldw + c), _MM_HINT_T1);
+        __m512i a, b;
+        fp8_to_bf16(l, src + c, a, b);
+        _mm512_storeu_si512(wb + i * K + c, a);
+        _mm512_storeu_si512(wb + i * K + c + 32, b);
+      }
+    }
     const int64_t groups = (n + Gmax - 1) / Gmax, base = n / groups, extra = n % groups;
     for (int64_t g = 0, t = 0; g < groups; ++g) {
       const int m = int(base + (g < extra));
       dispatch_rows<Gmax>(m, [&](auto gn) {
-        fp8_block<RR, decltype(gn)::value>(l, w.data + r * ldw, ldw, sc, w.block_cols, xb + t * K, K, y + t * job.ldy + r,
-                                           job.ldy, int(g), stream ? int(groups) : 0);
+        fp8_block<RR, decltype(gn)::value>(wb, sc, w.block_cols, xb + t * K, K, y + t * job.ldy + r, job.ldy);
       });
       t += m;
     }
@@ -274,9 +332,8 @@ void bf16_rows_avx512(const float* x, int64_t n, Bf16Layout layout, uint16_t* ou
 
 void rows_bf16_avx512(const LinearJob& job, int64_t r0, int64_t r1) {
   if (job.w->format == WeightFormat::Fp8Block) {
-    if (job.tokens == 1) return fp8_rows<8, 1>(job, r0, r1);
-    if (job.tokens == 2) return fp8_rows<4, 2>(job, r0, r1);
-    return fp8_rows<2, 4>(job, r0, r1);
+    if (job.tokens <= 2) return fp8_rows<4, 2>(job, r0, r1);  // fp8_block_direct
+    return fp8_rows<2, 6>(job, r0, r1);
   }
   if (job.tokens <= 2) return bf16_rows<8, 2>(job, r0, r1);
   bf16_rows<4, 6>(job, r0, r1);
