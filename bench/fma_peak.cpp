@@ -5,6 +5,7 @@
 #include "backend/cpu/cpu_features.h"
 
 #if defined(__x86_64__)
+#pragma GCC diagnostic ignored "-Wuninitialized"  // GCC 12 false positives inside avx512fintrin.h
 #include <immintrin.h>
 #endif
 

@@ -54,6 +54,19 @@ inline __m512 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
   return _mm512_add_ps(s2, _mm512_permute_ps(s2, _MM_SHUFFLE(2, 3, 0, 1)));
 }
 
+// y[t · ldy + i] = the lane sum of sums[i][t], through reduce4's fixed tree.
+template <int R, int G>
+inline void store_sums(const __m512 (&sums)[R][G], float* y, int64_t ldy) {
+  alignas(64) float s[16];
+  const __m512 zero = _mm512_setzero_ps();
+  for (int t = 0; t < G; ++t)
+    for (int i = 0; i < R; i += 4) {
+      _mm512_store_ps(s, reduce4(sums[i][t], i + 1 < R ? sums[i + 1][t] : zero, i + 2 < R ? sums[i + 2][t] : zero,
+                                 i + 3 < R ? sums[i + 3][t] : zero));
+      for (int j = 0; j < 4 && i + j < R; ++j) y[t * ldy + i + j] = s[4 * j];
+    }
+}
+
 // y[t · ldy + i] = Σ_c W[row i, c] · x̃[t, c] for i < R, t < G. The next R rows (the next block,
 // from memory) are prefetched into L2 one line per row and chunk, by every token group over these
 // rows in turn: group `phase` of `period` takes the chunks ≡ phase (mod period), so the weight stream
@@ -89,14 +102,7 @@ inline void bf16_block(const uint16_t* w, int64_t ldw, const uint16_t* xb, int64
       for (int i = 0; i < R; ++i) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], (__m512bh)wv[i], xv);
     }
   }
-  alignas(64) float s[16];
-  const __m512 zero = _mm512_setzero_ps();
-  for (int t = 0; t < G; ++t)
-    for (int i = 0; i < R; i += 4) {
-      _mm512_store_ps(s, reduce4(acc[i][t], i + 1 < R ? acc[i + 1][t] : zero, i + 2 < R ? acc[i + 2][t] : zero,
-                                 i + 3 < R ? acc[i + 3][t] : zero));
-      for (int j = 0; j < 4 && i + j < R; ++j) y[t * ldy + i + j] = s[4 * j];
-    }
+  store_sums<R, G>(acc, y, ldy);
 }
 
 // Rows [r0, r0 + R) × tokens [t0, t1), in balanced groups of at most Gmax.
@@ -165,6 +171,17 @@ inline void fp8_to_bf16(const Fp8Lut& l, const uint8_t* p, __m512i& a, __m512i& 
   b = _mm512_unpackhi_epi8(lo, hi);
 }
 
+// tot[i][t] += acc[i][t] × (row i's scale of block column cb; sc[i]: its floats per block column).
+template <int R, int G>
+inline void add_scaled(const __m512 (&acc)[R][G], const uint8_t* const* sc, int64_t cb, __m512 (&tot)[R][G]) {
+  for (int i = 0; i < R; ++i) {
+    float s;
+    std::memcpy(&s, sc[i] + 4 * cb, 4);
+    const __m512 sv = _mm512_set1_ps(s);
+    for (int t = 0; t < G; ++t) tot[i][t] = _mm512_fmadd_ps(acc[i][t], sv, tot[i][t]);
+  }
+}
+
 // Rows [0, R) × tokens [0, G) of an FP8 block weight, from its rows already converted to bf16 (`wb`,
 // [R][K] in the interleaved column order) and their scales (`sc[i]`: floats per block column):
 // each scale block sums into its own accumulators, added into the totals times the block's scale.
@@ -186,21 +203,9 @@ inline void fp8_block(const uint16_t* wb, const uint8_t* const* sc, int64_t bc, 
         for (int i = 0; i < R; ++i) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], (__m512bh)wv[i], xv);
       }
     }
-    for (int i = 0; i < R; ++i) {
-      float s;
-      std::memcpy(&s, sc[i] + 4 * cb, 4);
-      const __m512 sv = _mm512_set1_ps(s);
-      for (int t = 0; t < G; ++t) tot[i][t] = _mm512_fmadd_ps(acc[i][t], sv, tot[i][t]);
-    }
+    add_scaled<R, G>(acc, sc, cb, tot);
   }
-  alignas(64) float s[16];
-  const __m512 zero = _mm512_setzero_ps();
-  for (int t = 0; t < G; ++t)
-    for (int i = 0; i < R; i += 4) {
-      _mm512_store_ps(s, reduce4(tot[i][t], i + 1 < R ? tot[i + 1][t] : zero, i + 2 < R ? tot[i + 2][t] : zero,
-                                 i + 3 < R ? tot[i + 3][t] : zero));
-      for (int j = 0; j < 4 && i + j < R; ++j) y[t * ldy + i + j] = s[4 * j];
-    }
+  store_sums<R, G>(tot, y, ldy);
 }
 
 // The same sums for 1-2 tokens without the buffer: each row's 64 columns are converted where they
@@ -233,21 +238,9 @@ inline void fp8_block_direct(const Fp8Lut& l, const uint8_t* w, int64_t ldw, con
         }
       }
     }
-    for (int i = 0; i < R; ++i) {
-      float s;
-      std::memcpy(&s, sc[i] + 4 * cb, 4);
-      const __m512 sv = _mm512_set1_ps(s);
-      for (int t = 0; t < G; ++t) tot[i][t] = _mm512_fmadd_ps(acc[i][t], sv, tot[i][t]);
-    }
+    add_scaled<R, G>(acc, sc, cb, tot);
   }
-  alignas(64) float s[16];
-  const __m512 zero = _mm512_setzero_ps();
-  for (int t = 0; t < G; ++t)
-    for (int i = 0; i < R; i += 4) {
-      _mm512_store_ps(s, reduce4(tot[i][t], i + 1 < R ? tot[i + 1][t] : zero, i + 2 < R ? tot[i + 2][t] : zero,
-                                 i + 3 < R ? tot[i + 3][t] : zero));
-      for (int j = 0; j < 4 && i + j < R; ++j) y[t * ldy + i + j] = s[4 * j];
-    }
+  store_sums<R, G>(tot, y, ldy);
 }
 
 // FP8 rows [r0, r1): each block of R rows is converted to bf16 once per token block (into an L1
