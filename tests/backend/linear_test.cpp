@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 
 #include "backend/cpu/cpu_features.h"
 #include "backend/cpu/linear.h"
@@ -188,6 +189,31 @@ TEST(Linear, Fp4NibbleOrderAndScales) {
 //     so the layout is checked too): only fp32 accumulation differs, 2e-6 of Σ|x̃ w|.
 //  2. Against the exact reference: per output, |y − ref| ≤ Σ_blocks (max|x_b| / 254) · Σ_b |w|
 //     (round to nearest: each |x − x̃| ≤ scale / 2), plus the fp32 slack of 1.
+// How many outputs of `got` (W · x run on rounded activations xr) miss a bound:
+//  |got − ref(xr)| ≤ 2e-6 Σ|xr w| (only the fp32 summation differs from the reference on xr), and,
+//  when `exact_bound` is given, |got − ref(x)| ≤ exact_bound(t, W row) + 2e-6 Σ|xr w| (what rounding x
+//  may cost, plus that slack). A NaN misses both.
+int outputs_outside(const WeightView& w, const std::vector<float>& x, const std::vector<float>& xr,
+                    const std::vector<float>& got, int64_t tokens,
+                    const std::function<double(int64_t t, const float* wrow)>& exact_bound = {}) {
+  const int64_t rows = w.rows, cols = w.cols;
+  std::vector<float> ref(got.size()), ref_rounded(got.size()), wrow(static_cast<size_t>(cols));
+  linear_ref(w, xr.data(), ref_rounded.data(), tokens);
+  if (exact_bound) linear_ref(w, x.data(), ref.data(), tokens);
+  int bad = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    dequant_row_ref(w, r, wrow.data());
+    for (int64_t t = 0; t < tokens; ++t) {
+      double abs_dot = 0;
+      for (int64_t c = 0; c < cols; ++c) abs_dot += std::fabs(double(xr[size_t(t * cols + c)]) * wrow[size_t(c)]);
+      const size_t i = size_t(t * rows + r);
+      if (!(std::fabs(double(got[i]) - ref_rounded[i]) <= 2e-6 * abs_dot + 1e-30)) ++bad;
+      if (exact_bound && !(std::fabs(double(got[i]) - ref[i]) <= exact_bound(t, wrow.data()) + 2e-6 * abs_dot)) ++bad;
+    }
+  }
+  return bad;
+}
+
 std::vector<float> q8_rounded_x(const std::vector<uint8_t>& rows, int64_t tokens, int64_t cols) {
   const int64_t nb = cols / 32;
   std::vector<float> out(size_t(tokens * cols));
@@ -248,31 +274,21 @@ TEST(Linear, Q8ActivationsWithinTheirRoundingBound) {
         for (size_t i = 0; i < x.size(); i += 97) x[i] *= 20.0f;  // outliers, as activations have
         ASSERT_EQ(linear_wants_q8(path, Activations::Q8, w.view, tokens), tokens <= q8_row_tokens(path));
         ASSERT_TRUE(linear_rounds_q8(path, Activations::Q8, w.view));
-        std::vector<float> got(size_t(tokens * rows)), ref(got.size()), ref_rounded(got.size());
+        std::vector<float> got(size_t(tokens * rows));
         linear(w.view, x.data(), got.data(), tokens, pool, path, Activations::Q8);
-        const auto xr = q8_rounded(x, tokens, cols);
-        linear_ref(w.view, x.data(), ref.data(), tokens);
-        linear_ref(w.view, xr.data(), ref_rounded.data(), tokens);
-        std::vector<float> wrow(static_cast<size_t>(cols));
-        int bad = 0;
-        for (int64_t r = 0; r < rows; ++r) {
-          dequant_row_ref(w.view, r, wrow.data());
-          for (int64_t t = 0; t < tokens; ++t) {
-            double abs_dot = 0, bound = 0;
-            for (int64_t b = 0; b < cols / 32; ++b) {
-              double amax = 0, wsum = 0;
-              for (int64_t c = 32 * b; c < 32 * b + 32; ++c) {
-                amax = std::max(amax, std::fabs(double(x[size_t(t * cols + c)])));
-                wsum += std::fabs(double(wrow[size_t(c)]));
-                abs_dot += std::fabs(double(xr[size_t(t * cols + c)]) * wrow[size_t(c)]);
-              }
-              bound += amax / 254.0 * wsum;
+        // Per output: Σ_blocks (max|x_b| / 254) · Σ_b |w| (round to nearest: |x − x̃| ≤ scale / 2).
+        const int bad = outputs_outside(w.view, x, q8_rounded(x, tokens, cols), got, tokens, [&](int64_t t, const float* wrow) {
+          double bound = 0;
+          for (int64_t b = 0; b < cols / 32; ++b) {
+            double amax = 0, wsum = 0;
+            for (int64_t c = 32 * b; c < 32 * b + 32; ++c) {
+              amax = std::max(amax, std::fabs(double(x[size_t(t * cols + c)])));
+              wsum += std::fabs(double(wrow[c]));
             }
-            const size_t i = size_t(t * rows + r);
-            if (std::fabs(double(got[i]) - ref_rounded[i]) > 2e-6 * abs_dot + 1e-30) ++bad;
-            if (std::fabs(double(got[i]) - ref[i]) > bound * (1 + 1e-5) + 2e-6 * abs_dot) ++bad;
+            bound += amax / 254.0 * wsum;
           }
-        }
+          return bound * (1 + 1e-5);
+        });
         EXPECT_EQ(bad, 0) << "path " << int(path) << " " << weight_format_name(format) << " " << rows << "x" << cols
                           << " tokens " << tokens;
       }
@@ -300,21 +316,9 @@ TEST(Linear, Q8EveryScaleCode) {
       }
       for (int64_t tokens : {1, 3, 8, 13}) {
         auto x = test::random_floats(rng, size_t(tokens * cols));
-        std::vector<float> got(size_t(tokens * rows)), ref(got.size());
+        std::vector<float> got(size_t(tokens * rows));
         linear(w.view, x.data(), got.data(), tokens, pool, path, Activations::Q8);
-        const auto xr = q8_rounded(x, tokens, cols);
-        linear_ref(w.view, xr.data(), ref.data(), tokens);
-        std::vector<float> wrow(static_cast<size_t>(cols));
-        int bad = 0;
-        for (int64_t r = 0; r < rows; ++r) {
-          dequant_row_ref(w.view, r, wrow.data());
-          for (int64_t t = 0; t < tokens; ++t) {
-            const size_t i = size_t(t * rows + r);
-            double abs_dot = 0;
-            for (int64_t c = 0; c < cols; ++c) abs_dot += std::fabs(double(xr[size_t(t * cols + c)]) * wrow[size_t(c)]);
-            if (!(std::fabs(double(got[i]) - ref[i]) <= 2e-6 * abs_dot + 1e-30)) ++bad;
-          }
-        }
+        const int bad = outputs_outside(w.view, x, q8_rounded(x, tokens, cols), got, tokens);
         EXPECT_EQ(bad, 0) << "path " << int(path) << " " << weight_format_name(format) << " tokens " << tokens;
       }
     }
@@ -361,25 +365,13 @@ TEST(Linear, Bf16ActivationsWithinTheirRoundingBound) {
       ASSERT_TRUE(linear_wants_bf16(LinearPath::Avx512, Activations::Q8Bf16, w.view)) << dtype_name(c.dtype);
       std::vector<float> xr(x.size());
       for (size_t i = 0; i < x.size(); ++i) xr[i] = bf16_to_f32(f32_to_bf16(x[i]));
-      std::vector<float> got(size_t(tokens * rows)), ref(got.size()), ref_rounded(got.size());
+      std::vector<float> got(size_t(tokens * rows));
       linear(w.view, x.data(), got.data(), tokens, pool, LinearPath::Avx512, Activations::Q8Bf16);
-      linear_ref(w.view, x.data(), ref.data(), tokens);
-      linear_ref(w.view, xr.data(), ref_rounded.data(), tokens);
-      std::vector<float> wrow(static_cast<size_t>(cols));
-      int bad = 0;
-      for (int64_t r = 0; r < rows; ++r) {
-        dequant_row_ref(w.view, r, wrow.data());
-        for (int64_t t = 0; t < tokens; ++t) {
-          double abs_dot = 0, abs_dot_x = 0;
-          for (int64_t k = 0; k < cols; ++k) {
-            abs_dot += std::fabs(double(xr[size_t(t * cols + k)]) * wrow[size_t(k)]);
-            abs_dot_x += std::fabs(double(x[size_t(t * cols + k)]) * wrow[size_t(k)]);
-          }
-          const size_t i = size_t(t * rows + r);
-          if (!(std::fabs(double(got[i]) - ref_rounded[i]) <= 2e-6 * abs_dot + 1e-30)) ++bad;
-          if (!(std::fabs(double(got[i]) - ref[i]) <= 0x1p-8 * abs_dot_x + 2e-6 * abs_dot)) ++bad;
-        }
-      }
+      const int bad = outputs_outside(w.view, x, xr, got, tokens, [&](int64_t t, const float* wrow) {
+        double abs_dot_x = 0;
+        for (int64_t k = 0; k < cols; ++k) abs_dot_x += std::fabs(double(x[size_t(t * cols + k)]) * wrow[k]);
+        return 0x1p-8 * abs_dot_x;
+      });
       EXPECT_EQ(bad, 0) << dtype_name(c.dtype) << " " << rows << "x" << cols << " tokens " << tokens;
     }
 }

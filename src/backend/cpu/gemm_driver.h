@@ -19,6 +19,19 @@ inline void dispatch_rows(int n, Kernel&& kernel) {
   }
 }
 
+// Calls fn(b, t, std::integral_constant<int, M>{}) for ceil(tokens / Max) blocks of balanced sizes M
+// (10 tokens, Max 8: 5 + 5, not 8 + 2), block b starting at token t.
+template <int Max, typename Fn>
+inline void balanced_blocks(int64_t tokens, Fn&& fn) {
+  if (tokens <= 0) return;
+  const int64_t blocks = (tokens + Max - 1) / Max, base = tokens / blocks, extra = tokens % blocks;
+  for (int64_t b = 0, t = 0; b < blocks; ++b) {
+    const int m = int(base + (b < extra));
+    dispatch_rows<Max>(m, [&](auto mm) { fn(b, t, mm); });
+    t += m;
+  }
+}
+
 // For weight tiles [tile0, tile1) of TileRows rows: decode TileCols columns at a time into `tile`
 // ([TileCols][TileRows]) with decode(r0, k0, kc, tile), then run
 // kernel(M, x_rows, tile, kc, y_rows, rows, first) over the tokens, at most Mr at a time.
@@ -34,16 +47,11 @@ void gemm_tile_loop(const WeightView& w, const float* x, float* y, int64_t ldy, 
       const int64_t kc = std::min<int64_t>(TileCols, K - k0);
       decode(r0, k0, kc, tile);
       const bool first = k0 == 0;
-      // ceil(tokens / Mr) blocks of balanced sizes (10 tokens: 5 + 5, not 8 + 2): a block of M
-      // tokens has 2M independent FMA chains, too few to cover the FMA latency when M is small.
-      const int64_t blocks = (tokens + Mr - 1) / Mr, base = tokens / blocks, extra = tokens % blocks;
-      for (int64_t b = 0, t = 0; b < blocks; ++b) {
-        const int m_tokens = int(base + (b < extra));
-        dispatch_rows<Mr>(m_tokens, [&](auto m) {
-          kernel(m, x + t * K + k0, tile, kc, y + t * ldy + r0, rows, first);
-        });
-        t += m_tokens;
-      }
+      // Balanced token blocks: a block of M tokens has 2M independent FMA chains, too few to cover
+      // the FMA latency when M is small.
+      balanced_blocks<Mr>(tokens, [&](int64_t, int64_t t, auto m) {
+        kernel(m, x + t * K + k0, tile, kc, y + t * ldy + r0, rows, first);
+      });
     }
   }
 }

@@ -19,7 +19,7 @@ enum class LinearPath {
 // Auto → the best path of this CPU; a path the CPU cannot run is an InvalidArgument.
 LinearPath resolve_linear_path(LinearPath requested);
 
-// The activation precision of the FP4 products.
+// The activation precision of the products (FP4 under q8; BF16 and FP8 too under q8-bf16).
 enum class Activations {
   F32,  // exact: fp32 activations × decoded weights, fp32 accumulation (the reference; eval's default)
   Q8,   // FP4 weights see x rounded to int8 per 32-column block (scale max|x|/127, as llama.cpp's

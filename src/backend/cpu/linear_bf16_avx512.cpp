@@ -110,14 +110,10 @@ template <int R, int Gmax>
 inline void bf16_rows_tokens(const uint16_t* w, int64_t ldw, const uint16_t* xb, int64_t K, float* y, int64_t ldy,
                              int64_t tokens, bool stream) {
   // `stream`: the next R rows are weights of this range (prefetched over all groups).
-  const int64_t groups = (tokens + Gmax - 1) / Gmax, base = tokens / groups, extra = tokens % groups;
-  for (int64_t g = 0, t = 0; g < groups; ++g) {
-    const int n = int(base + (g < extra));
-    dispatch_rows<Gmax>(n, [&](auto gn) {
-      bf16_block<R, decltype(gn)::value>(w, ldw, xb + t * K, K, y + t * ldy, ldy, int(g), stream ? int(groups) : 0);
-    });
-    t += n;
-  }
+  const int groups = int((tokens + Gmax - 1) / Gmax);
+  balanced_blocks<Gmax>(tokens, [&](int64_t g, int64_t t, auto gn) {
+    bf16_block<R, decltype(gn)::value>(w, ldw, xb + t * K, K, y + t * ldy, ldy, int(g), stream ? groups : 0);
+  });
 }
 
 template <int R, int Gmax>
@@ -275,14 +271,9 @@ void fp8_rows(const LinearJob& job, int64_t r0, int64_t r1) {
         _mm512_storeu_si512(wb + i * K + c + 32, b);
       }
     }
-    const int64_t groups = (n + Gmax - 1) / Gmax, base = n / groups, extra = n % groups;
-    for (int64_t g = 0, t = 0; g < groups; ++g) {
-      const int m = int(base + (g < extra));
-      dispatch_rows<Gmax>(m, [&](auto gn) {
-        fp8_block<RR, decltype(gn)::value>(wb, sc, w.block_cols, xb + t * K, K, y + t * job.ldy + r, job.ldy);
-      });
-      t += m;
-    }
+    balanced_blocks<Gmax>(n, [&](int64_t, int64_t t, auto gn) {
+      fp8_block<RR, decltype(gn)::value>(wb, sc, w.block_cols, xb + t * K, K, y + t * job.ldy + r, job.ldy);
+    });
   };
   for (int64_t t0 = 0; t0 < job.tokens; t0 += block) {
     const int64_t n = std::min(block, job.tokens - t0);

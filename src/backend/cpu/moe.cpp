@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 
 #include "backend/cpu/cpu_backend.h"
 #include "core/error.h"
@@ -107,8 +108,8 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
   const float* xd = xp;
   group_items_.clear();  // capacity kept: no allocation once warmed up
   XLayout layout = XLayout::Plain;  // of every product that reads a rearranged x (one format per weight)
-  bool q8 = false, rounded = false, bf16 = false;
-  Bf16Layout bf16_order = Bf16Layout::Plain;
+  bool q8 = false, rounded = false;
+  std::optional<Bf16Layout> bf16;  // of the products that read bf16 rows of x, when any does
   for (int64_t e = 0; e < w.experts; ++e) {
     const int64_t n = off[e + 1] - off[e];
     if (n < 0) fail<InvalidArgument>("grouped_linear: offsets decrease at expert {}", e);
@@ -124,10 +125,9 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
       q8 |= wants_q8;
       rounded |= rounds;
       if (wants_bf16) {
-        if (bf16 && bf16_layout(v) != bf16_order)
+        if (bf16 && *bf16 != bf16_layout(v))
           fail<InvalidArgument>("grouped_linear: {} reads its bf16 input in another layout than the group's other parts", v.name);
-        bf16 = true;
-        bf16_order = bf16_layout(v);
+        bf16 = bf16_layout(v);
       }
       if (const XLayout l = wants_q8 || wants_bf16 ? XLayout::Plain : linear_x_layout(path_, v, n); l != XLayout::Plain) {
         if (layout != XLayout::Plain && layout != l)
@@ -160,7 +160,7 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
   }
   if (bf16) {
     if (int64_t(x_bf16_.size()) < S * w.cols) x_bf16_.resize(size_t(S * w.cols));
-    bf16_rows(xp, S, w.cols, bf16_order, x_bf16_.data(), pool_);
+    bf16_rows(xp, S, w.cols, *bf16, x_bf16_.data(), pool_);
     for (auto& it : group_items_)
       if (it.bf16) it.job.xb = x_bf16_.data() + (it.job.x - xp);
   }
