@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The NEON kernels' correctness on this x86 machine: cross-compile the kernel and fixture tests for
 # AArch64 (tests/arm64/CMakeLists.txt) and run them under qemu-aarch64 user-mode emulation, with
-# the dotprod extension (qemu's default CPU has it) and without (M2_CPU_NO_DOTPROD=1). Speed under
+# the dotprod and BF16 extensions (qemu's default CPU has both: the SDOT and BFDOT kernels) and
+# without (M2_CPU_NO_DOTPROD=1 M2_CPU_NO_BF16=1). Speed under
 # emulation means nothing; only correctness is checked here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,6 @@ run() { qemu-aarch64 -L /usr/aarch64-linux-gnu build/arm64/arm64_tests --gtest_b
 # Every kernel against the scalar reference; the fixtures' logits against HF float64.
 filter='Linear.*:AllFormats/Fixture.LogitsMatchReference/*'
 run --gtest_filter="$filter"
-# Without dotprod (and on the generic path) there is no Q8 product: its tests ran above.
-M2_CPU_NO_DOTPROD=1 run --gtest_filter='Linear.*:-Linear.Q8*'
-M2_CPU_GENERIC=1 run --gtest_filter='Linear.*:-Linear.Q8*'
+# Without dotprod and BF16 (and on the generic path) there is no Q8 or bf16 product: their tests ran above.
+M2_CPU_NO_DOTPROD=1 M2_CPU_NO_BF16=1 run --gtest_filter='Linear.*:-Linear.Q8*:Linear.Bf16*'
+M2_CPU_GENERIC=1 run --gtest_filter='Linear.*:-Linear.Q8*:Linear.Bf16*'

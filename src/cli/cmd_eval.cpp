@@ -162,7 +162,7 @@ Runner add_eval(CLI::App& app) {
   app.add_option("--threads,-t", f->threads, "Threads (0 = all cores)")->capture_default_str();
   app.add_option("--activations", f->activations,
                  "f32 (exact, the default here) | q8 (int8 activations for FP4 weights, as m2 serve's default) | "
-                 "q8-bf16 (q8, and bf16 activations for BF16 / FP8 weights with AVX512_BF16); "
+                 "q8-bf16 (q8, and bf16 activations for BF16 / FP8 weights with AVX512_BF16, BF16 with AArch64 BF16); "
                  "the --ref model always runs f32")
       ->capture_default_str();
   app.add_flag("--quiet,-q", f->quiet, "No progress bar");

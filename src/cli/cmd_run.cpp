@@ -303,7 +303,7 @@ Runner add_run(CLI::App& app) {
   app.add_option("--threads,-t", o->threads, "Worker threads (0 = all cores)")->capture_default_str();
   app.add_option("--activations", o->activations,
                  "q8 (int8 activations in FP4 products, as llama.cpp) | q8-bf16 (q8, and bf16 activations in "
-                 "BF16 / FP8 products on CPUs with AVX512_BF16) | f32 (exact; what --logits-out comparisons with a "
+                 "BF16 / FP8 products on CPUs with AVX512_BF16, BF16 products with AArch64 BF16) | f32 (exact; what --logits-out comparisons with a "
                  "reference want)")
       ->capture_default_str();
   app.add_option("--reasoning-parser", o->reasoning,

@@ -121,7 +121,7 @@ Runner add_serve(CLI::App& app) {
   app.add_option("--threads,-t", o.threads, "Compute threads (0 = all cores)")->capture_default_str();
   app.add_option("--activations", o.activations,
                  "q8 (int8 activations in FP4 products, as llama.cpp) | q8-bf16 (q8, and bf16 activations in "
-                 "BF16 / FP8 products on CPUs with AVX512_BF16) | f32 (exact fp32)")->capture_default_str();
+                 "BF16 / FP8 products on CPUs with AVX512_BF16, BF16 products with AArch64 BF16) | f32 (exact fp32)")->capture_default_str();
   app.add_option("--max-body-size", f->max_body, "Largest request body (default 32MiB)");
   app.add_option("--max-connections", o.max_connections, "Requests in flight at once; beyond, 503")->capture_default_str();
   app.add_option("--request-timeout", o.request_timeout_s, "Seconds before a request is cancelled")->capture_default_str();

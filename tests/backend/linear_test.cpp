@@ -324,8 +324,8 @@ TEST(Linear, Q8EveryScaleCode) {
     }
 }
 
-// BF16 and FP8 block weights × bf16-rounded x (Activations::Q8Bf16 on CPUs with AVX512_BF16; FP8
-// also needs VBMI), every token count:
+// BF16 and FP8 block weights × bf16-rounded x (Activations::Q8Bf16 on CPUs with AVX512_BF16, FP8
+// also needing VBMI; on AArch64 with BF16, BF16 weights only), every token count:
 //  1. Against the reference run on x̃ = bf16(x) (round to nearest even): only the fp32 summation
 //     differs, 2e-6 of Σ|x̃ w|. Run on x itself the products differ by ~2^-10 √K |x w|, far outside it.
 //  2. Against the exact reference: |y − ref| ≤ 2^-8 Σ|x w| (each |x − x̃| ≤ 2^-8 |x|: 8 significant
@@ -347,12 +347,19 @@ const Bf16Case kBf16Cases[] = {
     {WeightFormat::Fp8Block, DType::F8_E4M3, 37, 192, 64},  {WeightFormat::Fp8Block, DType::F8_E5M2, 45, 384, 128},
 };
 
+// The path whose bf16 kernel this CPU has (AVX-512 or NEON), Generic when none.
+LinearPath bf16_path() {
+  return cpu_features().avx512_bf16 ? LinearPath::Avx512 : cpu_features().neon_bf16 ? LinearPath::Neon : LinearPath::Generic;
+}
+
 bool bf16_runs(const Bf16Case& c) {
+  if (bf16_path() == LinearPath::Neon) return c.format == WeightFormat::Dense;
   return cpu_features().avx512_bf16 && (c.format == WeightFormat::Dense || cpu_features().avx512_vnni_vbmi);
 }
 
 TEST(Linear, Bf16ActivationsWithinTheirRoundingBound) {
-  if (!cpu_features().avx512_bf16) GTEST_SKIP() << "no AVX512_BF16: BF16 weights keep fp32 activations on this CPU";
+  const LinearPath path = bf16_path();
+  if (path == LinearPath::Generic) GTEST_SKIP() << "no AVX512_BF16 or AArch64 BF16: BF16 weights keep fp32 activations on this CPU";
   std::mt19937_64 rng(test::fresh_seed());
   ThreadPool pool(2);
   for (const Bf16Case& c : kBf16Cases)
@@ -362,11 +369,11 @@ TEST(Linear, Bf16ActivationsWithinTheirRoundingBound) {
       auto w = test::random_weight(c.format, c.dtype, rows, cols, rng, c.block ? c.block : 128);
       auto x = test::random_floats(rng, size_t(tokens * cols));
       for (size_t i = 0; i < x.size(); i += 97) x[i] *= 20.0f;  // outliers, as activations have
-      ASSERT_TRUE(linear_wants_bf16(LinearPath::Avx512, Activations::Q8Bf16, w.view)) << dtype_name(c.dtype);
+      ASSERT_TRUE(linear_wants_bf16(path, Activations::Q8Bf16, w.view)) << dtype_name(c.dtype);
       std::vector<float> xr(x.size());
       for (size_t i = 0; i < x.size(); ++i) xr[i] = bf16_to_f32(f32_to_bf16(x[i]));
       std::vector<float> got(size_t(tokens * rows));
-      linear(w.view, x.data(), got.data(), tokens, pool, LinearPath::Avx512, Activations::Q8Bf16);
+      linear(w.view, x.data(), got.data(), tokens, pool, path, Activations::Q8Bf16);
       const int bad = outputs_outside(w.view, x, xr, got, tokens, [&](int64_t t, const float* wrow) {
         double abs_dot_x = 0;
         for (int64_t k = 0; k < cols; ++k) abs_dot_x += std::fabs(double(x[size_t(t * cols + k)]) * wrow[k]);
@@ -379,7 +386,8 @@ TEST(Linear, Bf16ActivationsWithinTheirRoundingBound) {
 // A token's bf16 product is the same bits whether it runs alone, beside 39 others, or on one thread
 // (other row ranges: the rows past the 8-, 4- and 2-row blocks run one at a time).
 TEST(Linear, Bf16ProductOfATokenDoesNotDependOnItsBatch) {
-  if (!cpu_features().avx512_bf16) GTEST_SKIP() << "no AVX512_BF16: BF16 weights keep fp32 activations on this CPU";
+  const LinearPath path = bf16_path();
+  if (path == LinearPath::Generic) GTEST_SKIP() << "no AVX512_BF16 or AArch64 BF16: BF16 weights keep fp32 activations on this CPU";
   std::mt19937_64 rng(test::fresh_seed());
   ThreadPool pool2(2), pool1(1);
   for (const Bf16Case& c : {Bf16Case{WeightFormat::Dense, DType::BF16, 45, 3072 + 17, 0},
@@ -389,16 +397,16 @@ TEST(Linear, Bf16ProductOfATokenDoesNotDependOnItsBatch) {
     auto w = test::random_weight(c.format, c.dtype, rows, cols, rng, c.block ? c.block : 128);
     auto x = test::random_floats(rng, size_t(tokens * cols));
     std::vector<float> all(size_t(tokens * rows)), one(static_cast<size_t>(rows)), all1(all.size());
-    linear(w.view, x.data(), all.data(), tokens, pool2, LinearPath::Avx512, Activations::Q8Bf16);
-    linear(w.view, x.data(), all1.data(), tokens, pool1, LinearPath::Avx512, Activations::Q8Bf16);
+    linear(w.view, x.data(), all.data(), tokens, pool2, path, Activations::Q8Bf16);
+    linear(w.view, x.data(), all1.data(), tokens, pool1, path, Activations::Q8Bf16);
     EXPECT_EQ(std::memcmp(all.data(), all1.data(), all.size() * 4), 0) << dtype_name(c.dtype) << ": 1 thread against 2";
     for (int64_t t = 0; t < tokens; ++t) {
-      linear(w.view, x.data() + t * cols, one.data(), 1, pool2, LinearPath::Avx512, Activations::Q8Bf16);
+      linear(w.view, x.data() + t * cols, one.data(), 1, pool2, path, Activations::Q8Bf16);
       EXPECT_EQ(std::memcmp(one.data(), all.data() + t * rows, size_t(rows) * 4), 0) << dtype_name(c.dtype) << " token " << t;
     }
     for (int64_t n : {2, 3, 7}) {  // the first n tokens as a batch of their own (other blocks and groups)
       std::vector<float> part(size_t(n * rows));
-      linear(w.view, x.data(), part.data(), n, pool2, LinearPath::Avx512, Activations::Q8Bf16);
+      linear(w.view, x.data(), part.data(), n, pool2, path, Activations::Q8Bf16);
       EXPECT_EQ(std::memcmp(part.data(), all.data(), part.size() * 4), 0) << dtype_name(c.dtype) << " " << n << " tokens";
     }
   }
@@ -429,12 +437,15 @@ TEST(Linear, Q8IsNotUsedWhereItDoesNotApply) {
   EXPECT_FALSE(linear_wants_bf16(LinearPath::Avx512, Activations::Q8, bf.view));
   EXPECT_FALSE(linear_wants_bf16(LinearPath::Avx512, Activations::F32, bf.view));
   EXPECT_FALSE(linear_wants_bf16(LinearPath::Avx2, Activations::Q8Bf16, bf.view));
+  EXPECT_EQ(linear_wants_bf16(LinearPath::Neon, Activations::Q8Bf16, bf.view), cpu_features().neon_bf16);
+  EXPECT_FALSE(linear_wants_bf16(LinearPath::Neon, Activations::Q8, bf.view));
   EXPECT_FALSE(linear_wants_bf16(LinearPath::Avx512, Activations::Q8Bf16, nv.view));
   auto f8 = test::random_weight(WeightFormat::Fp8Block, DType::F8_E4M3, 8, 256, rng);
   auto f8_32 = test::random_weight(WeightFormat::Fp8Block, DType::F8_E4M3, 8, 256, rng, 32);
   EXPECT_EQ(linear_wants_bf16(LinearPath::Avx512, Activations::Q8Bf16, f8.view),
             cpu_features().avx512_bf16 && cpu_features().avx512_vnni_vbmi);
   EXPECT_FALSE(linear_wants_bf16(LinearPath::Avx512, Activations::Q8Bf16, f8_32.view));  // 32-column blocks: fp32
+  EXPECT_FALSE(linear_wants_bf16(LinearPath::Neon, Activations::Q8Bf16, f8.view));  // NEON: BF16 weights only
   EXPECT_TRUE(linear_rounds_q8(path, Activations::Q8Bf16, nv.view));
   EXPECT_EQ(linear_wants_q8(path, Activations::Q8Bf16, nv.view, 1), linear_wants_q8(path, Activations::Q8, nv.view, 1));
   EXPECT_EQ(parse_activations("q8"), Activations::Q8);

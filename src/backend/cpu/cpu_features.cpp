@@ -35,10 +35,12 @@ CpuFeatures detect() {
   f.neon = true;
   f.dotprod = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
   if (const char* d = std::getenv("M2_CPU_NO_DOTPROD"); d && std::string(d) == "1") f.dotprod = false;
+  f.neon_bf16 = (getauxval(AT_HWCAP2) & HWCAP2_BF16) != 0;
+  if (const char* b = std::getenv("M2_CPU_NO_BF16"); b && std::string(b) == "1") f.neon_bf16 = false;
 #endif
   // M2_CPU_GENERIC=1 forces the portable kernels (for tests and for comparing paths).
   if (const char* g = std::getenv("M2_CPU_GENERIC"); g && std::string(g) == "1")
-    f.avx2_fma_f16c = f.avx512 = f.avx512_vnni_vbmi = f.avx512_bf16 = f.neon = f.dotprod = false;
+    f.avx2_fma_f16c = f.avx512 = f.avx512_vnni_vbmi = f.avx512_bf16 = f.neon = f.dotprod = f.neon_bf16 = false;
   return f;
 }
 }  // namespace
@@ -55,7 +57,7 @@ std::string CpuFeatures::describe() const {
     if (avx512_bf16) extra += extra.empty() ? "bf16" : "/bf16";
     return "avx512" + (extra.empty() ? std::string() : " (+" + extra + ")") + " gemv + avx2/fma/f16c";
   }
-  if (neon) return dotprod ? "neon+dotprod" : "neon";
+  if (neon) return std::string("neon") + (dotprod ? "+dotprod" : "") + (neon_bf16 ? "+bf16" : "");
   return "generic";
 }
 

@@ -11,6 +11,7 @@ struct CpuFeatures {
   bool avx512_bf16 = false;    // + AVX512_BF16 (vdpbf16ps): BF16 / FP8 weights × bf16 activations (Activations::Q8Bf16)
   bool neon = false;           // AArch64 Advanced SIMD (every AArch64 CPU)
   bool dotprod = false;        // AArch64 SDOT/UDOT (ARMv8.2+, e.g. Grace, GB10): the FP4 × Q8 gemv
+  bool neon_bf16 = false;      // AArch64 FEAT_BF16 (BFDOT; Grace, GB10): BF16 weights × bf16 activations (Activations::Q8Bf16)
   std::string describe() const;
 };
 const CpuFeatures& cpu_features();

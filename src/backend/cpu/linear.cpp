@@ -151,7 +151,9 @@ bool linear_wants_q8(LinearPath path, Activations act, const WeightView& w, int6
 }
 
 bool linear_wants_bf16(LinearPath path, Activations act, const WeightView& w) {
-  if (act != Activations::Q8Bf16 || path != LinearPath::Avx512 || !cpu_features().avx512_bf16 || w.cols <= 0) return false;
+  if (act != Activations::Q8Bf16 || w.cols <= 0) return false;
+  if (path == LinearPath::Neon) return cpu_features().neon_bf16 && w.format == WeightFormat::Dense && w.dtype == DType::BF16;
+  if (path != LinearPath::Avx512 || !cpu_features().avx512_bf16) return false;
   if (w.format == WeightFormat::Dense) return w.dtype == DType::BF16;
   return w.format == WeightFormat::Fp8Block && (w.dtype == DType::F8_E4M3 || w.dtype == DType::F8_E5M2) &&
          cpu_features().avx512_vnni_vbmi && w.cols % 64 == 0 && w.block_cols % 64 == 0;
@@ -162,9 +164,13 @@ Bf16Layout bf16_layout(const WeightView& w) {
 }
 
 void bf16_rows(const float* x, int64_t tokens, int64_t cols, Bf16Layout layout, uint16_t* out, ThreadPool& pool) {
-  M2_CHECK(cpu_features().avx512_bf16, "bf16_rows: this CPU has no AVX512_BF16");
+  const bool avx512 = cpu_features().avx512_bf16;
+  M2_CHECK(avx512 || (cpu_features().neon_bf16 && layout == Bf16Layout::Plain),
+           "bf16_rows: this CPU has no AVX512_BF16 or AArch64 BF16 kernel for this layout");
   pool.parallel_for(tokens, [&](int64_t t0, int64_t t1, int) {
-    detail::bf16_rows_avx512(x + t0 * cols, (t1 - t0) * cols, layout, out + t0 * cols);
+    const int64_t n = (t1 - t0) * cols;
+    if (avx512) return detail::bf16_rows_avx512(x + t0 * cols, n, layout, out + t0 * cols);
+    for (int64_t i = 0; i < n; ++i) out[t0 * cols + i] = f32_to_bf16(x[t0 * cols + i]);  // round to nearest even
   }, std::max<int64_t>(1, 4096 / std::max<int64_t>(cols, 1)));
 }
 
@@ -214,7 +220,7 @@ void prepare_x(XLayout layout, const float* x, int64_t tokens, int64_t K, float*
 }
 
 void linear_rows(LinearPath path, const LinearJob& job, int64_t r0, int64_t r1) {
-  if (job.xb) return detail::rows_bf16_avx512(job, r0, r1);
+  if (job.xb) return path == LinearPath::Neon ? detail::rows_bf16_neon(job, r0, r1) : detail::rows_bf16_avx512(job, r0, r1);
   if (job.xq && job.tokens > 4 && path == LinearPath::Avx512 && cpu_features().avx512_vnni_vbmi)
     return detail::rows_q8_gemm_avx512(job, r0, r1);
   if (job.xq) {  // the Q8 gemv kernels take 1-4 tokens: more run in groups of 4 over the same rows

@@ -26,8 +26,8 @@ enum class Activations {
         // Q8_0), then int8 × FP4-code integer dot products: a 32-column chunk in ~12 instructions
         // instead of ~25. Error per output ≤ Σ_blocks (max|x_b| / 254) · Σ_b |w|. Other weights: fp32.
   Q8Bf16,  // Q8, and BF16 weights on CPUs with AVX512_BF16 (FP8 block weights too, with VBMI, when
-           // cols and block_cols are multiples of 64) see x rounded to bf16 (llama.cpp's BF16
-           // vec_dot type) through vdpbf16ps: error per output ≤ 2^-8 Σ |x w|. Not the default: a
+           // cols and block_cols are multiples of 64) or AArch64 BF16 see x rounded to bf16
+           // (llama.cpp's BF16 vec_dot type) through vdpbf16ps / BFDOT: error per output ≤ 2^-8 Σ |x w|. Not the default: a
            // rounding amplifies the ~1e-6 batch-to-batch jitter of the fp32 ops before it into a
            // bf16 step (2^-8) of that input (docs/DESIGN.md, "Batch independence").
 };
@@ -81,11 +81,12 @@ struct LinearJob {
 // codes are converted in, linear_bf16_avx512.cpp).
 enum class Bf16Layout { Plain, Fp8Interleaved64 };
 Bf16Layout bf16_layout(const WeightView& w);
-// Whether a product runs BF16 weights × bf16-rounded x (AVX512_BF16; every token count, so that a
-// request's products do not depend on its batch): the caller fills LinearJob::xb.
+// Whether a product runs BF16 weights × bf16-rounded x (AVX512_BF16, or AArch64 BF16 for BF16 weights
+// only; every token count, so that a request's products do not depend on its batch): the caller
+// fills LinearJob::xb.
 bool linear_wants_bf16(LinearPath path, Activations act, const WeightView& w);
 // x [tokens, cols] → out [tokens, cols] bf16 (round to nearest even), rows in parallel. Only where
-// linear_wants_bf16 can hold (AVX512_BF16).
+// linear_wants_bf16 can hold (AVX512_BF16; AArch64 BF16 with the plain layout).
 void bf16_rows(const float* x, int64_t tokens, int64_t cols, Bf16Layout layout, uint16_t* out, ThreadPool& pool);
 // Rows per work unit: ranges passed to linear_rows start at multiples of it (tile rows of the
 // matrix-matrix kernels), and end at a multiple of it or at w.rows.
@@ -128,6 +129,9 @@ void rows_q8_avx2(const LinearJob& job, int64_t r0, int64_t r1);
 void rows_neon(const LinearJob& job, int64_t r0, int64_t r1);
 constexpr int64_t kNeonTileRows = 8;
 void rows_q8_neon(const LinearJob& job, int64_t r0, int64_t r1);
+// BF16 weights × bf16 rows of x with FEAT_BF16 (linear_bf16_neon.cpp): every token count; only
+// called when cpu_features().neon_bf16.
+void rows_bf16_neon(const LinearJob& job, int64_t r0, int64_t r1);
 void dequant_row_avx2(const WeightView& w, int64_t r, float* out);
 // Decodes W[r0 .. r0+tile_rows) × [k0 .. k0+kc) into tile[k][tile_rows], zero rows past the end.
 void decode_tile_avx2(const WeightView& w, int64_t r0, int tile_rows, int64_t k0, int64_t kc, float* tile);

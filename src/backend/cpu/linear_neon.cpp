@@ -9,6 +9,7 @@
 //   gemm_tiles    5+ tokens (prefill), every format: an 8-row × 256-column weight tile is decoded once
 //                 (the same decode, 4 rows at a time, transposed in registers) into tile[k][8], then
 //                 an 8-token × 8-row micro-kernel (16 accumulators, FMA by scalar) runs over all tokens.
+// BF16 weights × bf16 activations (BFDOT, Activations::Q8Bf16) are in linear_bf16_neon.cpp.
 // Correctness is tested under qemu-aarch64 in CI (scripts/test_arm64.sh); speed was not measured:
 // no ARM machine was available.
 #include "backend/cpu/linear.h"
