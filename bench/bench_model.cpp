@@ -205,7 +205,7 @@ int main(int argc, char** argv) {
     dense_bytes += double(L.q.bytes() + L.k.bytes() + L.v.bytes() + L.o.bytes() + L.gate.bytes());
   const double kv_bytes_per_token = double(c.num_layers) * 2.0 * c.kv_dim() * double(dtype_size(eo.kv.dtype));
   std::vector<std::vector<uint8_t>> used(size_t(c.num_layers), std::vector<uint8_t>(size_t(c.num_experts)));
-  engine.model().routing_hook = [&](int layer, const TensorView& ids) {
+  engine.model().routing_hook = [&](int layer, const TensorView& ids, const TensorView&) {
     const int32_t* p = ids.ptr<int32_t>();
     for (int64_t i = 0; i < ids.numel(); ++i) used[size_t(layer)][size_t(p[i])] = 1;
   };

@@ -100,6 +100,9 @@ Runner add_quantize(CLI::App& app) {
                  "GPTQ: coordinate-descent sweeps over the codes afterwards (each code set to the one that minimises "
                  "the output error with the others fixed; 0 = none)")
       ->capture_default_str();
+  app.add_flag("--gptq-route-weighted", o.gptq_route_weighted,
+               "GPTQ: weigh each token in an expert's Hessians by the square of its routing weight (the error of the "
+               "layer's output rather than of the expert's)");
   app.add_flag("--gptq-sequential", o.gptq_sequential,
                "GPTQ: calibrate each layer on the outputs of the layers before it as quantized (GPTQ's reference order) "
                "instead of the original model's");

@@ -343,7 +343,7 @@ void Model::moe_block(int l, const TensorView& h) {
   observe(l, Site::MoeIn, x);
   be_.linear(L.gate, x, router);  // fp32 router logits
   be_.route(router, L.router_bias, ids, wts);
-  if (routing_hook) routing_hook(l, ids);
+  if (routing_hook) routing_hook(l, ids, wts);
   be_.moe_permute(x, ids, x_perm, offsets, slot_of);
   observe(l, Site::ExpertIn, x_perm, offsets);
   expert_products(l, x_perm, offsets, y_perm);

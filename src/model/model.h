@@ -67,9 +67,9 @@ class Model {
   // (index num_layers + 1, the logit rows only) with the hidden state (backend memory, F32 [rows,
   // hidden]). For tests and `m2 eval`.
   std::function<void(int index, const TensorView& hidden)> hidden_hook;
-  // Called after each layer's routing with the chosen experts (backend memory, I32 [rows, k]): for
-  // benchmarks (bytes actually read) and per-expert statistics.
-  std::function<void(int layer, const TensorView& expert_ids)> routing_hook;
+  // Called after each layer's routing with the chosen experts (backend memory, I32 [rows, k]) and their
+  // weights (F32 [rows, k]): for benchmarks (bytes actually read) and per-expert statistics.
+  std::function<void(int layer, const TensorView& expert_ids, const TensorView& expert_weights)> routing_hook;
 
  private:
   void validate(const ForwardBatch& batch, const PagedKv& kv) const;

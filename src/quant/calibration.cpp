@@ -192,6 +192,7 @@ void Calibrator::run(const std::vector<std::vector<int32_t>>& samples, int first
   const bool keep_attn = on_activations && m.o.keep_attention_inputs;
   std::vector<float> attn_in(keep_attn ? size_t(tokens * H) : 0), attn_out(keep_attn ? size_t(tokens * c.q_dim()) : 0);
   std::vector<std::vector<int32_t>> routed(static_cast<size_t>(E));  // [E] token rows routed to each expert
+  std::vector<std::vector<float>> routed_w(static_cast<size_t>(E));  // [E] their routing weights (aligned with routed)
   const int64_t chunk = m.o.chunk;
   std::vector<float> gate(static_cast<size_t>(chunk * I)), up(gate.size()), act(gate.size());
   const bool rerun = m.o.rerun_quantized && quantized_layer;
@@ -203,10 +204,16 @@ void Calibrator::run(const std::vector<std::vector<int32_t>>& samples, int first
     st.expert_mid.resize(size_t(E));
     st.expert_tokens.assign(size_t(E), 0);
     for (auto& r : routed) r.clear();
-    stream.model().routing_hook = [&](int, const TensorView& ids) {  // ids I32 [n, top-k]
+    for (auto& r : routed_w) r.clear();
+    stream.model().routing_hook = [&](int, const TensorView& ids, const TensorView& wts) {  // I32 / F32 [n, top-k]
       const int32_t* id = ids.ptr<int32_t>();
+      const float* wt = wts.ptr<float>();
       for (int64_t i = 0; i < ids.dim(0); ++i)
-        for (int64_t k = 0; k < ids.dim(1); ++k) routed[size_t(id[i * ids.dim(1) + k])].push_back(int32_t(stream.row() + i));
+        for (int64_t k = 0; k < ids.dim(1); ++k) {
+          const size_t e = size_t(id[i * ids.dim(1) + k]);
+          routed[e].push_back(int32_t(stream.row() + i));
+          routed_w[e].push_back(wt[i * ids.dim(1) + k]);
+        }
     };
     stream.model().activation_hook = [&](int, Model::Site site, const TensorView& x, const TensorView& offsets) {
       const int64_t n = x.dim(0), cols = x.dim(1);
@@ -278,9 +285,13 @@ void Calibrator::run(const std::vector<std::vector<int32_t>>& samples, int first
     if (on_activations) {
       // Experts that saw too few tokens (or all of them, with all_experts) see every token.
       std::vector<std::vector<int32_t>> rows = routed;
+      std::vector<std::vector<float>> weights = routed_w;
       for (int64_t e = 0; e < E; ++e)
-        if (m.o.all_experts || st.expert_tokens[size_t(e)] < m.o.min_expert_tokens) rows[size_t(e)].clear();
-      on_activations(l, st, LayerActivations{tokens, attn_in, attn_out, moe_in}, rows);
+        if (m.o.all_experts || st.expert_tokens[size_t(e)] < m.o.min_expert_tokens) {
+          rows[size_t(e)].clear();
+          weights[size_t(e)].clear();
+        }
+      on_activations(l, st, LayerActivations{tokens, attn_in, attn_out, moe_in}, RoutedRows{rows, weights});
     }
     if (rerun) {
       BackendLayer quantized = stream.model().weights().layers[size_t(l)];

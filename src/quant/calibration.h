@@ -47,9 +47,9 @@ struct CalibrationOptions {
   bool rerun_quantized = false;        // keep each layer's input to run it again quantized (QuantizedLayerFn)
 };
 
-// A calibrated layer's activations and, per expert, the token rows routed to it (GPTQ).
-using ActivationsFn = std::function<void(int layer, const LayerStats& stats, const LayerActivations& acts,
-                                         const std::vector<std::vector<int32_t>>& routed)>;
+// A calibrated layer's activations and, per expert, the token rows routed to it and their routing
+// weights (GPTQ).
+using ActivationsFn = std::function<void(int layer, const LayerStats& stats, const LayerActivations& acts, const RoutedRows& routed)>;
 
 // After on_activations: given layer l's weights as the model runs them, a caller that quantized the
 // layer puts the quantized modules' views in their place and returns true. The layer then runs again

@@ -36,6 +36,7 @@ struct GptqOptions {
   int block = 128;         // columns per lazy update (a multiple of the format's scale block)
   bool act_order = false;  // quantize columns by decreasing H_ii instead of in stored order
   int refine_sweeps = 0;   // coordinate-descent sweeps over the codes afterwards (refine_codes)
+  bool route_weighted = false;  // gptq_layer: an expert's Hessian weighs each routed token by its routing weight²
 };
 
 // Quantizes w [rows, cols] (cols a multiple of the format's block) with the Hessian `h` [cols, cols]

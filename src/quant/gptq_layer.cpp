@@ -30,6 +30,13 @@ std::vector<float> gather(std::span<const float> src, int64_t cols, const std::v
   return x;
 }
 
+// Row i of x [n, cols] times weight[i]: its Gram matrix weighs row i by weight[i]².
+std::vector<float> weighted_rows(std::vector<float> x, int64_t cols, const std::vector<float>& weight) {
+  for (size_t i = 0; i < weight.size(); ++i)
+    for (int64_t c = 0; c < cols; ++c) x[i * size_t(cols) + size_t(c)] *= weight[i];
+  return x;
+}
+
 }  // namespace
 
 namespace {
@@ -115,9 +122,8 @@ WeightView gptq_result_view(const GptqModuleResult& r, const WeightView& origina
   return v;
 }
 
-std::vector<GptqModuleResult> gptq_layer(const std::vector<GptqJob>& jobs, const LayerActivations& acts,
-                                         const std::vector<std::vector<int32_t>>& expert_rows, ThreadPool& pool,
-                                         const GptqOptions& options) {
+std::vector<GptqModuleResult> gptq_layer(const std::vector<GptqJob>& jobs, const LayerActivations& acts, const RoutedRows& routed,
+                                         ThreadPool& pool, const GptqOptions& options) {
   // Work items: the attention input's modules (q/k/v), o_proj, and each expert (w1/w3, then w2 on
   // the SwiGLU of its quantized w1/w3, as it will run).
   std::map<std::pair<int, int>, std::vector<size_t>> groups;  // (kind, expert) → jobs; kind 0 attn in, 1 attn out, 2 expert
@@ -142,13 +148,17 @@ std::vector<GptqModuleResult> gptq_layer(const std::vector<GptqJob>& jobs, const
       }
       std::vector<size_t> in, mid;
       for (size_t m : members) (jobs[m].input == GptqJob::Input::ExpertIn ? in : mid).push_back(m);
-      const auto& rows = expert_rows.at(size_t(key.second));
+      const auto& rows = routed.rows.at(size_t(key.second));
+      const auto& weights = routed.weights.at(size_t(key.second));
+      if (weights.size() != rows.size())
+        fail<Error>("GPTQ expert {}: {} routing weights for {} routed rows", key.second, weights.size(), rows.size());
+      const bool weigh = options.route_weighted && !rows.empty();
       const GptqJob& any = jobs[members.front()];
       const WeightView& gate = mid.empty() ? *any.w : *jobs[mid.front()].gate;
       const int64_t H = gate.cols, I = gate.rows;
       const std::vector<float> x = gather(acts.moe_in, H, rows, acts.tokens);
       const int64_t n = rows.empty() ? acts.tokens : int64_t(rows.size());
-      run_jobs(jobs, in, x, n, out, options);
+      run_jobs(jobs, in, weigh ? weighted_rows(x, H, weights) : x, n, out, options);
       if (mid.empty()) continue;
       // w2's inputs through w1/w3 as the quantized model computes them (quantized where they are).
       const GptqJob& j2 = jobs[mid.front()];
@@ -157,7 +167,8 @@ std::vector<GptqModuleResult> gptq_layer(const std::vector<GptqJob>& jobs, const
         if (jobs[m].w == j2.gate) g = dequantized(out[m], *jobs[m].w, jobs[m].target);
         if (jobs[m].w == j2.up) u = dequantized(out[m], *jobs[m].w, jobs[m].target);
       }
-      run_jobs(jobs, mid, swiglu(x, n, g, u, I, H), n, out, options);
+      const std::vector<float> a = swiglu(x, n, g, u, I, H);
+      run_jobs(jobs, mid, weigh ? weighted_rows(a, I, weights) : a, n, out, options);
     }
   });
   return out;

@@ -42,9 +42,17 @@ struct GptqModuleResult {
 // in place of `original` (its name and shape).
 WeightView gptq_result_view(const GptqModuleResult& r, const WeightView& original, const GptqTarget& target);
 
-// `expert_rows[e]`: the token rows expert e sees (empty: every token).
-std::vector<GptqModuleResult> gptq_layer(const std::vector<GptqJob>& jobs, const LayerActivations& acts,
-                                         const std::vector<std::vector<int32_t>>& expert_rows, ThreadPool& pool,
-                                         const GptqOptions& options);
+// Per expert e: rows[e] the token rows it sees (empty: every token) and weights[e] their routing
+// weights (aligned with rows[e]; empty when rows[e] is).
+struct RoutedRows {
+  std::vector<std::vector<int32_t>> rows;
+  std::vector<std::vector<float>> weights;
+};
+
+// With options.route_weighted, an expert's w1/w3 and w2 Hessians weigh each token by the square of
+// its routing weight: the expert's output reaches the layer's output multiplied by that weight, so
+// this is the layer output's error rather than the expert's.
+std::vector<GptqModuleResult> gptq_layer(const std::vector<GptqJob>& jobs, const LayerActivations& acts, const RoutedRows& routed,
+                                         ThreadPool& pool, const GptqOptions& options);
 
 }  // namespace m2

@@ -154,7 +154,7 @@ class Quantizer {
   ojson options_json() const;
   void prepare_samples();
   void calibrate();
-  void gptq_layer_pass(int l, const LayerActivations& acts, const std::vector<std::vector<int32_t>>& routed);
+  void gptq_layer_pass(int l, const LayerActivations& acts, const RoutedRows& routed);
   bool gptq_quantized_layer(int l, BackendLayer& weights) const;
   const SafetensorsFile& gptq_file(int layer);
   std::vector<OutTensor> produce(const Job& job);
@@ -229,6 +229,7 @@ void Quantizer::plan_modules() {
   if (o_.gptq_act_order && !o_.gptq) fail<InvalidArgument>("--gptq-act-order orders GPTQ's columns: add --gptq");
   if (o_.gptq_refine < 0 || o_.gptq_refine > 100) fail<InvalidArgument>("--gptq-refine {}: give 0-100 sweeps", o_.gptq_refine);
   if (o_.gptq_refine > 0 && !o_.gptq) fail<InvalidArgument>("--gptq-refine refines GPTQ's codes: add --gptq");
+  if (o_.gptq_route_weighted && !o_.gptq) fail<InvalidArgument>("--gptq-route-weighted weighs GPTQ's Hessians: add --gptq");
   if (o_.gptq_sequential && !o_.gptq)
     fail<InvalidArgument>("--gptq-sequential calibrates each layer on GPTQ's quantized layers before it: add --gptq");
   // The exclusion list the configs carry: the recipe's, plus kept layers and --ignore patterns.
@@ -320,6 +321,7 @@ ojson Quantizer::options_json() const {
   if (o_.gptq && o_.gptq_act_order) j["gptq_act_order"] = true;
   if (o_.gptq && o_.gptq_sequential) j["gptq_sequential"] = true;
   if (o_.gptq && o_.gptq_refine) j["gptq_refine"] = o_.gptq_refine;
+  if (o_.gptq && o_.gptq_route_weighted) j["gptq_route_weighted"] = true;
   return j;
 }
 
@@ -385,7 +387,7 @@ void Quantizer::calibrate() {
   Calibrator cal(*in_, backend_, co);
   ActivationsFn gptq;
   if (o_.gptq)
-    gptq = [&](int l, const LayerStats& st, const LayerActivations& acts, const std::vector<std::vector<int32_t>>& routed) {
+    gptq = [&](int l, const LayerStats& st, const LayerActivations& acts, const RoutedRows& routed) {
       stats_[size_t(l)] = st;  // the per-tensor scale search may weigh by it
       gptq_layer_pass(l, acts, routed);
     };
@@ -412,7 +414,7 @@ void Quantizer::calibrate() {
 
 // GPTQ of layer l's quantized modules on what calibration saw; the results are kept in
 // calibration/gptq-layer-N.safetensors (written before the layer's statistics mark it done).
-void Quantizer::gptq_layer_pass(int l, const LayerActivations& acts, const std::vector<std::vector<int32_t>>& routed) {
+void Quantizer::gptq_layer_pass(int l, const LayerActivations& acts, const RoutedRows& routed) {
   const LayoutSpec& spec = layout_spec(recipe_.layout);
   std::vector<GptqJob> jobs;
   std::vector<size_t> index;
@@ -448,6 +450,7 @@ void Quantizer::gptq_layer_pass(int l, const LayerActivations& acts, const std::
   gptq_options.damp = o_.gptq_damp;
   gptq_options.act_order = o_.gptq_act_order;
   gptq_options.refine_sweeps = o_.gptq_refine;
+  gptq_options.route_weighted = o_.gptq_route_weighted;
   gptq_results_.clear();  // the previous layer's (one layer's codes at a time)
   gptq_results_ = gptq_layer(jobs, acts, routed, backend_.pool(), gptq_options);
   gptq_jobs_ = std::move(jobs);
@@ -774,6 +777,7 @@ void Quantizer::finish() {
     ojson g = ojson::object();
     for (const auto& [k, v] : gain) g[k] = {{"mean_output_error_reduction", v.first / v.second}, {"modules", v.second}};
     rep["gptq"] = {{"damp", o_.gptq_damp}, {"act_order", o_.gptq_act_order}, {"sequential", o_.gptq_sequential}, {"refine_sweeps", o_.gptq_refine},
+                   {"route_weighted", o_.gptq_route_weighted},
                    {"modules_needing_more_damping", raised}, {"modules_with_fewer_tokens_than_inputs", thin}, {"groups", g}};
     if (thin)
       notices_.push_back(fmt::format("GPTQ: {} modules saw fewer calibration tokens than they have inputs: their Hessians are "

@@ -30,6 +30,7 @@ struct QuantizeOptions {
   bool gptq_act_order = false;          // GPTQ: columns by decreasing input energy
   bool gptq_sequential = false;         // GPTQ: each layer calibrated on the already-quantized layers' outputs
   int gptq_refine = 0;                  // GPTQ: coordinate-descent sweeps over the codes afterwards
+  bool gptq_route_weighted = false;     // GPTQ: experts' Hessians weigh each token by its routing weight²
   MxRule mx_rule = MxRule::CompressedTensors;
   size_t max_shard_size = size_t(5) << 30;
   size_t memory_limit = 0;              // bytes for calibration activations (0 = unbounded)

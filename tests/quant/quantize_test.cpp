@@ -487,6 +487,9 @@ TEST(Quantize, BadInputIsAClearError) {
   o = options(bf16, tmp.path / "k", "mxfp4-experts");
   o.gptq_sequential = true;
   expect_error(o, "--gptq-sequential calibrates each layer on GPTQ's quantized layers before it: add --gptq");
+  o = options(bf16, tmp.path / "k", "mxfp4-experts");
+  o.gptq_route_weighted = true;
+  expect_error(o, "--gptq-route-weighted weighs GPTQ's Hessians: add --gptq");
   o = options(bf16, tmp.path / "f", "nvfp4-ct");
   std::ofstream(tmp.path / "bad.json") << "[[1, 2, 99999]]";
   o.calib = {(tmp.path / "bad.json").string()};
