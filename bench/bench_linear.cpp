@@ -55,6 +55,13 @@ void BM_FmaPeak(benchmark::State& state) {
   state.counters["flops"] = peak;
 }
 
+// The bf16-activation products' roof: vdpbf16ps, all threads (0 without AVX512_BF16).
+void BM_Bf16DotPeak(benchmark::State& state) {
+  double peak = 0;
+  for (auto _ : state) peak = bench::bf16_dot_peak_flops(pool());
+  state.counters["flops"] = peak;
+}
+
 void BM_Memcpy(benchmark::State& state) {
   double bw = 0;
   for (auto _ : state) bw = bench::copy_bandwidth(pool(), size_t(1) << 30, 3);
@@ -110,6 +117,7 @@ void BM_LinearPrefill(benchmark::State& state) {
 BENCHMARK(BM_ReadBandwidth)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
 BENCHMARK(BM_Memcpy)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
 BENCHMARK(BM_FmaPeak)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
+BENCHMARK(BM_Bf16DotPeak)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
 BENCHMARK(BM_LinearDecode)
     ->ArgsProduct({{0, 1, 2, 3}, {96, 1}, {0, 1}, {1}})
     ->ArgsProduct({{0, 1, 2, 3}, {96, 1}, {0, 1}, {8}})

@@ -151,6 +151,7 @@ int main(int argc, char** argv) {
   const double copy_bw = bench::copy_bandwidth(backend.pool());
   const double read_bw = bench::read_bandwidth(backend.pool());
   const double fma_peak = bench::fma_peak_flops(backend.pool());
+  const double bf16_peak = backend.activations() == Activations::Q8Bf16 ? bench::bf16_dot_peak_flops(backend.pool()) : 0;
   ModelWeights w = ModelWeights::load(dir);
   const ModelConfig& c = w.config;
   auto t0 = Clock::now();
@@ -196,6 +197,9 @@ int main(int argc, char** argv) {
   fmt::print("fma peak         {:.1f} GFLOP/s (fp32 FMA at the widest vector width, all threads)\n", fma_peak / 1e9);
   fmt::print("prefill          {} tokens in {:.2f} s: {:.1f} tok/s, {:.1f} GFLOP/s = {:.1f}% of fma peak\n", prompt,
              prefill_s, prompt / prefill_s, prefill_flops / prefill_s / 1e9, 100.0 * prefill_flops / prefill_s / fma_peak);
+  if (bf16_peak > 0)  // q8-bf16: the bf16 products' own roof (32 multiply-adds per instruction)
+    fmt::print("bf16 dot peak    {:.1f} GFLOP/s (vdpbf16ps, all threads): prefill = {:.1f}% of it\n", bf16_peak / 1e9,
+               100.0 * prefill_flops / prefill_s / bf16_peak);
 
   // Batched decode: bytes actually read per step = union of routed experts + dense weights + KV.
   const auto& L0 = engine.model().weights().layers[0];

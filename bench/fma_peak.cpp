@@ -24,6 +24,18 @@ __attribute__((target("avx512f"))) double fma_loop_512(int64_t iterations) {
   for (int i = 1; i < 10; ++i) s = _mm512_add_ps(s, a[i]);
   return double(_mm512_reduce_add_ps(s));
 }
+
+// Ten independent vdpbf16ps chains (AVX512_BF16): 16 lanes × 2 bf16 multiply-adds per instruction.
+__attribute__((target("avx512f,avx512bf16"))) double bf16_dot_loop_512(int64_t iterations) {
+  __m512 a[10];
+  for (int i = 0; i < 10; ++i) a[i] = _mm512_set1_ps(float(i) * 1e-3f);
+  const __m512bh p = (__m512bh)_mm512_set1_epi16(0x3f80), q = (__m512bh)_mm512_set1_epi16(0x3400);  // 1.0, 2^-23
+  for (int64_t n = 0; n < iterations; ++n)
+    for (int i = 0; i < 10; ++i) a[i] = _mm512_dpbf16_ps(a[i], p, q);
+  __m512 s = a[0];
+  for (int i = 1; i < 10; ++i) s = _mm512_add_ps(s, a[i]);
+  return double(_mm512_reduce_add_ps(s));
+}
 #endif
 
 // Ten independent 8-wide FMA chains: enough to cover FMA latency × throughput on current cores.
@@ -74,6 +86,23 @@ double fma_peak_flops(ThreadPool& pool) {
   });
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return double(pool.size()) * double(iterations) * 10 * (wide ? 16 : 8) * 2 / s;
+}
+
+double bf16_dot_peak_flops(ThreadPool& pool) {
+#if defined(__x86_64__)
+  if (!cpu_features().avx512_bf16) return 0;
+  const int64_t iterations = 50'000'000;
+  volatile double sink = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  pool.parallel_for(pool.size(), [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) sink = sink + bf16_dot_loop_512(iterations);
+  });
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return double(pool.size()) * double(iterations) * 10 * 32 * 2 / s;
+#else
+  (void)pool;
+  return 0;
+#endif
 }
 
 }  // namespace m2::bench

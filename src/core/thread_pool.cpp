@@ -38,7 +38,7 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::run(int64_t n, int64_t grain, void* ctx, Trampoline call) {
+void ThreadPool::run(int64_t n, int64_t grain, int chunks_per_thread, void* ctx, Trampoline call) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
   if (workers_.empty() || n <= grain) {
@@ -50,14 +50,15 @@ void ThreadPool::run(int64_t n, int64_t grain, void* ctx, Trampoline call) {
   job_call_ = call;
   job_n_ = n;
   job_grain_ = grain;
+  job_slices_ = size() * std::max(1, chunks_per_thread);
+  next_slice_.store(size(), std::memory_order_relaxed);  // slice i < size() is thread i's first
   pending_.store(int(workers_.size()), std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_release);
   {
     std::lock_guard lock(mutex_);  // a worker between its check and its wait sees the new generation
   }
   start_cv_.notify_all();
-  auto [b, e] = slice(n, grain, size(), 0);
-  if (b < e) run_slice(ctx, call, b, e, 0);
+  run_slices(0);
   for (int i = 0; pending_.load(std::memory_order_acquire) != 0; ++i) {
     cpu_relax();
     if ((i & 255) == 255) std::this_thread::yield();  // an oversubscribed machine: let the worker run
@@ -66,6 +67,16 @@ void ThreadPool::run(int64_t n, int64_t grain, void* ctx, Trampoline call) {
     std::exception_ptr e = error_;
     error_ = nullptr;
     std::rethrow_exception(e);
+  }
+}
+
+void ThreadPool::run_slices(int thread) {
+  // Slice `thread` first (a static job has no other), then any not yet taken.
+  for (int s = thread; s < job_slices_;) {
+    auto [b, e] = slice(job_n_, job_grain_, job_slices_, s);
+    if (b < e) run_slice(job_ctx_, job_call_, b, e, thread);
+    if (job_slices_ == size()) break;
+    s = next_slice_.fetch_add(1, std::memory_order_relaxed);
   }
 }
 
@@ -98,8 +109,7 @@ void ThreadPool::worker_loop(int index) {
     }
     if (stop_.load()) return;
     seen = generation_.load(std::memory_order_acquire);
-    auto [b, e] = slice(job_n_, job_grain_, size(), index);
-    if (b < e) run_slice(job_ctx_, job_call_, b, e, index);
+    run_slices(index);
     pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }

@@ -30,14 +30,25 @@ class ThreadPool {
   template <typename F>
   void parallel_for(int64_t n, F&& fn, int64_t grain = 1) {
     auto call = [](void* ctx, int64_t b, int64_t e, int t) { (*static_cast<std::remove_reference_t<F>*>(ctx))(b, e, t); };
-    run(n, grain, const_cast<void*>(static_cast<const void*>(&fn)), call);
+    run(n, grain, 1, const_cast<void*>(static_cast<const void*>(&fn)), call);
+  }
+
+  // As parallel_for, but [0, n) is cut into size() × chunks_per_thread slices (aligned to grain)
+  // that the threads take in turn from one counter: a thread that runs slower (a VM's vCPUs do)
+  // takes fewer. fn's thread_index is the thread running the slice; which thread runs a slice is
+  // not fixed, so fn's results must not depend on it.
+  template <typename F>
+  void parallel_for_dynamic(int64_t n, F&& fn, int64_t grain, int chunks_per_thread) {
+    auto call = [](void* ctx, int64_t b, int64_t e, int t) { (*static_cast<std::remove_reference_t<F>*>(ctx))(b, e, t); };
+    run(n, grain, chunks_per_thread, const_cast<void*>(static_cast<const void*>(&fn)), call);
   }
 
  private:
   using Trampoline = void (*)(void*, int64_t, int64_t, int);
-  void run(int64_t n, int64_t grain, void* ctx, Trampoline call);
+  void run(int64_t n, int64_t grain, int chunks_per_thread, void* ctx, Trampoline call);
   void worker_loop(int index);
   void run_slice(void* ctx, Trampoline call, int64_t b, int64_t e, int thread);
+  void run_slices(int thread);  // this thread's share of the current job
 
   std::vector<std::thread> workers_;
   std::mutex mutex_;
@@ -46,6 +57,8 @@ class ThreadPool {
   void* job_ctx_ = nullptr;
   Trampoline job_call_ = nullptr;
   int64_t job_n_ = 0, job_grain_ = 1;
+  int job_slices_ = 1;                 // slices of the current job (size() × chunks per thread)
+  std::atomic<int> next_slice_{0};     // the next slice to take (dynamic jobs: more slices than threads)
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};

@@ -270,8 +270,8 @@ void linear(const WeightView& w, const float* x, float* y, int64_t tokens, Threa
     prepare_x(layout, x, tokens, w.cols, buf.data());
     job.xd = buf.data();
   }
-  pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) { linear_rows(path, job, r0, r1); },
-                    linear_grain(path, w, tokens));
+  pool.parallel_for_dynamic(w.rows, [&](int64_t r0, int64_t r1, int) { linear_rows(path, job, r0, r1); },
+                            linear_grain(path, w, tokens), kLinearChunksPerThread);
 }
 
 void dequant_rows(const WeightView& w, int64_t r0, int64_t n, float* out) {

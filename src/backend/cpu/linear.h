@@ -34,6 +34,11 @@ enum class Activations {
 Activations parse_activations(std::string_view name);  // "f32" | "q8" | "q8-bf16"; else InvalidArgument
 std::string_view activations_name(Activations a);
 
+// Row ranges per thread of a product (linear and grouped products), taken in turn by the threads
+// (ThreadPool::parallel_for_dynamic): a thread that runs slower takes fewer, and the last range
+// one takes is 1/(threads × this) of the work. A row's result does not depend on its range.
+constexpr int kLinearChunksPerThread = 8;
+
 // x: [tokens, w.cols] row-major fp32; y: [tokens, w.rows] fp32 (overwritten).
 void linear(const WeightView& w, const float* x, float* y, int64_t tokens, ThreadPool& pool,
             LinearPath path = LinearPath::Auto, Activations act = Activations::F32);

@@ -12,6 +12,7 @@
 namespace m2 {
 
 namespace {
+
 constexpr int kMaxExpertsPerToken = 64;
 }
 
@@ -169,11 +170,13 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
     it.job.xd = it.rounded ? it.job.x : xd + (it.job.x - xp);
     total += it.unit_cost * double(it.units);
   }
-  const int threads = pool_.size();
-  pool_.parallel_for(threads, [&](int64_t t0, int64_t t1, int) {
-    for (int64_t t = t0; t < t1; ++t) {
-      // This thread runs the units whose starting cost lies in [lo, hi).
-      const double lo = total * double(t) / threads, hi = total * double(t + 1) / threads;
+  // The units in chunks of equal cost, taken in turn by the threads (parallel_for_dynamic): a thread
+  // that runs slower takes fewer. Which thread runs a chunk does not change its results.
+  const int64_t chunks = int64_t(pool_.size()) * kLinearChunksPerThread;
+  pool_.parallel_for_dynamic(chunks, [&](int64_t c0, int64_t c1, int) {
+    for (int64_t c = c0; c < c1; ++c) {
+      // This chunk runs the units whose starting cost lies in [lo, hi).
+      const double lo = total * double(c) / double(chunks), hi = total * double(c + 1) / double(chunks);
       double start = 0;
       for (const auto& it : group_items_) {
         const double end = start + it.unit_cost * double(it.units);
@@ -183,10 +186,11 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
           if (u0 < u1)
             linear_rows(path_, it.job, u0 * it.grain, std::min(it.job.w->rows, u1 * it.grain));
         }
+        if (end >= hi) break;
         start = end;
       }
     }
-  }, 1);
+  }, 1, kLinearChunksPerThread);
 }
 
 void CpuBackend::swiglu(const TensorView& gu, const TensorView& out) {
