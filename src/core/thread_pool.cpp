@@ -51,7 +51,7 @@ void ThreadPool::run(int64_t n, int64_t grain, int chunks_per_thread, void* ctx,
   job_n_ = n;
   job_grain_ = grain;
   job_slices_ = size() * std::max(1, chunks_per_thread);
-  next_slice_.store(size(), std::memory_order_relaxed);  // slice i < size() is thread i's first
+  next_slice_.store(0, std::memory_order_relaxed);
   pending_.store(int(workers_.size()), std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_release);
   {
@@ -71,12 +71,16 @@ void ThreadPool::run(int64_t n, int64_t grain, int chunks_per_thread, void* ctx,
 }
 
 void ThreadPool::run_slices(int thread) {
-  // Slice `thread` first (a static job has no other), then any not yet taken.
-  for (int s = thread; s < job_slices_;) {
+  if (job_slices_ == size()) {  // static: slice `thread`
+    auto [b, e] = slice(job_n_, job_grain_, job_slices_, thread);
+    if (b < e) run_slice(job_ctx_, job_call_, b, e, thread);
+    return;
+  }
+  // Dynamic: any slice not yet taken (a thread that wakes late may find none).
+  for (int s = next_slice_.fetch_add(1, std::memory_order_relaxed); s < job_slices_;
+       s = next_slice_.fetch_add(1, std::memory_order_relaxed)) {
     auto [b, e] = slice(job_n_, job_grain_, job_slices_, s);
     if (b < e) run_slice(job_ctx_, job_call_, b, e, thread);
-    if (job_slices_ == size()) break;
-    s = next_slice_.fetch_add(1, std::memory_order_relaxed);
   }
 }
 
