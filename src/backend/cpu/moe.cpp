@@ -12,7 +12,6 @@
 namespace m2 {
 
 namespace {
-
 constexpr int kMaxExpertsPerToken = 64;
 }
 
