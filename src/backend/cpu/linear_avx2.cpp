@@ -115,13 +115,15 @@ inline void gemv_pass(const WeightView& w, const float* x, float* y, int64_t ldy
   for (int i = 0; i < R; ++i)
     for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
   // The next passes' rows follow in memory: prefetch them at the offset being read, one line per row
-  // per 64 bytes of row (short rows end before the hardware prefetcher has ramped up).
+  // per 64 bytes of row (short rows end before the hardware prefetcher has ramped up). Into L2 (T1),
+  // as every gemv here: into L1 (T0) the 1-token gemv from memory ran 5-36% slower, by format
+  // (forced AVX2 on an AVX-512 host, 4 rounds, 2026-12-06, docs/BENCHMARKS.md).
   constexpr int64_t elem_bits = kElementBits<K>;
   const int64_t chunk_bytes = kChunk * elem_bits / 8, ahead = 2 * R * w.row_bytes;
   for (int64_t k = 0; k < Ks; k += kChunk) {
     if (r + 2 * R < w.rows && (k * elem_bits / 8) % 64 < chunk_bytes)
       for (int i = 0; i < R; ++i)
-        _mm_prefetch(reinterpret_cast<const char*>(w.data + (r + i) * w.row_bytes + k * elem_bits / 8 + ahead), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w.data + (r + i) * w.row_bytes + k * elem_bits / 8 + ahead), _MM_HINT_T1);
     for (int i = 0; i < R; ++i) {
       __m256 wv[4];
       decode_raw<K>(w, r + i, k, wv);
@@ -169,7 +171,7 @@ inline void gemv_bf16_pass(const WeightView& w, const float* x, const float* xd,
   const bool prefetch = r + 2 * R < w.rows;
   for (int64_t k = 0; k < Ks; k += kChunk) {
     if (prefetch)
-      for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + 2 * k + ahead), _MM_HINT_T0);
+      for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + 2 * k + ahead), _MM_HINT_T1);
     for (int i = 0; i < R; ++i) {
       const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[i] + 2 * k));       // columns 0-15
       const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[i] + 2 * k + 32));  // 16-31
@@ -241,7 +243,7 @@ inline void gemv_e4m3_pass(const WeightView& w, const float* x, const float* xq,
     const int64_t k1 = k0 + bc < Ks ? k0 + bc : Ks;
     for (int64_t k = k0; k < k1; k += kChunk) {
       if (prefetch && k % 64 == 0)
-        for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + k + ahead), _MM_HINT_T0);
+        for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + k + ahead), _MM_HINT_T1);
       for (int i = 0; i < R; ++i) {
         __m256 c[4];
         e4m3_quads_raw(rows[i] + k, c);

@@ -121,7 +121,7 @@ inline void gemv_q8_pass(const WeightView& w, const Q8Row* xr, int64_t r, int64_
   int64_t p = 0;
   for (; 2 * p + 2 <= n; ++p) {
     if ((p & 1) == 0)
-      for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + ahead + 32 * p), _MM_HINT_T0);
+      for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + ahead + 32 * p), _MM_HINT_T1);
     __m256i xe[T], xo[T];
     for (int t = 0; t < T; ++t) {
       const int8_t* q = xr[t].q + 32 * (c0 + 2 * p);
