@@ -62,47 +62,35 @@ double fma_loop(int64_t iterations) {
   return double(a[0][0]);
 #endif
 }
+
+// Runs loop(iterations) once on every thread of the pool: flop/s, given the flops of one iteration
+// (ten chains of one instruction) on one thread.
+template <typename Loop>
+double peak_flops(ThreadPool& pool, Loop loop, double flops_per_iteration) {
+  const int64_t iterations = 50'000'000;
+  volatile double sink = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  pool.parallel_for(pool.size(), [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) sink = sink + loop(iterations);
+  });
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return double(pool.size()) * double(iterations) * flops_per_iteration / s;
+}
 }  // namespace
 
 double fma_peak_flops(ThreadPool& pool) {
-  const int64_t iterations = 50'000'000;
-  volatile double sink = 0;
 #if defined(__x86_64__)
-  const bool wide = cpu_features().avx512;
-#else
-  const bool wide = false;
+  if (cpu_features().avx512) return peak_flops(pool, fma_loop_512, 10 * 16 * 2);
 #endif
-  auto t0 = std::chrono::steady_clock::now();
-  pool.parallel_for(pool.size(), [&](int64_t b, int64_t e, int) {
-    for (int64_t i = b; i < e; ++i) {
-#if defined(__x86_64__)
-      if (wide) {
-        sink = sink + fma_loop_512(iterations);
-        continue;
-      }
-#endif
-      sink = sink + fma_loop(iterations);
-    }
-  });
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return double(pool.size()) * double(iterations) * 10 * (wide ? 16 : 8) * 2 / s;
+  return peak_flops(pool, fma_loop, 10 * 8 * 2);
 }
 
 double bf16_dot_peak_flops(ThreadPool& pool) {
 #if defined(__x86_64__)
-  if (!cpu_features().avx512_bf16) return 0;
-  const int64_t iterations = 50'000'000;
-  volatile double sink = 0;
-  auto t0 = std::chrono::steady_clock::now();
-  pool.parallel_for(pool.size(), [&](int64_t b, int64_t e, int) {
-    for (int64_t i = b; i < e; ++i) sink = sink + bf16_dot_loop_512(iterations);
-  });
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return double(pool.size()) * double(iterations) * 10 * 32 * 2 / s;
-#else
+  if (cpu_features().avx512_bf16) return peak_flops(pool, bf16_dot_loop_512, 10 * 32 * 2);
+#endif
   (void)pool;
   return 0;
-#endif
 }
 
 }  // namespace m2::bench

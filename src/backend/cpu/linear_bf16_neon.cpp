@@ -5,8 +5,8 @@
 // (row, token) pair has its own two accumulators (columns [16j, 16j + 8) and [16j + 8, 16j + 16)),
 // summed in one fixed order (a0 + a1, then the lanes pairwise, then the columns past the last whole
 // 16 one by one), whatever the row block or token group it ran in.
-// Blocks: 8 rows × 1 token, 4 × 2, 2 × 3-4 (16 accumulators at most); the tokens in groups of 4
-// over each row block, whose weights are then read from L1.
+// Blocks: 8 rows × 1 token, 4 × 2, 2 × 3-4 (16 accumulators at most); past 4 tokens, the token
+// groups of 4 run over each ~128 KiB row stripe in turn, whose weights are then read from L2.
 // Correctness is tested under qemu-aarch64 (scripts/test_arm64.sh); speed was not measured: no ARM
 // machine was available.
 #include "backend/cpu/linear.h"
@@ -18,6 +18,7 @@
 
 #include "backend/cpu/gemm_driver.h"
 #include "backend/cpu/weight_kind.h"
+#include "core/dtype.h"
 
 #pragma GCC push_options
 #pragma GCC target("arch=armv8.2-a+bf16")
@@ -27,13 +28,6 @@ namespace m2::detail {
 namespace {
 
 inline bfloat16x8_t load_bf16(const uint16_t* p) { return vreinterpretq_bf16_u16(vld1q_u16(p)); }
-
-inline float bf16_value(uint16_t b) {
-  const uint32_t u = uint32_t(b) << 16;
-  float f;
-  __builtin_memcpy(&f, &u, 4);
-  return f;
-}
 
 // y[t, r + i] for i < R, t < T: rows r.. of W (bf16 [rows, cols]) × tokens of xb (bf16 [T, cols]).
 template <int R, int T>
@@ -62,7 +56,7 @@ void bf16_block(const LinearJob& job, const uint16_t* xb, float* y, int64_t r) {
   for (int i = 0; i < R; ++i)
     for (int t = 0; t < T; ++t) {
       float s = vaddvq_f32(vaddq_f32(a0[i][t], a1[i][t]));
-      for (int64_t k = Ks; k < K; ++k) s += bf16_value(wr[i][k]) * bf16_value(xb[t * K + k]);  // exact products
+      for (int64_t k = Ks; k < K; ++k) s += bf16_to_f32(wr[i][k]) * bf16_to_f32(xb[t * K + k]);  // exact products
       y[t * job.ldy + r + i] = s;
     }
 }
@@ -79,7 +73,8 @@ void rows_bf16_neon(const LinearJob& job, int64_t r0, int64_t r1) {
   const int64_t K = job.w->cols;
   // Past 4 tokens, row stripes of ~128 KiB (whole 8-row blocks), each run for every token group:
   // a stripe is read from memory once, then from L2.
-  const int64_t stripe = job.tokens <= 4 ? r1 - r0 : std::max<int64_t>(8, (128 << 10) / std::max<int64_t>(1, job.w->row_bytes) / 8 * 8);
+  const int64_t stripe =
+      job.tokens <= 4 ? r1 - r0 : std::max<int64_t>(8, (128 << 10) / std::max<int64_t>(1, job.w->row_bytes) / 8 * 8);
   for (int64_t s0 = r0; s0 < r1; s0 += stripe) {
     const int64_t s1 = std::min(r1, s0 + stripe);
     for (int64_t t0 = 0; t0 < job.tokens; t0 += 4) {
