@@ -120,6 +120,7 @@ inline void gemv_pass(const WeightView& w, const float* x, float* y, int64_t ldy
   // (forced AVX2 on an AVX-512 host, 4 rounds, 2026-12-06, docs/BENCHMARKS.md).
   constexpr int64_t elem_bits = kElementBits<K>;
   const int64_t chunk_bytes = kChunk * elem_bits / 8, ahead = 2 * R * w.row_bytes;
+  if constexpr (K == Kind::Nvfp4 || K == Kind::Mxfp4) prefetch_scales_ahead<R>(w, r);
   for (int64_t k = 0; k < Ks; k += kChunk) {
     if (r + 2 * R < w.rows && (k * elem_bits / 8) % 64 < chunk_bytes)
       for (int i = 0; i < R; ++i)

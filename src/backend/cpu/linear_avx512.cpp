@@ -99,6 +99,7 @@ template <int T, int R, bool Nv>
 inline void gemv_fp4_pass(const WeightView& w, const float* x, const float* xd, float* y, int64_t ldy, int64_t r) {
   const int64_t K = w.cols, Ks = K / 32 * 32;
   const RowStreams<R> s(w, r);
+  prefetch_scales_ahead<R>(w, r);
   const __m512 lut = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f, -1.0f, -1.5f, -2.0f,
                                     -3.0f, -4.0f, -6.0f);
   const uint8_t* sc[R];

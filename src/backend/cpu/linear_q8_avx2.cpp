@@ -102,6 +102,7 @@ inline __m256 pair_scales(const float* sp, int64_t p) {
 template <bool Nv, int T, int R>
 inline void gemv_q8_pass(const WeightView& w, const Q8Row* xr, int64_t r, int64_t c0, int64_t n, __m256 acc_io[R][T],
                          float corr[R][T]) {
+  if (c0 == 0) prefetch_scales_ahead<R>(w, r);  // read by the scale products of the pass after next
   alignas(32) float sp[R][T][kMaxChunks * 2 + 8];
   for (int i = 0; i < R; ++i)
     for (int t = 0; t < T; ++t) corr[i][t] += scale_products<Nv>(w, r + i, xr[t], c0, n, sp[i][t]);

@@ -9,11 +9,13 @@
 //   - the activations of the 4 chunks ([Ae Ao Be Bo | Ce Co De Do] in the Q8 layout) are regrouped
 //     to [Ae Be Ce De] and [Ao Bo Co Do] by two 128-bit lane shuffles per token, shared by the R rows.
 //   - vpdpbusd multiplies u8 codes by s8 activations and sums 4 products into each int32 lane (no
-//     int16 intermediate, no saturation); one conversion and one FMA per 4 chunks, with the
-//     scale products made per int32 lane in registers beside the dots (scale_lanes4). Made in a
-//     first pass through L1 (scale_lanes, now only for the last 1-3 chunks) they left the weight
-//     stream idle meanwhile: 1 token streamed 46-61 GB/s in cache and 24-30 from memory, now 53-79
-//     and 23-34 (docs/BENCHMARKS.md, the VM's spread).
+//     int16 intermediate, no saturation). Each dot starts from the activations' −12·Σq of its 16
+//     columns (one zero-extending load per token, shared by the rows), so the codes' offset leaves
+//     the integers exactly. Then one conversion and one FMA per 4 chunks, by the weight scales of
+//     the 4 chunks (one vpshufb places the 4-8 scale bytes in their lanes, weight_scales4) times the
+//     activation scales (per token, shared by the rows). Those made per (row, token) beside the dots
+//     (scale_lanes4, which the offset correction also went through) streamed 37-41 GB/s in cache;
+//     this streams 43-50, and from memory the same 23-29 GB/s (docs/BENCHMARKS.md).
 // note: only POD fields of WeightView are touched here, so no std::string code is emitted with AVX-512.
 #if defined(__x86_64__)
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,avx2,fma,f16c")
@@ -61,82 +63,93 @@ inline float scale_lanes(const WeightView& w, int64_t r, const Q8Row& x, int64_t
   return corr;
 }
 
-// scale_lanes of the 4 chunks [c, c + 4) of row r as one register, with their correction terms
-// added into corr (lane sums: Σ scale × 12·Σq). NVFP4: E4M3 → F16 bits (× 2^-8, made up by the
-// 128 = ½ × 2^8 factor): sign-extend, shift exponent + mantissa into place, clear bit 14. MXFP4:
-// E8M0 → float bits e << 23, where e = 0 is 2^-127 (0x00400000), which max() supplies.
+// The weight scales of the 4 chunks [c, c + 4) of a row as one register, in the lanes of the dots:
+// NVFP4 [s0 s0 s1 s1] per chunk (× 2^-8, made up by the activations' part, kNvXFactor), MXFP4
+// [s s s s]. One vpshufb places each scale byte in its lanes. NVFP4: the E4M3 byte in the high
+// byte of an F16 lane, shifted right arithmetically by 1 (sign-extended, exponent and mantissa in
+// place), bit 14 cleared. MXFP4: the E8M0 byte in the top byte of an F32 lane, shifted right by 1
+// (e << 23), where e = 0 is 2^-127 (0x00400000), which max() supplies.
 template <bool Nv>
-inline __m512 scale_lanes4(const WeightView& w, int64_t r, const Q8Row& x, int64_t c, __m256& corr) {
-  const uint8_t* sc = w.scales + r * w.scale_stride;
+inline __m512 weight_scales4(const uint8_t* sc, int64_t c) {
   if constexpr (Nv) {
-    const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    const __m128i b = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc + 2 * c)));
-    const __m128i h = _mm_and_si128(_mm_slli_epi16(b, 7), _mm_set1_epi16(int16_t(0xBFFF)));
-    const __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(128.0f * w.global_scale)),
-                                   _mm256_loadu_ps(x.scale2 + 2 * c));
-    corr = _mm256_fmadd_ps(v, _mm256_loadu_ps(x.corr + 2 * c), corr);
-    return _mm512_permutexvar_ps(dup, _mm512_zextps256_ps512(v));
+    int64_t e8;
+    std::memcpy(&e8, sc + 2 * c, 8);
+    const __m256i idx = _mm256_setr_epi8(-128, 0, -128, 0, -128, 1, -128, 1, -128, 2, -128, 2, -128, 3, -128, 3,  //
+                                         -128, 4, -128, 4, -128, 5, -128, 5, -128, 6, -128, 6, -128, 7, -128, 7);
+    const __m256i hi = _mm256_shuffle_epi8(_mm256_set1_epi64x(e8), idx);
+    const __m256i h = _mm256_and_si256(_mm256_srai_epi16(hi, 1), _mm256_set1_epi16(int16_t(0xBFFF)));
+    return _mm512_cvtph_ps(h);
   } else {
-    const __m512i dup = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     int32_t e4;
     std::memcpy(&e4, sc + c, 4);
-    const __m128i e = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(e4));
-    const __m128i bits = _mm_max_epi32(_mm_slli_epi32(e, 23), _mm_set1_epi32(0x00400000));
-    const __m128 v = _mm_mul_ps(_mm_mul_ps(_mm_castsi128_ps(bits), _mm_loadu_ps(x.scale + c)), _mm_set1_ps(0.5f));
-    corr = _mm256_fmadd_ps(_mm256_zextps128_ps256(v), _mm256_zextps128_ps256(_mm_loadu_ps(x.corr1 + c)), corr);
-    return _mm512_permutexvar_ps(dup, _mm512_zextps128_ps512(v));
+    const __m512i idx = _mm512_setr_epi32(0x00808080, 0x00808080, 0x00808080, 0x00808080, 0x01808080, 0x01808080,
+                                          0x01808080, 0x01808080, 0x02808080, 0x02808080, 0x02808080, 0x02808080,
+                                          0x03808080, 0x03808080, 0x03808080, 0x03808080);
+    const __m512i top = _mm512_shuffle_epi8(_mm512_set1_epi32(e4), idx);
+    return _mm512_castsi512_ps(_mm512_max_epu32(_mm512_srli_epi32(top, 1), _mm512_set1_epi32(0x00400000)));
   }
 }
 
-// R rows × T tokens over chunks [c0, c0 + n): the integer dots 4 chunks per step, each with its scale
-// products; the last n % 4 chunks one at a time at 256 bits (even codes in the low lane, odd in the
-// high one, as the Q8 layout has them).
+// What the activations' side multiplies weight_scales4 by: NVFP4 the global scale × ½ × 2^8, MXFP4 ½.
+template <bool Nv>
+inline float activation_factor(const WeightView& w) {
+  return Nv ? 128.0f * w.global_scale : 0.5f;
+}
+
+// R rows × T tokens over chunks [c0, c0 + n): the integer dots 4 chunks per step, each started from
+// the activations' −12·Σq per 16 columns (in the first lane of its half: the codes' +12 offset
+// leaves the integers exactly), then × (weight scales × activation scales); the last n % 4 chunks
+// one at a time at 256 bits (even codes in the low lane, odd in the high one, as the Q8 layout has
+// them), their offsets removed in corr.
 template <bool Nv, int T, int R>
 inline void gemv_q8_pass(const WeightView& w, const Q8Row* xr, int64_t r, int64_t c0, int64_t n, __m512 acc_io[R][T],
                          float corr[R][T]) {
-  __m256 corr_acc[R][T];
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) corr_acc[i][t] = _mm256_setzero_ps();
   // Local accumulators: the caller's array may alias the weight bytes (uint8_t).
   __m512 acc[R][T];
   for (int i = 0; i < R; ++i)
     for (int t = 0; t < T; ++t) acc[i][t] = acc_io[i][t];
   const __m128i lut16 = _mm_load_si128(reinterpret_cast<const __m128i*>(kFp4OffsetCodes));
   const __m512i lut = _mm512_broadcast_i32x4(lut16);
+  const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const __m512 factor = _mm512_set1_ps(activation_factor<Nv>(w));
   const uint8_t* rows[R];
-  for (int i = 0; i < R; ++i) rows[i] = w.data + (r + i) * w.row_bytes + 16 * c0;
+  const uint8_t* sc[R];
+  for (int i = 0; i < R; ++i) {
+    rows[i] = w.data + (r + i) * w.row_bytes + 16 * c0;
+    sc[i] = w.scales + (r + i) * w.scale_stride;
+  }
   // The next passes' rows follow in memory: one prefetch per row and 64 bytes, 2R rows ahead (the
   // expert rows are too short for the hardware prefetcher to ramp up, see linear_q8_avx2.cpp), into
   // L2: into L1 (T0) the product streamed ~10% slower (measured on a Xeon with AVX-512: the lines
-  // wait there beside the scale products and displace them).
+  // wait there beside the scale products and displace them). Their scales likewise, once per pass.
   const int64_t ahead = 2 * R * w.row_bytes;
+  if (c0 == 0) prefetch_scales_ahead<R>(w, r);
   int64_t g = 0;
   for (; 4 * g + 4 <= n; ++g) {
     for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + ahead + 64 * g), _MM_HINT_T1);
-    __m512i xe[T], xo[T];
+    const int64_t c = c0 + 4 * g;
+    __m512i xe[T], xo[T], start[T];
+    __m512 xs[T];
     for (int t = 0; t < T; ++t) {
-      const int8_t* q = xr[t].q + 32 * (c0 + 4 * g);
+      const int8_t* q = xr[t].q + 32 * c;
       const __m512i a = _mm512_loadu_si512(q), b = _mm512_loadu_si512(q + 64);  // [Ae Ao Be Bo], [Ce Co De Do]
       xe[t] = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(2, 0, 2, 0));
       xo[t] = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+      // [−corr(c, 0), 0, −corr(c, 1), 0] per chunk: each half's offset in its first lane.
+      start[t] = _mm512_cvtepu32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[t].neg_corr2 + 2 * c)));
+      xs[t] = _mm512_mul_ps(_mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(xr[t].scale2 + 2 * c))), factor);
     }
     for (int i = 0; i < R; ++i) {
       const __m512i bytes = _mm512_loadu_si512(rows[i] + 64 * g);
       const __m512i ce = _mm512_permutexvar_epi8(bytes, lut);
       const __m512i co = _mm512_permutexvar_epi8(_mm512_srli_epi16(bytes, 4), lut);
+      const __m512 ws = weight_scales4<Nv>(sc[i], c);
       for (int t = 0; t < T; ++t) {
-        const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ce, xe[t]), co, xo[t]);
-        const __m512 sv = scale_lanes4<Nv>(w, r + i, xr[t], c0 + 4 * g, corr_acc[i][t]);
-        acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sv, acc[i][t]);
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start[t], ce, xe[t]), co, xo[t]);
+        acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(ws, xs[t]), acc[i][t]);
       }
     }
   }
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) {
-      alignas(32) float lanes[8];
-      _mm256_store_ps(lanes, corr_acc[i][t]);
-      for (float v : lanes) corr[i][t] += v;
-    }
   if (4 * g < n) {
     const int64_t c4 = 4 * g;
     alignas(64) float sp[R][T][16];
