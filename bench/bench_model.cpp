@@ -8,12 +8,16 @@
 //   - peak resident memory;
 //   - with --ngram-text FILE: n-gram speculation on a copy-heavy prompt (FILE's first tokens, then its
 //     start again), greedy at batch 1: tokens/s without and with drafts, acceptance.
-//   bench_model MODEL_DIR [--prompt 512] [--decode 32] [--threads 0] [--batches 1,8,32,64]
+//   - with --rounds N: N rounds of prefill and decode, each beside its own FMA peak and read limits
+//     (the read kernel just before and just after the decode, the better counts), a row per round and
+//     the medians;
+//   bench_model MODEL_DIR [--prompt 512] [--decode 32] [--rounds 1] [--threads 0] [--batches 1,8,32,64]
 //               [--ngram-text FILE --ngram-k 4 --ngram-tokens 256]
 #include <fmt/format.h>
 #include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <sstream>
@@ -60,6 +64,12 @@ std::vector<int32_t> random_prompt(std::mt19937& rng, int n, int vocab) {
   for (auto& t : ids) t = int32_t(rng() % uint32_t(vocab));
   return ids;
 }
+
+// One round of the prefill and batch-1 decode figures, with the limits measured beside them.
+struct Round {
+  double fma_peak = 0, bf16_peak = 0, prefill_s = 0;  // the peaks just before the prefill
+  double read_bw = 0, tok_s = 0;                      // the better read limit of just before and just after the decode
+};
 
 Request greedy_request(std::vector<int32_t> prompt, int max_tokens) {
   Request r;
@@ -118,11 +128,14 @@ int speculation(const std::string& dir, const std::string& text_file, int k, int
 int main(int argc, char** argv) {
   CLI::App app{"m2 whole-model CPU benchmark"};
   std::string dir, kv_dtype = "fp32";
-  int prompt = 512, decode = 32, threads = 0, batch_prompt = 32, batch_steps = 16;
+  int prompt = 512, decode = 32, threads = 0, batch_prompt = 32, batch_steps = 16, rounds = 1;
   std::string batches_text = "1,8,32,64";
   app.add_option("model_dir", dir)->required();
   app.add_option("--prompt", prompt, "prefill length")->capture_default_str();
   app.add_option("--decode", decode, "decoded tokens at batch 1")->capture_default_str();
+  app.add_option("--rounds", rounds, "rounds of prefill and batch-1 decode, each against its own limits; medians reported")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100));
   app.add_option("--threads", threads, "threads (0 = all)")->capture_default_str();
   std::string activations = "q8";
   app.add_option("--activations", activations, "q8 | q8-bf16 | f32 (as m2 serve)")->capture_default_str();
@@ -149,9 +162,6 @@ int main(int argc, char** argv) {
 
   CpuBackend backend(threads, LinearPath::Auto, parse_activations(activations));
   const double copy_bw = bench::copy_bandwidth(backend.pool());
-  const double read_bw = bench::read_bandwidth(backend.pool());
-  const double fma_peak = bench::fma_peak_flops(backend.pool());
-  const double bf16_peak = backend.activations() == Activations::Q8Bf16 ? bench::bf16_dot_peak_flops(backend.pool()) : 0;
   ModelWeights w = ModelWeights::load(dir);
   const ModelConfig& c = w.config;
   auto t0 = Clock::now();
@@ -170,36 +180,77 @@ int main(int argc, char** argv) {
   Engine engine(w, backend, eo);
   std::mt19937 rng(1);
 
-  // Prefill (last-token logits, as a server does), then batch-1 decode.
-  engine.add_request(greedy_request(random_prompt(rng, prompt, c.vocab_size), decode + 2));
-  t0 = Clock::now();
-  engine.step();
-  const double prefill_s = seconds_since(t0);
+  // Rounds of [FMA peak, prefill (last-token logits, as a server does), read limit, batch-1 decode,
+  // read limit], each figure against the limit measured beside it: this VM's speed changes between
+  // seconds, so a limit measured once at the start can be off by 1.5x for what follows.
   const double attn_macs = double(c.num_layers) * c.num_heads * c.head_dim * 2.0 * (double(prompt) * (prompt + 1) / 2);
   const double prefill_flops = 2.0 * (macs_per_token(c) * prompt + attn_macs + double(c.vocab_size) * c.hidden_size);
-  engine.step();  // warm-up
-  t0 = Clock::now();
-  for (int i = 0; i < decode; ++i) engine.step();
-  const double decode_s = seconds_since(t0);
-  while (engine.has_work()) engine.step();
   const double bytes_per_token = double(w.active_weight_bytes_per_token());
-  const double tok_s = decode / decode_s;
+  const bool bf16 = backend.activations() == Activations::Q8Bf16;
+  std::vector<Round> runs;
+  for (int round = 0; round < rounds; ++round) {
+    Round R;
+    R.fma_peak = bench::fma_peak_flops(backend.pool());
+    if (bf16) R.bf16_peak = bench::bf16_dot_peak_flops(backend.pool());
+    const uint64_t id = engine.add_request(greedy_request(random_prompt(rng, prompt, c.vocab_size), decode + 2));
+    t0 = Clock::now();
+    engine.step();
+    R.prefill_s = seconds_since(t0);
+    engine.step();  // warm-up
+    const double read_before = bench::read_bandwidth(backend.pool());
+    t0 = Clock::now();
+    for (int i = 0; i < decode; ++i) engine.step();
+    const double decode_s = seconds_since(t0);
+    R.read_bw = std::max(read_before, bench::read_bandwidth(backend.pool()));
+    R.tok_s = decode / decode_s;
+    engine.abort(id);
+    while (engine.has_work()) engine.step();
+    runs.push_back(R);
+  }
+  auto median_of = [&](auto field) {
+    std::vector<double> v;
+    for (const Round& R : runs) v.push_back(field(R));
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  };
+  auto decode_share = [&](const Round& R) { return bytes_per_token * R.tok_s / R.read_bw; };
+  auto prefill_rate = [&](const Round& R) { return prefill_flops / R.prefill_s; };
+  const double read_bw = median_of([](const Round& R) { return R.read_bw; });
+  const double fma_peak = median_of([](const Round& R) { return R.fma_peak; });
+  const double tok_s = median_of([](const Round& R) { return R.tok_s; });
+  const double prefill_s = median_of([](const Round& R) { return R.prefill_s; });
 
   fmt::print("model            {} ({})\n", dir, w.scheme.description());
   fmt::print("cpu              {} threads, kernels {}, {} activations\n", backend.pool().size(), cpu_features().describe(),
              activations_name(backend.activations()));
   fmt::print("weights          {:.3f} GB on disk, prefaulted in {:.2f} s\n", touched / 1e9, prefault_s);
-  fmt::print("read bandwidth   {:.2f} GB/s (multi-stream read kernel, all threads)\n", read_bw / 1e9);
+  if (rounds > 1) {
+    fmt::print("\n| round | read limit GB/s | decode tok/s | decode GB/s | % of read | fma peak GFLOP/s | prefill s | % of fma peak |\n"
+               "|---|---|---|---|---|---|---|---|\n");
+    for (size_t i = 0; i < runs.size(); ++i) {
+      const Round& R = runs[i];
+      fmt::print("| {} | {:.2f} | {:.2f} | {:.2f} | {:.1f}% | {:.1f} | {:.3f} | {:.1f}% |\n", i + 1, R.read_bw / 1e9, R.tok_s,
+                 bytes_per_token * R.tok_s / 1e9, 100.0 * decode_share(R), R.fma_peak / 1e9, R.prefill_s,
+                 100.0 * prefill_rate(R) / R.fma_peak);
+    }
+    fmt::print("\nmedians of {} rounds; each round's shares are against the limits measured beside it\n", rounds);
+  }
+  fmt::print("read bandwidth   {:.2f} GB/s (multi-stream read kernel, all threads; the better of before and after decode)\n",
+             read_bw / 1e9);
   fmt::print("memcpy           {:.2f} GB/s (bytes copied per second, all threads)\n", copy_bw / 1e9);
   fmt::print("decode           {:.2f} tok/s, {:.1f} MB of weights per token, {:.2f} GB/s = {:.1f}% of read, {:.1f}% of memcpy\n",
-             tok_s, bytes_per_token / 1e6, bytes_per_token * tok_s / 1e9, 100.0 * bytes_per_token * tok_s / read_bw,
+             tok_s, bytes_per_token / 1e6, bytes_per_token * tok_s / 1e9, 100.0 * median_of(decode_share),
              100.0 * bytes_per_token * tok_s / copy_bw);
-  fmt::print("fma peak         {:.1f} GFLOP/s (fp32 FMA at the widest vector width, all threads)\n", fma_peak / 1e9);
+  fmt::print("fma peak         {:.1f} GFLOP/s (fp32 FMA at the widest vector width, all threads; before prefill)\n",
+             fma_peak / 1e9);
   fmt::print("prefill          {} tokens in {:.2f} s: {:.1f} tok/s, {:.1f} GFLOP/s = {:.1f}% of fma peak\n", prompt,
-             prefill_s, prompt / prefill_s, prefill_flops / prefill_s / 1e9, 100.0 * prefill_flops / prefill_s / fma_peak);
-  if (bf16_peak > 0)  // q8-bf16: the bf16 products' own roof (32 multiply-adds per instruction)
-    fmt::print("bf16 dot peak    {:.1f} GFLOP/s (vdpbf16ps, all threads): prefill = {:.1f}% of it\n", bf16_peak / 1e9,
-               100.0 * prefill_flops / prefill_s / bf16_peak);
+             prefill_s, prompt / prefill_s, prefill_flops / prefill_s / 1e9,
+             100.0 * median_of([&](const Round& R) { return prefill_rate(R) / R.fma_peak; }));
+  if (bf16)  // q8-bf16: the bf16 products' own roof (32 multiply-adds per instruction)
+    fmt::print("bf16 dot peak    {:.1f} GFLOP/s (vdpbf16ps, all threads): prefill = {:.1f}% of it\n",
+               median_of([](const Round& R) { return R.bf16_peak; }) / 1e9,
+               100.0 * median_of([&](const Round& R) { return prefill_rate(R) / R.bf16_peak; }));
 
   // Batched decode: bytes actually read per step = union of routed experts + dense weights + KV.
   const auto& L0 = engine.model().weights().layers[0];
