@@ -254,6 +254,35 @@ int64_t q8_row_tokens(LinearPath path) {
   return kQ8MaxTokens;
 }
 
+// The AVX2 quantizer of x (quantize_q8_rows there) writes the scalar reference's bytes: codes,
+// scales, offset corrections. Blocks of random values at magnitudes from 1e-30 to 1e30, a block of
+// zeros, one of exact ties (amax 127: x · inv = k + ½, rounded to even), one with -0.0 and
+// subnormals (127 / amax overflows: codes 0), one at the edge of that, and the real widths.
+TEST(Linear, Q8RowsOfTheAvx2QuantizerAreTheReferencesBytes) {
+  if (!cpu_features().avx2_fma_f16c) GTEST_SKIP() << "no AVX2 on this CPU: quantize_q8_rows is the reference";
+  std::mt19937_64 rng(test::fresh_seed());
+  for (int64_t cols : {32, 96, 1536, 3072}) {
+    const int64_t tokens = 3, nb = cols / 32;
+    auto x = test::random_floats(rng, size_t(tokens * cols));
+    std::uniform_int_distribution<int> expo(-30, 30);
+    for (int64_t b = 0; b < tokens * nb; ++b) {
+      const float m = std::pow(10.0f, float(expo(rng)));
+      for (int i = 0; i < 32; ++i) x[size_t(32 * b + i)] *= m;
+    }
+    if (tokens * nb >= 6) {
+      std::fill(x.begin() + 32, x.begin() + 64, 0.0f);  // block 1: zeros (scale 0)
+      for (int i = 0; i < 32; ++i) x[size_t(64 + i)] = i == 0 ? 127.0f : float(i % 7) - 2.5f;  // block 2: ties
+      for (int i = 0; i < 32; ++i) x[size_t(96 + i)] = i % 2 ? -0.0f : 1e-40f * float(i);  // block 3: -0, subnormals
+      for (int i = 0; i < 32; ++i) x[size_t(128 + i)] = float(i - 16) * 0x1.2p-127f;        // block 4: amax 2^-123
+    }
+    std::vector<uint8_t> got(size_t(tokens * q8_row_bytes(cols))), want(got.size());
+    quantize_q8_rows(x.data(), tokens, cols, got.data());
+    quantize_q8_rows_reference(x.data(), tokens, cols, want.data());
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_EQ(got[i], want[i]) << cols << " columns: byte " << i << " of " << got.size();
+  }
+}
+
 TEST(Linear, Q8ActivationsWithinTheirRoundingBound) {
   if (q8_paths().empty()) GTEST_SKIP() << "no AVX2 and no NEON dotprod: the Q8 path is not used on this CPU";
   std::mt19937_64 rng(test::fresh_seed());

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_features.h"
+#include "backend/cpu/q8_rows.h"
 #include "core/error.h"
 
 namespace m2 {
@@ -68,7 +69,7 @@ namespace {
 inline float quantize_q8_block(const float* xb, int8_t q[32]) {
   float amax = 0.0f;
   for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
-  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  const float inv = detail::q8_inverse_scale(amax);
 #if defined(__x86_64__)
   // Round to nearest even as nearbyint does, without its library call (baseline x86-64 has no
   // roundps): |x · inv| ≤ 127, so adding 1.5 · 2^23 leaves the integer in the low mantissa bits.
@@ -90,6 +91,13 @@ void quantize_q8_rows(const float* x, int64_t tokens, int64_t cols, uint8_t* out
 }
 
 void quantize_q8_rows(const float* x, int64_t tokens, int64_t cols, uint8_t* out) {
+  // The 1-token products quantize x on the calling thread before the others start: scalar, that was
+  // a fifth of an FP4 × Q8 product from L2 (docs/BENCHMARKS.md).
+  if (cpu_features().avx2_fma_f16c) return detail::quantize_q8_rows_avx2(x, tokens, cols, out);
+  quantize_q8_rows_reference(x, tokens, cols, out);
+}
+
+void quantize_q8_rows_reference(const float* x, int64_t tokens, int64_t cols, uint8_t* out) {
   const int64_t nb = cols / 32;
   for (int64_t t = 0; t < tokens; ++t) {
     const float* xt = x + t * cols;

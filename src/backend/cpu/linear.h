@@ -53,7 +53,8 @@ void linear(const WeightView& w, const float* x, float* y, int64_t tokens, Threa
 //   int32 neg_corr2[nb][2], neg_corr1[nb]  −corr2, −corr1 as integers (the VNNI matrix kernel
 //                       starts its int32 sums of a scale block there)
 int64_t q8_row_bytes(int64_t cols);
-void quantize_q8_rows(const float* x, int64_t tokens, int64_t cols, uint8_t* out);
+void quantize_q8_rows(const float* x, int64_t tokens, int64_t cols, uint8_t* out);  // AVX2 where the CPU has it
+void quantize_q8_rows_reference(const float* x, int64_t tokens, int64_t cols, uint8_t* out);  // scalar, the same bytes
 void quantize_q8_rows(const float* x, int64_t tokens, int64_t cols, uint8_t* out, ThreadPool& pool);  // rows in parallel
 // Whether a product with these activations sees x rounded to Q8 (FP4 weights on the AVX2/AVX-512
 // paths, NEON with dotprod): at 1-kQ8MaxTokens tokens (AVX-512: 1-4 without VNNI, every count with
@@ -129,6 +130,7 @@ inline XLayout gemv_avx2_x_layout(const WeightView& w, int64_t tokens) {
 constexpr int64_t kAvx2TileRows = 16;
 // FP4 gemv over Q8 rows (linear_q8_avx2.cpp): 1-4 tokens, cols % 32 == 0.
 void rows_q8_avx2(const LinearJob& job, int64_t r0, int64_t r1);
+void quantize_q8_rows_avx2(const float* x, int64_t tokens, int64_t cols, uint8_t* out);  // = the reference's bytes
 // The AArch64 kernels (linear_neon.cpp): 1-4 tokens, every format with fp32 activations, and FP4
 // over Q8 rows (only called when cpu_features().dotprod); 5+ tokens, 8-row tiles.
 void rows_neon(const LinearJob& job, int64_t r0, int64_t r1);

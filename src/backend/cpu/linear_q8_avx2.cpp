@@ -184,7 +184,68 @@ void gemv_q8_rows(const LinearJob& job, int64_t r0, int64_t r1) {
   });
 }
 
+// One 32-column block as quantize_q8_rows_reference makes it: the same max (a NaN never enters it,
+// as std::max(amax, NaN) keeps amax), the same division and product, and vcvtps2dq's round to
+// nearest even where the reference adds and subtracts 1.5 · 2^23 (equal for |x · inv| ≤ 127).
+// Writes the 32 codes (16 even columns, then 16 odd), returns the scale; sums per 16-column half.
+inline float quantize_q8_block_avx2(const float* xb, int8_t* q, int32_t half[2]) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 v[4];
+  __m256 m = _mm256_setzero_ps();
+  for (int i = 0; i < 4; ++i) {
+    v[i] = _mm256_loadu_ps(xb + 8 * i);
+    m = _mm256_max_ps(_mm256_andnot_ps(sign, v[i]), m);  // NaN lanes of the first operand give m
+  }
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  const float amax = _mm_cvtss_f32(m4);
+  const __m256 inv = _mm256_set1_ps(q8_inverse_scale(amax));
+  __m256i c[4];  // columns 8i .. 8i + 7 as int32
+  for (int i = 0; i < 4; ++i) c[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv));
+  // Bytes after the two packs, by dword: [c0-3 c8-11 c16-19 c24-27 | c4-7 c12-15 c20-23 c28-31];
+  // vpermd puts them in column order, vpshufb splits each lane into its even and odd columns, vpermq
+  // joins the even halves and the odd halves.
+  const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
+  const __m256i cols = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  const __m256i split = _mm256_shuffle_epi8(cols, _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,  //
+                                                                    0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_permute4x64_epi64(split, _MM_SHUFFLE(3, 1, 2, 0)));
+  const __m256i h = _mm256_hadd_epi32(_mm256_add_epi32(c[0], c[1]), _mm256_add_epi32(c[2], c[3]));
+  const __m256i h2 = _mm256_hadd_epi32(h, h);  // lane k: [Σ half 0 part k, Σ half 1 part k, ...]
+  const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(h2), _mm256_extracti128_si256(h2, 1));
+  half[0] = _mm_cvtsi128_si32(s);
+  half[1] = _mm_extract_epi32(s, 1);
+  return amax / 127.0f;
+}
+
 }  // namespace
+
+void quantize_q8_rows_avx2(const float* x, int64_t tokens, int64_t cols, uint8_t* out) {
+  const int64_t nb = cols / 32;
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* xt = x + t * cols;
+    uint8_t* row = out + t * q8_row_bytes(cols);
+    float* corr2 = reinterpret_cast<float*>(row);
+    float* corr1 = reinterpret_cast<float*>(row + 8 * nb);
+    float* scale = reinterpret_cast<float*>(row + 12 * nb);
+    float* scale2 = reinterpret_cast<float*>(row + 16 * nb);
+    int8_t* q = reinterpret_cast<int8_t*>(row + 24 * nb);
+    int32_t* neg_corr2 = reinterpret_cast<int32_t*>(row + 56 * nb);
+    int32_t* neg_corr1 = reinterpret_cast<int32_t*>(row + 64 * nb);
+    for (int64_t b = 0; b < nb; ++b) {
+      int32_t half[2];
+      const float d = quantize_q8_block_avx2(xt + 32 * b, q + 32 * b, half);
+      scale[b] = scale2[2 * b] = scale2[2 * b + 1] = d;
+      corr2[2 * b] = float(12 * half[0]);
+      corr2[2 * b + 1] = float(12 * half[1]);
+      corr1[b] = float(12 * (half[0] + half[1]));
+      neg_corr2[2 * b] = -12 * half[0];
+      neg_corr2[2 * b + 1] = -12 * half[1];
+      neg_corr1[b] = -12 * (half[0] + half[1]);
+    }
+  }
+}
 
 void rows_q8_avx2(const LinearJob& job, int64_t r0, int64_t r1) {
   const bool nv = job.w->format == WeightFormat::Nvfp4;
@@ -202,6 +263,9 @@ void rows_q8_avx2(const LinearJob& job, int64_t r0, int64_t r1) {
 namespace m2::detail {
 void rows_q8_avx2(const LinearJob& job, int64_t, int64_t) {
   fail("linear {}: the AVX2 int8-activation path is not compiled for this architecture", job.w->name);
+}
+void quantize_q8_rows_avx2(const float*, int64_t, int64_t, uint8_t*) {
+  fail("quantize_q8_rows: the AVX2 path is not compiled for this architecture");
 }
 }  // namespace m2::detail
 #endif

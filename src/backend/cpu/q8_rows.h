@@ -9,6 +9,13 @@ namespace m2::detail {
 // bytes (vpmaddubsw, vpdpbusd take u8 × s8); the +12 is removed with the rows' corrections.
 alignas(16) inline constexpr int8_t kFp4OffsetCodes[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
 
+// 127 / amax of a block, or 0 where that is not finite (amax 0, or below 127 / FLT_MAX ≈ 3.7e-37,
+// where x · inv would be ∞ or NaN): such a block's codes are all 0.
+inline float q8_inverse_scale(float amax) {
+  const float inv = 127.0f / amax;
+  return inv <= 3.4028235e38f ? inv : 0.0f;
+}
+
 struct Q8Row {
   const float* corr;   // [nb][2] 12 × Σq per 16-column half
   const float* corr1;  // [nb] 12 × Σq per 32-column block
