@@ -254,12 +254,13 @@ int64_t q8_row_tokens(LinearPath path) {
   return kQ8MaxTokens;
 }
 
-// The AVX2 quantizer of x (quantize_q8_rows there) writes the scalar reference's bytes: codes,
+// The AVX2 and NEON quantizers of x (quantize_q8_rows there) write the scalar reference's bytes: codes,
 // scales, offset corrections. Blocks of random values at magnitudes from 1e-30 to 1e30, a block of
 // zeros, one of exact ties (amax 127: x · inv = k + ½, rounded to even), one with -0.0 and
 // subnormals (127 / amax overflows: codes 0), one at the edge of that, and the real widths.
-TEST(Linear, Q8RowsOfTheAvx2QuantizerAreTheReferencesBytes) {
-  if (!cpu_features().avx2_fma_f16c) GTEST_SKIP() << "no AVX2 on this CPU: quantize_q8_rows is the reference";
+TEST(Linear, Q8RowsOfTheSimdQuantizerAreTheReferencesBytes) {
+  if (!cpu_features().avx2_fma_f16c && !cpu_features().neon)
+    GTEST_SKIP() << "neither AVX2 nor NEON on this CPU: quantize_q8_rows is the reference";
   std::mt19937_64 rng(test::fresh_seed());
   for (int64_t cols : {32, 96, 1536, 3072}) {
     const int64_t tokens = 3, nb = cols / 32;

@@ -94,40 +94,21 @@ void quantize_q8_rows(const float* x, int64_t tokens, int64_t cols, uint8_t* out
   // The 1-token products quantize x on the calling thread before the others start: scalar, that was
   // a fifth of an FP4 × Q8 product from L2 (docs/BENCHMARKS.md).
   if (cpu_features().avx2_fma_f16c) return detail::quantize_q8_rows_avx2(x, tokens, cols, out);
+  if (cpu_features().neon) return detail::quantize_q8_rows_neon(x, tokens, cols, out);
   quantize_q8_rows_reference(x, tokens, cols, out);
 }
 
 void quantize_q8_rows_reference(const float* x, int64_t tokens, int64_t cols, uint8_t* out) {
-  const int64_t nb = cols / 32;
-  for (int64_t t = 0; t < tokens; ++t) {
-    const float* xt = x + t * cols;
-    uint8_t* row = out + t * q8_row_bytes(cols);
-    float* corr2 = reinterpret_cast<float*>(row);
-    float* corr1 = reinterpret_cast<float*>(row + 8 * nb);
-    float* scale = reinterpret_cast<float*>(row + 12 * nb);
-    float* scale2 = reinterpret_cast<float*>(row + 16 * nb);
-    int8_t* q = reinterpret_cast<int8_t*>(row + 24 * nb);
-    int32_t* neg_corr2 = reinterpret_cast<int32_t*>(row + 56 * nb);
-    int32_t* neg_corr1 = reinterpret_cast<int32_t*>(row + 64 * nb);
-    for (int64_t b = 0; b < nb; ++b) {
-      int8_t cq[32];
-      const float d = quantize_q8_block(xt + 32 * b, cq);
-      scale[b] = scale2[2 * b] = scale2[2 * b + 1] = d;
-      int8_t* qb = q + 32 * b;
-      int32_t half[2] = {0, 0};
-      for (int i = 0; i < 16; ++i) {
-        qb[i] = cq[2 * i];
-        qb[16 + i] = cq[2 * i + 1];
-        half[i / 8] += cq[2 * i] + cq[2 * i + 1];  // columns 2i, 2i+1 lie in half i / 8
-      }
-      corr2[2 * b] = float(12 * half[0]);
-      corr2[2 * b + 1] = float(12 * half[1]);
-      corr1[b] = float(12 * (half[0] + half[1]));
-      neg_corr2[2 * b] = -12 * half[0];
-      neg_corr2[2 * b + 1] = -12 * half[1];
-      neg_corr1[b] = -12 * (half[0] + half[1]);
+  detail::write_q8_rows(x, tokens, cols, out, [](const float* xb, int8_t* qb, int32_t half[2]) {
+    int8_t cq[32];
+    const float d = quantize_q8_block(xb, cq);
+    for (int i = 0; i < 16; ++i) {
+      qb[i] = cq[2 * i];
+      qb[16 + i] = cq[2 * i + 1];
+      half[i / 8] += cq[2 * i] + cq[2 * i + 1];  // columns 2i, 2i+1 lie in half i / 8
     }
-  }
+    return d;
+  });
 }
 
 void round_q8(const float* x, int64_t tokens, int64_t cols, float* out, ThreadPool& pool) {

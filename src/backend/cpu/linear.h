@@ -131,6 +131,7 @@ constexpr int64_t kAvx2TileRows = 16;
 // FP4 gemv over Q8 rows (linear_q8_avx2.cpp): 1-4 tokens, cols % 32 == 0.
 void rows_q8_avx2(const LinearJob& job, int64_t r0, int64_t r1);
 void quantize_q8_rows_avx2(const float* x, int64_t tokens, int64_t cols, uint8_t* out);  // = the reference's bytes
+void quantize_q8_rows_neon(const float* x, int64_t tokens, int64_t cols, uint8_t* out);  // = the reference's bytes
 // The AArch64 kernels (linear_neon.cpp): 1-4 tokens, every format with fp32 activations, and FP4
 // over Q8 rows (only called when cpu_features().dotprod); 5+ tokens, 8-row tiles.
 void rows_neon(const LinearJob& job, int64_t r0, int64_t r1);

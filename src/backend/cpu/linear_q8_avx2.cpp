@@ -187,7 +187,8 @@ void gemv_q8_rows(const LinearJob& job, int64_t r0, int64_t r1) {
 // One 32-column block as quantize_q8_rows_reference makes it: the same max (a NaN never enters it,
 // as std::max(amax, NaN) keeps amax), the same division and product, and vcvtps2dq's round to
 // nearest even where the reference adds and subtracts 1.5 · 2^23 (equal for |x · inv| ≤ 127).
-// Writes the 32 codes (16 even columns, then 16 odd), returns the scale; sums per 16-column half.
+// Writes the 32 codes (16 even columns, then 16 odd), returns the scale; sums per 16-column half
+// (write_q8_rows).
 inline float quantize_q8_block_avx2(const float* xb, int8_t* q, int32_t half[2]) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   __m256 v[4];
@@ -222,29 +223,7 @@ inline float quantize_q8_block_avx2(const float* xb, int8_t* q, int32_t half[2])
 }  // namespace
 
 void quantize_q8_rows_avx2(const float* x, int64_t tokens, int64_t cols, uint8_t* out) {
-  const int64_t nb = cols / 32;
-  for (int64_t t = 0; t < tokens; ++t) {
-    const float* xt = x + t * cols;
-    uint8_t* row = out + t * q8_row_bytes(cols);
-    float* corr2 = reinterpret_cast<float*>(row);
-    float* corr1 = reinterpret_cast<float*>(row + 8 * nb);
-    float* scale = reinterpret_cast<float*>(row + 12 * nb);
-    float* scale2 = reinterpret_cast<float*>(row + 16 * nb);
-    int8_t* q = reinterpret_cast<int8_t*>(row + 24 * nb);
-    int32_t* neg_corr2 = reinterpret_cast<int32_t*>(row + 56 * nb);
-    int32_t* neg_corr1 = reinterpret_cast<int32_t*>(row + 64 * nb);
-    for (int64_t b = 0; b < nb; ++b) {
-      int32_t half[2];
-      const float d = quantize_q8_block_avx2(xt + 32 * b, q + 32 * b, half);
-      scale[b] = scale2[2 * b] = scale2[2 * b + 1] = d;
-      corr2[2 * b] = float(12 * half[0]);
-      corr2[2 * b + 1] = float(12 * half[1]);
-      corr1[b] = float(12 * (half[0] + half[1]));
-      neg_corr2[2 * b] = -12 * half[0];
-      neg_corr2[2 * b + 1] = -12 * half[1];
-      neg_corr1[b] = -12 * (half[0] + half[1]);
-    }
-  }
+  write_q8_rows(x, tokens, cols, out, quantize_q8_block_avx2);
 }
 
 void rows_q8_avx2(const LinearJob& job, int64_t r0, int64_t r1) {

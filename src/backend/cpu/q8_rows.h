@@ -16,6 +16,36 @@ inline float q8_inverse_scale(float amax) {
   return inv <= 3.4028235e38f ? inv : 0.0f;
 }
 
+// Writes the Q8 rows of x [tokens, cols] (layout in linear.h, cols % 32 == 0) from
+// block(xb, q, half) → scale: one 32-column block's codes (16 even columns, then 16 odd) and its
+// code sums per 16-column half. Shared by the reference and the SIMD quantizers.
+template <typename Block>
+inline void write_q8_rows(const float* x, int64_t tokens, int64_t cols, uint8_t* out, Block&& block) {
+  const int64_t nb = cols / 32;
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* xt = x + t * cols;
+    uint8_t* row = out + t * 68 * nb;
+    float* corr2 = reinterpret_cast<float*>(row);
+    float* corr1 = reinterpret_cast<float*>(row + 8 * nb);
+    float* scale = reinterpret_cast<float*>(row + 12 * nb);
+    float* scale2 = reinterpret_cast<float*>(row + 16 * nb);
+    int8_t* q = reinterpret_cast<int8_t*>(row + 24 * nb);
+    int32_t* neg_corr2 = reinterpret_cast<int32_t*>(row + 56 * nb);
+    int32_t* neg_corr1 = reinterpret_cast<int32_t*>(row + 64 * nb);
+    for (int64_t b = 0; b < nb; ++b) {
+      int32_t half[2] = {0, 0};
+      const float d = block(xt + 32 * b, q + 32 * b, half);
+      scale[b] = scale2[2 * b] = scale2[2 * b + 1] = d;
+      corr2[2 * b] = float(12 * half[0]);
+      corr2[2 * b + 1] = float(12 * half[1]);
+      corr1[b] = float(12 * (half[0] + half[1]));
+      neg_corr2[2 * b] = -12 * half[0];
+      neg_corr2[2 * b + 1] = -12 * half[1];
+      neg_corr1[b] = -12 * (half[0] + half[1]);
+    }
+  }
+}
+
 struct Q8Row {
   const float* corr;   // [nb][2] 12 × Σq per 16-column half
   const float* corr1;  // [nb] 12 × Σq per 32-column block
