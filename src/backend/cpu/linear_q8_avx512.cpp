@@ -64,7 +64,7 @@ inline float scale_lanes(const WeightView& w, int64_t r, const Q8Row& x, int64_t
 }
 
 // The weight scales of the 4 chunks [c, c + 4) of a row as one register, in the lanes of the dots:
-// NVFP4 [s0 s0 s1 s1] per chunk (× 2^-8, made up by the activations' part, kNvXFactor), MXFP4
+// NVFP4 [s0 s0 s1 s1] per chunk (× 2^-8, made up by activation_factor), MXFP4
 // [s s s s]. One vpshufb places each scale byte in its lanes. NVFP4: the E4M3 byte in the high
 // byte of an F16 lane, shifted right arithmetically by 1 (sign-extended, exponent and mantissa in
 // place), bit 14 cleared. MXFP4: the E8M0 byte in the top byte of an F32 lane, shifted right by 1
