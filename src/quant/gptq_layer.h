@@ -1,7 +1,7 @@
 // GPTQ over one layer during calibration: each quantized linear gets the Gram matrix of the inputs it
 // saw (q/k/v the attention input; o_proj the attention output; an expert's w1/w3 the MoE inputs of
 // the tokens routed to it, or of every token; its w2 the SwiGLU activations of those tokens through
-// the original w1/w3) and is quantized by gptq_quantize. Modules sharing an input share its matrix.
+// its w1/w3 as quantized, as the quantized model computes them) and is quantized by gptq_quantize. Modules sharing an input share its matrix.
 #pragma once
 #include <span>
 #include <string>
