@@ -2,8 +2,9 @@
 //   - prefill of a long prompt (tokens/s, GFLOP/s against the fp32 FMA peak measured in the same run);
 //   - batch-1 decode (tokens/s, weight bytes per token, GB/s against the read bandwidth of a
 //     multi-stream read kernel and against memcpy, both measured in the same run);
-//   - batched decode at several batch sizes: tokens/s and the share of the read bandwidth taken by
-//     the bytes each step actually reads (the union of the experts the step routed to, attention,
+//   - batched decode at several batch sizes: tokens/s and the share of the read limit (measured just
+//     before and just after each batch size's steps, the better counts) taken by the bytes each step
+//     actually reads (the union of the experts the step routed to, attention,
 //     router, lm_head, the batch's embedding rows and its KV cache);
 //   - peak resident memory;
 //   - with --ngram-text FILE: n-gram speculation on a copy-heavy prompt (FILE's first tokens, then its
@@ -265,8 +266,8 @@ int main(int argc, char** argv) {
     for (int64_t i = 0; i < ids.numel(); ++i) used[size_t(layer)][size_t(p[i])] = 1;
   };
   if (!batches.empty())
-    fmt::print("\n| batch | decode tok/s | step ms | experts read / layer | MB read / step | GB/s | % of read bw |\n"
-               "|---|---|---|---|---|---|---|\n");
+    fmt::print("\n| batch | decode tok/s | step ms | experts read / layer | MB read / step | GB/s | read limit GB/s | % of it |\n"
+               "|---|---|---|---|---|---|---|---|\n");
   for (int B : batches) {
     std::vector<uint64_t> ids;
     for (int b = 0; b < B; ++b)
@@ -278,6 +279,7 @@ int main(int argc, char** argv) {
       for (uint64_t id : ids) all = all && engine.find(id)->num_generated() > 0;
     }
     double step_s = 0, bytes = 0, experts = 0;
+    const double read_before = bench::read_bandwidth(backend.pool());  // this batch size's own limit, as the rounds'
     for (int s = 0; s < batch_steps; ++s) {
       for (auto& u : used) std::fill(u.begin(), u.end(), 0);
       int64_t context = 0;
@@ -291,12 +293,13 @@ int main(int argc, char** argv) {
       experts += n / c.num_layers;
       bytes += n * expert_bytes + dense_bytes + double(B) * double(w.embed.row_bytes) + double(context) * kv_bytes_per_token;
     }
+    const double limit = std::max(read_before, bench::read_bandwidth(backend.pool()));
     for (uint64_t id : ids) engine.abort(id);
     while (engine.has_work()) engine.step();
     const double per_step = step_s / batch_steps, per_bytes = bytes / batch_steps;
-    fmt::print("| {} | {:.1f} | {:.2f} | {:.1f} of {} | {:.1f} | {:.2f} | {:.0f}% |\n", B, B / per_step, per_step * 1e3,
-               experts / batch_steps, c.num_experts, per_bytes / 1e6, per_bytes / per_step / 1e9,
-               100.0 * per_bytes / per_step / read_bw);
+    fmt::print("| {} | {:.1f} | {:.2f} | {:.1f} of {} | {:.1f} | {:.2f} | {:.2f} | {:.0f}% |\n", B, B / per_step,
+               per_step * 1e3, experts / batch_steps, c.num_experts, per_bytes / 1e6, per_bytes / per_step / 1e9,
+               limit / 1e9, 100.0 * per_bytes / per_step / limit);
   }
   struct rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
