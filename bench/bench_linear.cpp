@@ -112,8 +112,8 @@ void BM_LinearPrefill(benchmark::State& state) {
       benchmark::Counter(2.0 * double(T) * 1536 * 3072 * double(state.iterations()), benchmark::Counter::kIsRate);
 }
 
-// The kernel's compute ceiling: one thread, 1 token, a weight of ~384 KB that stays in L2 (the rows
-// of an expert w1 matrix that fill it). Against the per-thread read limit (BM_ReadBandwidth / threads)
+// The kernel's compute ceiling: one thread, 1-4 tokens (the gemv's), a weight of ~384 KB that stays
+// in L2 (the rows of an expert w1 matrix that fill it). Against the per-thread read limit (BM_ReadBandwidth / threads)
 // it says whether a decode that misses its limit waits on memory or on instructions.
 void BM_LinearInL2(benchmark::State& state) {
   static ThreadPool one(1);
@@ -123,11 +123,12 @@ void BM_LinearInL2(benchmark::State& state) {
   const int64_t rows = (384 << 10) / row_bytes / 32 * 32;
   std::mt19937_64 rng(7);
   const auto w = test::random_weight(kFormats[f].format, kFormats[f].dtype, rows, 3072, rng);
-  auto x = test::random_floats(rng, 3072);
-  std::vector<float> y(static_cast<size_t>(rows), 0.0f);
+  const int64_t tokens = state.range(2);
+  auto x = test::random_floats(rng, size_t(tokens) * 3072);
+  std::vector<float> y(static_cast<size_t>(tokens * rows), 0.0f);
   size_t bytes = 0;
   for (auto _ : state) {
-    linear(w.view, x.data(), y.data(), 1, one, LinearPath::Auto, act);
+    linear(w.view, x.data(), y.data(), tokens, one, LinearPath::Auto, act);
     bytes += w.view.bytes();
   }
   state.SetLabel(std::string(kFormats[f].name) + " " + std::string(activations_name(act)));
@@ -136,7 +137,11 @@ void BM_LinearInL2(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(BM_LinearInL2)->ArgsProduct({{0, 1, 2, 3}, {0, 1}})->ArgNames({"format", "q8"})->UseRealTime()->MinTime(0.5);
+BENCHMARK(BM_LinearInL2)
+    ->ArgsProduct({{0, 1, 2, 3}, {0, 1}, {1, 2, 4}})
+    ->ArgNames({"format", "q8", "tokens"})
+    ->UseRealTime()
+    ->MinTime(0.5);
 BENCHMARK(BM_ReadBandwidth)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
 BENCHMARK(BM_Memcpy)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
 BENCHMARK(BM_FmaPeak)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
