@@ -113,8 +113,9 @@ void BM_LinearPrefill(benchmark::State& state) {
 }
 
 // The kernel's compute ceiling: one thread, 1-4 tokens (the gemv's), a weight of ~384 KB that stays
-// in L2 (the rows of an expert w1 matrix that fill it). Against the per-thread read limit (BM_ReadBandwidth / threads)
-// it says whether a decode that misses its limit waits on memory or on instructions.
+// in L2 (the rows of an expert w1 matrix that fill it). Against the per-thread read limit
+// (BM_ReadBandwidth / threads) it says whether a decode that misses its limit waits on memory or on
+// instructions.
 void BM_LinearInL2(benchmark::State& state) {
   static ThreadPool one(1);
   const int f = int(state.range(0));
