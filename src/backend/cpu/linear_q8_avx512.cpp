@@ -194,7 +194,7 @@ template <bool Nv, int T>
 void gemv_q8_rows(const LinearJob& job, int64_t r0, int64_t r1) {
   Q8Row xr[T];
   for (int t = 0; t < T; ++t) xr[t] = q8_row(job.xq + t * q8_row_bytes(job.w->cols), job.w->cols);
-  for_row_blocks<T == 1 ? 4 : 2>(r0, r1, [&](int64_t r, auto n) {
+  for_row_blocks<4>(r0, r1, [&](int64_t r, auto n) {
     gemv_q8_block<Nv, T, decltype(n)::value>(*job.w, xr, job.y, job.ldy, r);
   });
 }
