@@ -66,12 +66,15 @@ float sum_generic(const float* p, size_t n) {
 
 }  // namespace
 
-double read_bandwidth(ThreadPool& pool, size_t bytes, int reps) {
-  const size_t n = bytes / 4;
-  float* buf = static_cast<float*>(std::aligned_alloc(64, n * 4));
-  for (size_t i = 0; i < n; ++i) buf[i] = float(i & 1023);
+ReadBuffer::ReadBuffer(size_t bytes) : n_(bytes / 4), buf_(static_cast<float*>(std::aligned_alloc(64, bytes / 4 * 4))) {
+  for (size_t i = 0; i < n_; ++i) buf_[i] = float(i & 1023);
+}
+
+ReadBuffer::~ReadBuffer() { std::free(buf_); }
+
+double ReadBuffer::measure(ThreadPool& pool, int reps) const {
   const int threads = pool.size();
-  const size_t per = n / size_t(threads) / 64 * 64;  // floats per thread, 256-byte aligned
+  const size_t per = n_ / size_t(threads) / 64 * 64;  // floats per thread, 256-byte aligned
   const bool avx2 = cpu_features().avx2_fma_f16c, avx512 = cpu_features().avx512;
   double best = 0;
   for (int r = 0; r < (avx512 ? 2 * reps : reps); ++r) {
@@ -79,10 +82,11 @@ double read_bandwidth(ThreadPool& pool, size_t bytes, int reps) {
     auto t0 = std::chrono::steady_clock::now();
     pool.parallel_for(threads, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) {
-        const float* p = buf + size_t(t) * per;
+        const float* p = buf_ + size_t(t) * per;
 #if defined(__x86_64__)
         g_sink = wide ? sum_avx512(p, per) : avx2 ? sum_avx2(p, per) : sum_generic(p, per);
 #else
+        (void)avx2, (void)wide;
         g_sink = sum_generic(p, per);
 #endif
       }
@@ -90,8 +94,9 @@ double read_bandwidth(ThreadPool& pool, size_t bytes, int reps) {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     best = std::max(best, double(per * size_t(threads) * 4) / s);
   }
-  std::free(buf);
   return best;
 }
+
+double read_bandwidth(ThreadPool& pool, size_t bytes, int reps) { return ReadBuffer(bytes).measure(pool, reps); }
 
 }  // namespace m2::bench

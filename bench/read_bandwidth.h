@@ -10,4 +10,19 @@
 
 namespace m2::bench {
 double read_bandwidth(ThreadPool& pool, size_t bytes = size_t(1) << 30, int reps = 5);
+
+// The same kernels over a buffer filled once, for benchmarks that measure the limit many times
+// beside the work they compare with it (the VM's bandwidth moves within a second).
+class ReadBuffer {
+ public:
+  explicit ReadBuffer(size_t bytes);
+  ~ReadBuffer();
+  ReadBuffer(const ReadBuffer&) = delete;
+  ReadBuffer& operator=(const ReadBuffer&) = delete;
+  double measure(ThreadPool& pool, int reps) const;  // bytes read per second, best of `reps`
+
+ private:
+  size_t n_;   // floats
+  float* buf_;  // [n_]
+};
 }
