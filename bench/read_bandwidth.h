@@ -11,6 +11,11 @@
 namespace m2::bench {
 double read_bandwidth(ThreadPool& pool, size_t bytes = size_t(1) << 30, int reps = 5);
 
+#if defined(__x86_64__)
+// The AVX2 read kernel on one thread's slice: four streams (its quarters) × two accumulators.
+float read_sum_avx2(const float* p, size_t n);
+#endif
+
 // The same kernels over a buffer filled once, for benchmarks that measure the limit many times
 // beside the work they compare with it (the VM's bandwidth moves within a second).
 class ReadBuffer {

@@ -25,6 +25,8 @@
 #include <thread>
 #include <vector>
 
+#include "read_bandwidth.h"
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 
@@ -33,18 +35,8 @@ namespace {
 volatile float g_sink;
 constexpr size_t kRowBytes = 2 * 3072, kRows = 1536, kMatrixBytes = kRowBytes * kRows, kMatrices = 96;
 
-__attribute__((target("avx2"))) float read_kernel(const char* bytes, size_t n_bytes) {
-  const float* p = reinterpret_cast<const float*>(bytes);
-  const size_t q = n_bytes / 4 / 4 / 16 * 16;
-  __m256 a[8];
-  for (auto& v : a) v = _mm256_setzero_ps();
-  for (size_t i = 0; i < q; i += 16)
-    for (int s = 0; s < 4; ++s) {
-      a[2 * s] = _mm256_add_ps(a[2 * s], _mm256_load_ps(p + s * q + i));
-      a[2 * s + 1] = _mm256_add_ps(a[2 * s + 1], _mm256_load_ps(p + s * q + i + 8));
-    }
-  for (int i = 1; i < 8; ++i) a[0] = _mm256_add_ps(a[0], a[i]);
-  return _mm256_cvtss_f32(a[0]);
+float read_kernel(const char* bytes, size_t n_bytes) {
+  return m2::bench::read_sum_avx2(reinterpret_cast<const float*>(bytes), n_bytes / 4);
 }
 
 enum class Op { Adds, Dot, DotXOnce };
