@@ -16,6 +16,10 @@
 //                               threads (m2's split of a product, kLinearChunksPerThread = 8)
 //   dot, quarter streams        dot over rows r, r + q, r + 2q, r + 3q (q: a quarter of the
 //                               thread's rows): 4 long sequential streams, as the read kernel
+//   dot, quarter streams,       the same + one prefetch into L2 per row and 64 bytes, 2 rows
+//     prefetch 2 rows           ahead in each stream (m2's gemv since 2026-12-07)
+//   dot, quarter streams,       the same over the 16 ranges of 96 rows taken alternately (m2's
+//     ranges in turn            split of one [1536, 3072] product: streams of 24 rows)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -107,6 +111,8 @@ int main(int argc, char** argv) {
       {"dot, prefetch 2 passes", rows4<Op::Dot, false, kAhead>, false},
       {"dot, ranges in turn", rows4<Op::Dot, false, kAhead>, true},
       {"dot, quarter streams", rows4<Op::Dot, true, 0>, false},
+      {"dot, quarter streams, prefetch 2 rows", rows4<Op::Dot, true, 2 * kRowBytes>, false},
+      {"dot, quarter streams, ranges in turn", rows4<Op::Dot, true, 2 * kRowBytes>, true},
   };
   constexpr int P = sizeof(patterns) / sizeof(patterns[0]);
   auto two_threads = [](auto f) {

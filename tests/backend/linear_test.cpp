@@ -324,6 +324,56 @@ TEST(Linear, Q8ActivationsWithinTheirRoundingBound) {
       }
 }
 
+// A row's result must not depend on the range it came in (linear.h: grouped products cut their
+// ranges where the chunks of equal cost fall, so a row's range changes with the batch's experts),
+// however the rows were split (ranges start at multiples of the grain), and one long range (1,000
+// rows, as a model's products give: 8 experts' rows in 16 chunks) must agree with the reference.
+// Bit for bit against linear() on 2 threads; every SIMD path, 1-4 tokens, fp32 and Q8 activations.
+TEST(Linear, GemvRowDoesNotDependOnItsRange) {
+  if (this_cpu_paths().size() == 1) GTEST_SKIP() << "no SIMD path on this CPU: the generic path only";
+  std::mt19937_64 rng(test::fresh_seed());
+  ThreadPool pool(2);
+  const FormatCase* cases[] = {&kFormats[0], &kFormats[1], &kFormats[3], &kFormats[4], &kFormats[5], &kFormats[6]};
+  for (auto path : this_cpu_paths()) {
+    if (path == LinearPath::Generic) continue;
+    for (const FormatCase* f : cases)
+      for (auto act : {Activations::F32, Activations::Q8})
+        for (int64_t tokens : {1, 2, 3, 4}) {
+          const int64_t rows = 16 * 61 + 3, cols = 256;  // 3 rows past the last whole 16
+          auto w = test::random_weight(f->format, f->dtype, rows, cols, rng);
+          auto x = test::random_floats(rng, size_t(tokens * cols));
+          std::vector<float> ref(size_t(tokens * rows)), whole(ref.size()), split(ref.size(), NAN);
+          linear(w.view, x.data(), whole.data(), tokens, pool, path, act);
+          LinearJob job{&w.view, x.data(), x.data(), nullptr, split.data(), rows, tokens};
+          std::vector<uint8_t> q8(size_t(tokens * q8_row_bytes(cols)));
+          std::vector<float> xd(x.size());
+          if (linear_wants_q8(path, act, w.view, tokens)) {
+            quantize_q8_rows(x.data(), tokens, cols, q8.data());
+            job.xq = q8.data();
+          } else if (const XLayout layout = linear_x_layout(path, w.view, tokens); layout != XLayout::Plain) {
+            prepare_x(layout, x.data(), tokens, cols, xd.data());
+            job.xd = xd.data();
+          }
+          const int64_t grain = linear_grain(path, w.view, tokens);
+          std::uniform_int_distribution<int64_t> units(1, 9);
+          for (int64_t r0 = 0; r0 < rows;) {
+            const int64_t r1 = std::min(rows, r0 + grain * units(rng));
+            linear_rows(path, job, r0, r1);
+            r0 = r1;
+          }
+          const std::string what = std::string(f->name) + " path " + std::to_string(int(path)) + " " +
+                                   std::string(activations_name(act)) + " tokens " + std::to_string(tokens);
+          EXPECT_EQ(std::memcmp(split.data(), whole.data(), split.size() * 4), 0) << what << ": split ranges";
+          std::fill(split.begin(), split.end(), NAN);
+          linear_rows(path, job, 0, rows);  // one range
+          EXPECT_EQ(std::memcmp(split.data(), whole.data(), split.size() * 4), 0) << what << ": one range";
+          if (job.xq) continue;  // Q8: within its rounding bound (Q8ActivationsWithinTheirRoundingBound)
+          linear_ref(w.view, x.data(), ref.data(), tokens);
+          EXPECT_LE(test::rel_err(split.data(), ref.data(), ref.size()), f->tolerance) << what;
+        }
+  }
+}
+
 // Every block-scale code through the Q8 paths (the VNNI gemm converts them 16 rows at a time, the
 // gemv 4-8 per row): NVFP4 every E4M3 code but NaN, MXFP4 E8M0 codes 2^±30 (wider ones overflow or
 // underflow fp32 in both the kernel and the reference); against the reference on the rounded x,
