@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
+#include <fmt/format.h>
 
 #include "backend/cpu/linear.h"
 #include "backend/random_weight.h"
@@ -49,6 +51,26 @@ void BM_ReadBandwidth(benchmark::State& state) {
   double bw = 0;
   for (auto _ : state) bw = bench::read_bandwidth(pool(), size_t(1) << 30, 3);
   state.counters["bytes_per_second"] = bw;
+}
+
+// The read limit against the size of the buffer read: 64 MiB to 4 GiB, sizes taken in turn for 6
+// rounds (best of 2 per size and round), median per size in GB/s. On the Zen 4 VM of
+// docs/BENCHMARKS.md the rate falls with the footprint (~34 GB/s at 64 MiB, ~27 at 1 GiB, ~20 at 4
+// GiB, with or without huge pages in the guest), so a limit is only fair to a decode that reads a
+// similar number of bytes per token (bench_model's --segments sizes its probe so).
+void BM_ReadLimitBySize(benchmark::State& state) {
+  const size_t mib[] = {64, 256, 512, 1024, 4096};
+  constexpr int N = sizeof(mib) / sizeof(mib[0]);
+  std::vector<std::unique_ptr<bench::ReadBuffer>> buffers;
+  for (size_t m : mib) buffers.push_back(std::make_unique<bench::ReadBuffer>(m << 20));
+  std::vector<double> rate[N];
+  for (auto _ : state)
+    for (int round = 0; round < 6; ++round)
+      for (int i = 0; i < N; ++i) rate[i].push_back(buffers[size_t(i)]->measure(pool(), 2));
+  for (int i = 0; i < N; ++i) {
+    std::sort(rate[i].begin(), rate[i].end());
+    state.counters[fmt::format("GBps_{:04}MiB", mib[i])] = rate[i][rate[i].size() / 2] / 1e9;
+  }
 }
 
 // The prefill limit: fp32 FMA at the widest vector width, all threads (bench/fma_peak.cpp).
@@ -185,6 +207,7 @@ BENCHMARK(BM_LinearInL2)
     ->UseRealTime()
     ->MinTime(0.5);
 BENCHMARK(BM_ReadBandwidth)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
+BENCHMARK(BM_ReadLimitBySize)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
 BENCHMARK(BM_Memcpy)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
 BENCHMARK(BM_FmaPeak)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
 BENCHMARK(BM_Bf16DotPeak)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();

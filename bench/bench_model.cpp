@@ -12,8 +12,14 @@
 //   - with --rounds N: N rounds of prefill and decode, each beside its own FMA peak and read limits
 //     (the read kernel just before and just after the decode, the better counts), a row per round and
 //     the medians;
+//   - with --segments N: batch-1 decode in N segments of --segment-tokens tokens, each right after
+//     its own read-limit probe (as many bytes as a token's weights, at least 256 MiB): the share of
+//     the limit per segment, its median and 10th / 90th percentiles, and the medians of the
+//     segments whose probe read at least / less than the median limit, with those halves' median
+//     limits (this VM's bandwidth moves between two levels within seconds, faster than a round of
+//     --rounds lasts);
 //   bench_model MODEL_DIR [--prompt 512] [--decode 32] [--rounds 1] [--threads 0] [--batches 1,8,32,64]
-//               [--ngram-text FILE --ngram-k 4 --ngram-tokens 256]
+//               [--segments 0 --segment-tokens 8] [--ngram-text FILE --ngram-k 4 --ngram-tokens 256]
 #include <fmt/format.h>
 #include <sys/resource.h>
 
@@ -144,6 +150,11 @@ int main(int argc, char** argv) {
   app.add_option("--batch-prompt", batch_prompt, "prompt length of each batched request")->capture_default_str();
   app.add_option("--batch-steps", batch_steps, "timed decode steps per batch size")->capture_default_str();
   app.add_option("--kv-cache-dtype", kv_dtype, "fp32 | bf16 | fp8")->capture_default_str();
+  int segments = 0, segment_tokens = 8;
+  app.add_option("--segments", segments, "paired batch-1 decode: segments, each after its own read-limit probe (0: skip)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000));
+  app.add_option("--segment-tokens", segment_tokens, "decoded tokens per segment")->capture_default_str()->check(CLI::Range(1, 256));
   std::string ngram_text;
   int ngram_k = 4, ngram_tokens = 256;
   app.add_option("--ngram-text", ngram_text, "copy-heavy speculation run on this text (uses the model's tokenizer)");
@@ -174,7 +185,7 @@ int main(int argc, char** argv) {
   EngineOptions eo;
   eo.max_num_seqs = max_batch;
   eo.max_num_batched_tokens = std::max(prompt, 512);
-  eo.max_model_len = std::max(prompt + decode + 4, batch_prompt + batch_steps + 8);
+  eo.max_model_len = std::max({prompt + decode + 4, batch_prompt + batch_steps + 8, prompt + segments * (segment_tokens + 1) + 4});
   eo.kv.dtype = parse_kv_cache_dtype(kv_dtype);
   eo.kv.num_blocks = (eo.max_model_len / 16 + 2) * max_batch + 64;
   eo.kv.enable_prefix_caching = false;  // random prompts: nothing to share, and no hashing cost
@@ -252,6 +263,51 @@ int main(int argc, char** argv) {
     fmt::print("bf16 dot peak    {:.1f} GFLOP/s (vdpbf16ps, all threads): prefill = {:.1f}% of it\n",
                median_of([](const Round& R) { return R.bf16_peak; }) / 1e9,
                100.0 * median_of([&](const Round& R) { return prefill_rate(R) / R.bf16_peak; }));
+
+  if (segments > 0) {
+    // Paired batch-1 decode: probe, one untimed step (the probe leaves a small model's weights out
+    // of cache), then the timed segment; the share is the segment's rate over its probe's. The probe
+    // reads as many bytes as a token's weights (at least 256 MiB, in whole 64 MiB): on the VM of
+    // docs/BENCHMARKS.md the read rate falls with the footprint (BM_ReadLimitBySize), and a smaller
+    // buffer would ask more of the decode than the memory system gives it.
+    const size_t mib64 = size_t(64) << 20;
+    const size_t probe_bytes = std::max(4 * mib64, (size_t(bytes_per_token) + mib64 - 1) / mib64 * mib64);
+    const bench::ReadBuffer probe(probe_bytes);
+    const uint64_t id = engine.add_request(
+        greedy_request(random_prompt(rng, prompt, c.vocab_size), segments * (segment_tokens + 1) + 2));
+    engine.step();  // prefill
+    std::vector<std::pair<double, double>> seg;  // (limit, share)
+    for (int s = 0; s < segments; ++s) {
+      const double limit = probe.measure(backend.pool(), 2);
+      engine.step();
+      t0 = Clock::now();
+      for (int i = 0; i < segment_tokens; ++i) engine.step();
+      seg.emplace_back(limit, bytes_per_token * segment_tokens / seconds_since(t0) / limit);
+    }
+    engine.abort(id);
+    while (engine.has_work()) engine.step();
+    auto quantile = [](std::vector<double> v, double q) {
+      std::sort(v.begin(), v.end());
+      return v[size_t(q * double(v.size() - 1) + 0.5)];
+    };
+    std::vector<double> shares, limits, high, low, high_limit, low_limit;
+    for (auto [l, sh] : seg) shares.push_back(sh), limits.push_back(l);
+    const double mid = quantile(limits, 0.5);
+    for (auto [l, sh] : seg) {
+      (l >= mid ? high : low).push_back(sh);
+      (l >= mid ? high_limit : low_limit).push_back(l);
+    }
+    fmt::print("paired decode    {} segments of {} tokens, each after its own read-limit probe ({} MiB, all threads): "
+               "limit {:.1f}-{:.1f} GB/s (median {:.1f})\n",
+               segments, segment_tokens, probe_bytes >> 20, quantile(limits, 0) / 1e9, quantile(limits, 1) / 1e9, mid / 1e9);
+    fmt::print("                 share of the limit: median {:.1f}% (10th-90th percentile {:.1f}-{:.1f}%)\n",
+               100 * quantile(shares, 0.5), 100 * quantile(shares, 0.1), 100 * quantile(shares, 0.9));
+    fmt::print("                 segments with limit >= median (their median limit {:.1f} GB/s): {:.1f}%\n",
+               quantile(high_limit, 0.5) / 1e9, 100 * quantile(high, 0.5));
+    if (!low.empty())
+      fmt::print("                 segments with limit < median (their median limit {:.1f} GB/s): {:.1f}%\n",
+                 quantile(low_limit, 0.5) / 1e9, 100 * quantile(low, 0.5));
+  }
 
   // Batched decode: bytes actually read per step = union of routed experts + dense weights + KV.
   const auto& L0 = engine.model().weights().layers[0];
