@@ -75,7 +75,9 @@ Runner add_quantize(CLI::App& app) {
       ->required();
   app.add_option("--calib", o.calib,
                  "Calibration data: FILE or FILE:WEIGHT, .txt (plain text), .jsonl ({\"messages\": …} rendered with the "
-                 "chat template, or {\"text\": …}), .json (array of token-id arrays); repeatable");
+                 "chat template, or {\"text\": …}), .json (array of token-id arrays); repeatable. Files are mixed in "
+                 "proportion to their weights (default 1); a file that runs out first is reused from its start, until "
+                 "every file has given all its sequences (or --calib-samples are taken)");
   app.add_option("--calib-samples", o.calib_samples, "Calibration sequences")->capture_default_str();
   app.add_option("--calib-seq-len", o.calib_seq_len, "Tokens per calibration sequence")->capture_default_str();
   app.add_flag("--calib-all-experts", o.calib_all_experts,

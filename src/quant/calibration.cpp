@@ -127,21 +127,27 @@ std::vector<std::vector<int32_t>> load_calibration(const std::vector<std::string
     if (per_file.back().empty()) fail<InvalidArgument>("--calib {}: no samples", path);
     weight.push_back(w);
   }
-  // Round-robin in proportion to the weights: the file furthest behind its share goes next.
+  // Round-robin in proportion to the weights: the file furthest behind its share goes next. A file
+  // whose sequences run out is taken again from its first, so that it keeps its share, until every
+  // file has given each of its sequences once (or `samples` are taken).
   std::vector<std::vector<int32_t>> out;
   std::vector<size_t> taken(per_file.size(), 0);
   double total = 0;
   for (double w : weight) total += w;
-  while (int(out.size()) < samples) {
-    size_t best = per_file.size();
+  auto all_used = [&] {
+    for (size_t f = 0; f < per_file.size(); ++f)
+      if (taken[f] < per_file[f].size()) return false;
+    return true;
+  };
+  while (int(out.size()) < samples && !all_used()) {
+    size_t best = 0;
     double deficit = -1e300;
     for (size_t f = 0; f < per_file.size(); ++f) {
-      if (taken[f] >= per_file[f].size()) continue;
       const double d = weight[f] / total * double(out.size() + 1) - double(taken[f]);
       if (d > deficit) deficit = d, best = f;
     }
-    if (best == per_file.size()) break;  // every file used up
-    out.push_back(per_file[best][taken[best]++]);
+    out.push_back(per_file[best][taken[best] % per_file[best].size()]);
+    ++taken[best];
   }
   return out;
 }

@@ -60,7 +60,10 @@ using QuantizedLayerFn = std::function<bool(int layer, BackendLayer& weights)>;
 // Calibration text → token sequences. Each file is FILE or FILE:WEIGHT: .txt (cut into seq_len
 // chunks), .jsonl (one {"messages": [...]} rendered with the chat template, or {"text": ...} per
 // line), .json (an array of token-id arrays). Samples are taken round-robin in proportion to the
-// weights, `samples` in all, each at most seq_len tokens.
+// weights (1 when not given), each at most seq_len tokens, until every file has given each of its
+// sequences once or `samples` are taken: a file that runs out first is taken again from its first
+// sequence, so that its share holds (prose:1 and code:1 give as many code sequences as prose ones
+// when the code file is the shorter).
 std::vector<std::vector<int32_t>> load_calibration(const std::vector<std::string>& files, int samples, int seq_len,
                                                    const Tokenizer* tokenizer, const ChatFormat* chat, int32_t vocab);
 
