@@ -55,9 +55,9 @@ void BM_ReadBandwidth(benchmark::State& state) {
 
 // The read limit against the size of the buffer read: 64 MiB to 4 GiB, sizes taken in turn for 6
 // rounds (best of 2 per size and round), median per size in GB/s. On the Zen 4 VM of
-// docs/BENCHMARKS.md the rate falls with the footprint (~34 GB/s at 64 MiB, ~27 at 1 GiB, ~20 at 4
-// GiB, with or without huge pages in the guest), so a limit is only fair to a decode that reads a
-// similar number of bytes per token (bench_model's --segments sizes its probe so).
+// docs/BENCHMARKS.md the rate falls with the footprint (fast state: 61.5 GB/s at 64 MiB, 44.6 at 1
+// GiB, 32.5 at 4 GiB; huge pages in the guest change nothing), so a limit is only fair to a decode
+// that reads a similar number of bytes per token (bench_model's --segments sizes its probe so).
 void BM_ReadLimitBySize(benchmark::State& state) {
   const size_t mib[] = {64, 256, 512, 1024, 4096};
   constexpr int N = sizeof(mib) / sizeof(mib[0]);
@@ -67,10 +67,7 @@ void BM_ReadLimitBySize(benchmark::State& state) {
   for (auto _ : state)
     for (int round = 0; round < 6; ++round)
       for (int i = 0; i < N; ++i) rate[i].push_back(buffers[size_t(i)]->measure(pool(), 2));
-  for (int i = 0; i < N; ++i) {
-    std::sort(rate[i].begin(), rate[i].end());
-    state.counters[fmt::format("GBps_{:04}MiB", mib[i])] = rate[i][rate[i].size() / 2] / 1e9;
-  }
+  for (int i = 0; i < N; ++i) state.counters[fmt::format("GBps_{:04}MiB", mib[i])] = bench::quantile(rate[i], 0.5) / 1e9;
 }
 
 // The prefill limit: fp32 FMA at the widest vector width, all threads (bench/fma_peak.cpp).
@@ -140,10 +137,7 @@ void BM_LinearDecodeBesideRead(benchmark::State& state) {
     gemv.push_back(double(bytes) / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     ratio.push_back(gemv.back() / limit.back());
   }
-  auto quantile = [](std::vector<double> v, double q) {
-    std::sort(v.begin(), v.end());
-    return v[size_t(q * double(v.size() - 1) + 0.5)];
-  };
+  using bench::quantile;
   state.SetLabel(std::string(kFormats[f].name) + " " + std::string(activations_name(act)));
   state.counters["ratio_median"] = quantile(ratio, 0.5);
   state.counters["ratio_p10"] = quantile(ratio, 0.1);

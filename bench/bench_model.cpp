@@ -286,10 +286,7 @@ int main(int argc, char** argv) {
     }
     engine.abort(id);
     while (engine.has_work()) engine.step();
-    auto quantile = [](std::vector<double> v, double q) {
-      std::sort(v.begin(), v.end());
-      return v[size_t(q * double(v.size() - 1) + 0.5)];
-    };
+    using bench::quantile;
     std::vector<double> shares, limits, high, low, high_limit, low_limit;
     for (auto [l, sh] : seg) shares.push_back(sh), limits.push_back(l);
     const double mid = quantile(limits, 0.5);

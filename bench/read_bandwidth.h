@@ -4,7 +4,9 @@
 // prefetching limits it; AVX-512 hosts also run a 64-byte-load kernel with software prefetch, and the
 // better of the two counts. Bytes read per second, best of `reps` (of each kernel).
 #pragma once
+#include <algorithm>
 #include <cstddef>
+#include <vector>
 
 #include "core/thread_pool.h"
 
@@ -30,4 +32,10 @@ class ReadBuffer {
   size_t n_;   // floats
   float* buf_;  // [n_]
 };
+
+// The q-quantile (0 ≤ q ≤ 1, nearest rank) of measurements taken in turn with a limit; v not empty.
+inline double quantile(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  return v[size_t(q * double(v.size() - 1) + 0.5)];
+}
 }

@@ -17,7 +17,7 @@
 //   dot, quarter streams        dot over rows r, r + q, r + 2q, r + 3q (q: a quarter of the
 //                               thread's rows): 4 long sequential streams, as the read kernel
 //   dot, quarter streams,       the same + one prefetch into L2 per row and 64 bytes, 2 rows
-//     prefetch 2 rows           ahead in each stream (m2's gemv since 2026-12-07)
+//     prefetch 2 rows           ahead in each stream (tried in m2's gemv, not kept: BENCHMARKS.md)
 //   dot, quarter streams,       the same over the 16 ranges of 96 rows taken alternately (m2's
 //     ranges in turn            split of one [1536, 3072] product: streams of 24 rows)
 #include <algorithm>
@@ -143,10 +143,7 @@ int main(int argc, char** argv) {
     ratio[it % P].push_back(double(kMatrixBytes * kMatrices) / s / lim);
     limit.push_back(lim);
   }
-  auto at = [](std::vector<double>& v, double q) {
-    std::sort(v.begin(), v.end());
-    return v[size_t(q * double(v.size() - 1) + 0.5)];
-  };
+  const auto at = m2::bench::quantile;
   std::printf("read limit (256 MiB, 2 threads): median %.1f GB/s, 10th-90th percentile %.1f-%.1f\n", at(limit, 0.5) / 1e9,
               at(limit, 0.1) / 1e9, at(limit, 0.9) / 1e9);
   std::printf("| pattern | rate / read limit beside it, median | 10th-90th percentile |\n|---|---|---|\n");
