@@ -64,6 +64,29 @@ TEST(Linear, FastPathsMatchReferenceForEveryFormat) {
   }
 }
 
+// A row-parallel shard is a column slice that keeps its parent's row stride (slice_cols): every path
+// must read only its columns, and the tiles' prefetch of the next chunk must size a row's piece by
+// its columns, not by the stride (it once overflowed its line list on a TP-4 shard).
+TEST(Linear, ColumnSlicesMatchReference) {
+  std::mt19937_64 rng(test::fresh_seed());
+  ThreadPool pool(2);
+  for (const auto& f : kFormats) {
+    auto w = test::random_weight(f.format, f.dtype, 70, 1536, rng);
+    const WeightView slice = slice_cols(w.view, 256, 768);
+    for (int64_t tokens : {1, 4, 5, 16, 40}) {
+      auto x = test::random_floats(rng, size_t(tokens * slice.cols));
+      std::vector<float> ref(size_t(tokens * slice.rows)), got(ref.size());
+      linear_ref(slice, x.data(), ref.data(), tokens);
+      for (auto path : this_cpu_paths()) {
+        std::fill(got.begin(), got.end(), NAN);
+        linear(slice, x.data(), got.data(), tokens, pool, path);
+        EXPECT_LE(test::rel_err(got.data(), ref.data(), got.size()), f.tolerance)
+            << f.name << " path " << int(path) << " tokens " << tokens;
+      }
+    }
+  }
+}
+
 // The AVX-512 fp32 tiles decode FP4, BF16 and E4M3 at full width (dword transposes, then vpermps,
 // shifts and masks per column) and the AVX2 tiles by 8×8 transposes; both sum each output over the same 256-column chunks in the same
 // order with FMAs, so the two paths must agree bit for bit at 5+ tokens (f32 activations): any

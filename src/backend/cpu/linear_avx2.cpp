@@ -375,9 +375,10 @@ void decode_tile_avx2(const WeightView& w, int64_t r0, int tile_rows, int64_t k0
 namespace {
 
 // acc[m][16] += x[m rows, kc] · tile[kc][16]; then y rows get acc (store on first chunk, add after).
+// Step k < n_prefetch prefetches prefetch[k] into L2 (gemm_tile_loop: the next chunk's weights).
 template <int M>
 void micro_kernel(const float* x, int64_t ldx, const float* tile, int64_t kc, float* y, int64_t ldy, int rows,
-                  bool first) {
+                  bool first, const uint8_t* const* prefetch, int64_t n_prefetch) {
   // The accumulators must stay in registers: GCC 12 kept a stack copy of them up to date on every k
   // step (12 stores per 12 FMAs, a third of the FMA peak) while the partial-tile epilogue read them
   // through memory. Full tiles are therefore written straight from the registers.
@@ -385,6 +386,7 @@ void micro_kernel(const float* x, int64_t ldx, const float* tile, int64_t kc, fl
 #pragma GCC unroll 8
   for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
+    if (k < n_prefetch) _mm_prefetch(reinterpret_cast<const char*>(prefetch[k]), _MM_HINT_T1);
     const __m256 w0 = _mm256_load_ps(tile + k * kTileRows), w1 = _mm256_load_ps(tile + k * kTileRows + 8);
 #pragma GCC unroll 8
     for (int m = 0; m < M; ++m) {
@@ -427,8 +429,9 @@ void gemm_tiles(const WeightView& w, const float* x, float* y, int64_t ldy, int6
   gemm_tile_loop<kTileRows, kTileCols, kMr>(
       w, x, y, ldy, tokens, tile0, tile1, tile,
       [&](int64_t r0, int64_t k0, int64_t kc, float* t) { decode_tile_avx2(w, r0, kTileRows, k0, kc, t); },
-      [&](auto m, const float* xt, const float* t, int64_t kc, float* yt, int rows, bool first) {
-        micro_kernel<decltype(m)::value>(xt, K, t, kc, yt, N, rows, first);
+      [&](auto m, const float* xt, const float* t, int64_t kc, float* yt, int rows, bool first,
+          const uint8_t* const* prefetch, int64_t n_prefetch) {
+        micro_kernel<decltype(m)::value>(xt, K, t, kc, yt, N, rows, first, prefetch, n_prefetch);
       });
 }
 

@@ -209,9 +209,11 @@ void gemv_rows(const WeightView& w, const float* x, const float* xd, float* y, i
 constexpr int kTileRows = int(kAvx512TileRows), kTileCols = 256, kMr = 12;
 
 // acc[m][32] += x[m tokens, kc] · tile[kc][32]; stored into y on the first K chunk, added after.
+// Step k < n_prefetch prefetches prefetch[k] into L2 (gemm_tile_loop: the next chunk's weights).
 template <int M>
-__attribute__((noinline)) void micro_kernel(const float* x, int64_t ldx, const float* tile, int64_t kc, float* y, int64_t ldy, int rows,
-                  bool first) {
+__attribute__((noinline)) void micro_kernel(const float* x, int64_t ldx, const float* tile, int64_t kc, float* y,
+                                            int64_t ldy, int rows, bool first, const uint8_t* const* prefetch,
+                                            int64_t n_prefetch) {
   __m512 acc[M][2];
   for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
   // One pointer per token row, advanced together: GCC 12 otherwise kept the M row offsets on the
@@ -219,6 +221,7 @@ __attribute__((noinline)) void micro_kernel(const float* x, int64_t ldx, const f
   const float* xr[M];
   for (int m = 0; m < M; ++m) xr[m] = x + m * ldx;
   for (int64_t k = 0; k < kc; ++k) {
+    if (k < n_prefetch) _mm_prefetch(reinterpret_cast<const char*>(prefetch[k]), _MM_HINT_T1);
     const __m512 w0 = _mm512_load_ps(tile + k * kTileRows), w1 = _mm512_load_ps(tile + k * kTileRows + 16);
     for (int m = 0; m < M; ++m) {
       const __m512 xb = _mm512_set1_ps(xr[m][k]);
@@ -405,8 +408,9 @@ void gemm_tiles(const WeightView& w, const float* x, float* y, int64_t ldy, int6
         if (kind == Kind::E4m3 && w.block_cols % 64 == 0) return decode_e4m3_tile(w, r0, k0, kc, t);
         decode_tile_avx2(w, r0, kTileRows, k0, kc, t);
       },
-      [&](auto m, const float* xt, const float* t, int64_t kc, float* yt, int rows, bool first) {
-        micro_kernel<decltype(m)::value>(xt, K, t, kc, yt, N, rows, first);
+      [&](auto m, const float* xt, const float* t, int64_t kc, float* yt, int rows, bool first,
+          const uint8_t* const* prefetch, int64_t n_prefetch) {
+        micro_kernel<decltype(m)::value>(xt, K, t, kc, yt, N, rows, first, prefetch, n_prefetch);
       });
 }
 
