@@ -65,7 +65,7 @@ TEST(Calibration, FilesMixInProportionAndTheShorterIsReused) {
   EXPECT_GE(from_b, 3 * from_a - 3);
   EXPECT_LE(std::abs(count[b[0]] - count[b[1]]), 1);  // reused in turn
 
-  // The longer file with the larger weight: nothing is reused (a:3 gives 7, b:1 its 2 and more).
+  // The longer file with the larger weight: nothing is reused (a:3 gives its 7, b:1 its 2).
   const Seqs heavy_long = load_calibration({fa + ":3", fb}, 1000, 512, nullptr, nullptr, 1000);
   count.clear();
   for (const auto& s : heavy_long) ++count[s];
