@@ -87,7 +87,10 @@ class Checkpoint {
   std::map<std::string, TensorRef> tensors_;
 };
 
-// Writes tensors as one safetensors file (used by `m2 synth`, `--logits-out` and the tests).
+// Writes tensors as one safetensors file (used by `m2 synth`, `m2 quantize`, `--logits-out` and the
+// tests). Every tensor whose size is a multiple of kTensorAlignment bytes starts at a file offset (and
+// so at an mmap address) that is a multiple of it; the others are written after them.
+constexpr size_t kTensorAlignment = 64;
 struct TensorToWrite {
   std::string name;
   DType dtype;

@@ -53,6 +53,32 @@ TEST(Safetensors, WriteThenReadRoundTrip) {
   EXPECT_EQ(f.metadata().at("format"), "pt");
 }
 
+TEST(Safetensors, TensorsOfWholeCacheLinesStartOnCacheLines) {
+  // A 4-byte scalar first and a 6-byte vector between the weights (as in NVFP4 checkpoints' global
+  // scales): written in the given order with an 8-byte header padding, the weights behind them would
+  // start 4 or 10 bytes past a 64-byte boundary.
+  test::TempDir dir;
+  std::vector<uint8_t> scalar(4, 1), odd(6, 2), w1(128), w2(64 * 7);
+  for (size_t i = 0; i < w1.size(); ++i) w1[i] = uint8_t(3 + i);
+  for (size_t i = 0; i < w2.size(); ++i) w2[i] = uint8_t(5 * i + 1);
+  write_safetensors(dir.path / "a.safetensors", {{"scale", DType::F32, {}, scalar},
+                                                  {"w1", DType::BF16, {2, 32}, w1},
+                                                  {"odd", DType::U8, {6}, odd},
+                                                  {"w2", DType::U8, {7, 64}, w2}});
+  SafetensorsFile f(dir.path / "a.safetensors");
+  ASSERT_EQ(f.tensors().size(), 4u);
+  for (const char* name : {"w1", "w2"})
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(f.tensors().at(name).data) % kTensorAlignment, 0u) << name;
+  auto bytes = [&](const char* name) {
+    const TensorRef& t = f.tensors().at(name);
+    return std::vector<uint8_t>(t.data, t.data + t.nbytes);
+  };
+  EXPECT_EQ(bytes("scale"), scalar);
+  EXPECT_EQ(bytes("w1"), w1);
+  EXPECT_EQ(bytes("odd"), odd);
+  EXPECT_EQ(bytes("w2"), w2);
+}
+
 TEST(Safetensors, EveryTruncationIsACleanError) {
   test::TempDir dir;
   std::vector<float> a(64, 1.5f);

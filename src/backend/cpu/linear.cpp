@@ -239,25 +239,25 @@ void linear(const WeightView& w, const float* x, float* y, int64_t tokens, Threa
   path = resolve_linear_path(path);
   LinearJob job{&w, x, x, nullptr, y, w.rows, tokens};
   if (linear_wants_bf16(path, act, w)) {
-    thread_local std::vector<uint16_t> xb;  // grows once; the decode loop then reuses it
-    if (int64_t(xb.size()) < tokens * w.cols) xb.resize(size_t(tokens * w.cols));
-    bf16_rows(x, tokens, w.cols, bf16_layout(w), xb.data(), pool);
-    job.xb = xb.data();
+    thread_local std::vector<uint16_t> xb;
+    uint16_t* p = aligned_scratch(xb, tokens * w.cols);
+    bf16_rows(x, tokens, w.cols, bf16_layout(w), p, pool);
+    job.xb = p;
   } else if (linear_wants_q8(path, act, w, tokens)) {
-    thread_local std::vector<uint8_t> q8;  // grows once; the decode loop then reuses it
-    if (int64_t(q8.size()) < tokens * q8_row_bytes(w.cols)) q8.resize(size_t(tokens * q8_row_bytes(w.cols)));
-    quantize_q8_rows(x, tokens, w.cols, q8.data(), pool);
-    job.xq = q8.data();
+    thread_local std::vector<uint8_t> q8;
+    uint8_t* p = aligned_scratch(q8, tokens * q8_row_bytes(w.cols));
+    quantize_q8_rows(x, tokens, w.cols, p, pool);
+    job.xq = p;
   } else if (linear_rounds_q8(path, act, w)) {  // 5+ tokens: the fp32 tiles on the same rounded x
     thread_local std::vector<float> rounded;
-    if (int64_t(rounded.size()) < tokens * w.cols) rounded.resize(size_t(tokens * w.cols));
-    round_q8(x, tokens, w.cols, rounded.data(), pool);
-    job.x = job.xd = rounded.data();
+    float* p = aligned_scratch(rounded, tokens * w.cols);
+    round_q8(x, tokens, w.cols, p, pool);
+    job.x = job.xd = p;
   } else if (const XLayout layout = linear_x_layout(path, w, tokens); layout != XLayout::Plain) {
-    thread_local std::vector<float> buf;  // grows once; the decode loop then reuses it
-    if (int64_t(buf.size()) < tokens * w.cols) buf.resize(size_t(tokens * w.cols));
-    prepare_x(layout, x, tokens, w.cols, buf.data());
-    job.xd = buf.data();
+    thread_local std::vector<float> buf;
+    float* p = aligned_scratch(buf, tokens * w.cols);
+    prepare_x(layout, x, tokens, w.cols, p);
+    job.xd = p;
   }
   pool.parallel_for_dynamic(w.rows, [&](int64_t r0, int64_t r1, int) { linear_rows(path, job, r0, r1); },
                             linear_grain(path, w, tokens), kLinearChunksPerThread);

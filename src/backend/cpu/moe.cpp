@@ -141,28 +141,28 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
     if (row0 != w.rows) fail<InvalidArgument>("grouped_linear: expert {} has {} rows, expected {}", e, row0, w.rows);
   }
   if (layout != XLayout::Plain) {
-    if (int64_t(x_prepared_.size()) < S * w.cols) x_prepared_.resize(size_t(S * w.cols));
-    prepare_x(layout, xp, S, w.cols, x_prepared_.data());
-    xd = x_prepared_.data();
+    float* p = aligned_scratch(x_prepared_, S * w.cols);
+    prepare_x(layout, xp, S, w.cols, p);
+    xd = p;
   }
   if (rounded) {  // experts with 5+ rows: the fp32 tiles on the Q8-rounded input
-    if (int64_t(x_rounded_.size()) < S * w.cols) x_rounded_.resize(size_t(S * w.cols));
-    round_q8(xp, S, w.cols, x_rounded_.data(), pool_);
+    float* p = aligned_scratch(x_rounded_, S * w.cols);
+    round_q8(xp, S, w.cols, p, pool_);
     for (auto& it : group_items_)
-      if (it.rounded) it.job.x = x_rounded_.data() + (it.job.x - xp);
+      if (it.rounded) it.job.x = p + (it.job.x - xp);
   }
   if (q8) {
     const int64_t rb = q8_row_bytes(w.cols);
-    if (int64_t(x_q8_.size()) < S * rb) x_q8_.resize(size_t(S * rb));
-    quantize_q8_rows(xp, S, w.cols, x_q8_.data(), pool_);
+    uint8_t* p = aligned_scratch(x_q8_, S * rb);
+    quantize_q8_rows(xp, S, w.cols, p, pool_);
     for (auto& it : group_items_)
-      if (it.q8) it.job.xq = x_q8_.data() + (it.job.x - xp) / w.cols * rb;
+      if (it.q8) it.job.xq = p + (it.job.x - xp) / w.cols * rb;
   }
   if (bf16) {
-    if (int64_t(x_bf16_.size()) < S * w.cols) x_bf16_.resize(size_t(S * w.cols));
-    bf16_rows(xp, S, w.cols, *bf16, x_bf16_.data(), pool_);
+    uint16_t* p = aligned_scratch(x_bf16_, S * w.cols);
+    bf16_rows(xp, S, w.cols, *bf16, p, pool_);
     for (auto& it : group_items_)
-      if (it.bf16) it.job.xb = x_bf16_.data() + (it.job.x - xp);
+      if (it.bf16) it.job.xb = p + (it.job.x - xp);
   }
   double total = 0;
   for (auto& it : group_items_) {
