@@ -7,7 +7,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 #include <memory>
+#include <tuple>
 #include <fmt/format.h>
 
 #include "backend/cpu/linear.h"
@@ -33,15 +35,19 @@ struct Format {
 const Format kFormats[] = {{"bf16", WeightFormat::Dense, DType::BF16},
                            {"fp8", WeightFormat::Fp8Block, DType::F8_E4M3},
                            {"nvfp4", WeightFormat::Nvfp4, DType::U8},
-                           {"mxfp4", WeightFormat::Mxfp4, DType::U8}};
+                           {"mxfp4", WeightFormat::Mxfp4, DType::U8},
+                           {"fp8-e5m2", WeightFormat::Fp8Block, DType::F8_E5M2}};
 
 // `copies` expert w1 matrices [1536, 3072] of the format; cycled so the working set exceeds caches.
-std::vector<test::OwnedWeight>& weights(int f, int copies) {
-  static std::map<std::pair<int, int>, std::vector<test::OwnedWeight>> cache;
-  auto& v = cache[{f, copies}];
+// Their elements start `offset` bytes past a cache line: 0 as m2's own files store them
+// (write_safetensors), others as other writers may.
+std::vector<test::OwnedWeight>& weights(int f, int copies, int64_t offset = 0) {
+  static std::map<std::tuple<int, int, int64_t>, std::vector<test::OwnedWeight>> cache;
+  auto& v = cache[{f, copies, offset}];
   if (v.empty()) {
     std::mt19937_64 rng(7);
-    for (int i = 0; i < copies; ++i) v.push_back(test::random_weight(kFormats[f].format, kFormats[f].dtype, 1536, 3072, rng));
+    for (int i = 0; i < copies; ++i)
+      v.push_back(test::random_weight(kFormats[f].format, kFormats[f].dtype, 1536, 3072, rng, 128, offset));
   }
   return v;
 }
@@ -116,11 +122,11 @@ void BM_LinearDecode(benchmark::State& state) {
 // GB), and keeps the ratio of the two rates. This VM's bandwidth moves between ~34 and ~57 GB/s
 // within seconds, so a limit measured once before a 1 s benchmark says little about the benchmark's
 // own moments; the median of these paired ratios does. Counters: median, 10th and 90th percentile
-// of the ratio, and the median rates.
+// of the ratio, and the median rates. range(2): the weights' offset past a cache line in bytes.
 void BM_LinearDecodeBesideRead(benchmark::State& state) {
   const int f = int(state.range(0));
   const Activations act = state.range(1) ? Activations::Q8Bf16 : Activations::F32;  // q8 for FP4 weights
-  auto& ws = weights(f, 96);
+  auto& ws = weights(f, 96, state.range(2));
   static const bench::ReadBuffer buffer(size_t(256) << 20);
   std::mt19937_64 rng(1);
   auto x = test::random_floats(rng, 3072);
@@ -173,7 +179,7 @@ void BM_LinearPrefill(benchmark::State& state) {
 // sequences, two groups of 4 where the gemv takes it), a weight of ~384 KB that stays
 // in L2 (the rows of an expert w1 matrix that fill it). Against the per-thread read limit
 // (BM_ReadBandwidth / threads) it says whether a decode that misses its limit waits on memory or on
-// instructions.
+// instructions. range(3): E4M3 subnormal codes per million (FP8 only; 0 elsewhere).
 void BM_LinearInL2(benchmark::State& state) {
   static ThreadPool one(1);
   const int f = int(state.range(0));
@@ -181,7 +187,12 @@ void BM_LinearInL2(benchmark::State& state) {
   const int64_t row_bytes = kFormats[f].format == WeightFormat::Dense ? 2 * 3072 : kFormats[f].format == WeightFormat::Fp8Block ? 3072 : 3072 / 2;
   const int64_t rows = (384 << 10) / row_bytes / 32 * 32;
   std::mt19937_64 rng(7);
-  const auto w = test::random_weight(kFormats[f].format, kFormats[f].dtype, rows, 3072, rng);
+  auto w = test::random_weight(kFormats[f].format, kFormats[f].dtype, rows, 3072, rng);
+  if (state.range(3) > 0) {  // subnormal codes (E4M3 exponent field 0), this many per million
+    std::uniform_int_distribution<int> per_million(0, 999'999);
+    for (auto& b : w.data)
+      if (per_million(rng) < state.range(3)) b = uint8_t((b & 0x80) | (1 + rng() % 7));
+  }
   const int64_t tokens = state.range(2);
   auto x = test::random_floats(rng, size_t(tokens) * 3072);
   std::vector<float> y(static_cast<size_t>(tokens * rows), 0.0f);
@@ -197,8 +208,10 @@ void BM_LinearInL2(benchmark::State& state) {
 }  // namespace
 
 BENCHMARK(BM_LinearInL2)
-    ->ArgsProduct({{0, 1, 2, 3}, {0, 1}, {1, 2, 4, 8}})
-    ->ArgNames({"format", "q8", "tokens"})
+    ->ArgsProduct({{0, 1, 2, 3}, {0, 1}, {1, 2, 4, 8}, {0}})
+    ->ArgsProduct({{4}, {0}, {1, 2, 4, 8}, {0}})
+    ->ArgsProduct({{1}, {0, 1}, {1, 4}, {300, 1000}})  // E4M3 with subnormal codes (see linear_fp8_avx512.cpp)
+    ->ArgNames({"format", "q8", "tokens", "subnormal_ppm"})
     ->UseRealTime()
     ->MinTime(0.5);
 BENCHMARK(BM_ReadBandwidth)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
@@ -216,8 +229,10 @@ BENCHMARK(BM_LinearDecode)
     ->UseRealTime()
     ->MinTime(1.0);
 BENCHMARK(BM_LinearDecodeBesideRead)
-    ->ArgsProduct({{0, 1, 2, 3}, {0, 1}})
-    ->ArgNames({"format", "q8"})
+    ->ArgsProduct({{0, 1, 2, 3}, {0, 1}, {0}})
+    ->ArgsProduct({{4}, {0}, {0}})
+    ->ArgsProduct({{0, 1, 2, 3}, {0}, {8, 40}})  // off the line, as in other writers' files
+    ->ArgNames({"format", "q8", "offset"})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->Iterations(30);

@@ -37,8 +37,8 @@ std::vector<LinearPath> this_cpu_paths() {
 }
 
 void check_paths(const FormatCase& f, int64_t rows, int64_t cols, int64_t tokens, std::mt19937_64& rng,
-                 ThreadPool& pool) {
-  auto w = test::random_weight(f.format, f.dtype, rows, cols, rng);
+                 ThreadPool& pool, int64_t data_offset = 0) {
+  auto w = test::random_weight(f.format, f.dtype, rows, cols, rng, 128, data_offset);
   auto x = test::random_floats(rng, size_t(tokens * cols));
   std::vector<float> ref(size_t(tokens * rows)), got(size_t(tokens * rows), NAN);
   linear_ref(w.view, x.data(), ref.data(), tokens);
@@ -46,7 +46,8 @@ void check_paths(const FormatCase& f, int64_t rows, int64_t cols, int64_t tokens
     std::fill(got.begin(), got.end(), NAN);
     linear(w.view, x.data(), got.data(), tokens, pool, path);
     EXPECT_LE(test::rel_err(got.data(), ref.data(), got.size()), f.tolerance)
-        << f.name << " path " << int(path) << " rows " << rows << " cols " << cols << " tokens " << tokens;
+        << f.name << " path " << int(path) << " rows " << rows << " cols " << cols << " tokens " << tokens
+        << " data offset " << data_offset;
   }
 }
 
@@ -61,6 +62,18 @@ TEST(Linear, FastPathsMatchReferenceForEveryFormat) {
     if (!fp4) shapes.push_back({5, 21});
     for (auto [rows, cols] : shapes)
       for (int64_t tokens : {1, 2, 3, 4, 5, 6, 7, 13, 40}) check_paths(f, rows, cols, tokens, rng, pool);
+  }
+}
+
+// Weights that do not start on a cache line (other writers' safetensors files: 8-byte header padding,
+// tensors of any size before them), at every token count of the gemv and into the tiles.
+TEST(Linear, WeightsOffCacheLinesMatchReference) {
+  std::mt19937_64 rng(test::fresh_seed());
+  ThreadPool pool(2);
+  for (const auto& f : kFormats) {
+    const int64_t element = f.format == WeightFormat::Dense ? int64_t(dtype_size(f.dtype)) : 1;
+    for (int64_t offset : {element, int64_t(8), int64_t(40), int64_t(64 - element)})
+      for (int64_t tokens : {1, 2, 3, 4, 5, 8, 17}) check_paths(f, 64, 256, tokens, rng, pool, offset);
   }
 }
 
@@ -138,10 +151,11 @@ TEST(Linear, Fp8RaggedEdgeBlocksAndSmallBlocks) {
 // reference row by row, at 1-4 tokens (the gemv paths) and 5 (tiles); x spans 2^-20..2^20 so that
 // products cover the range the kernels rescale. 288 columns (two 128-column blocks and a 32-column
 // one) run the AVX2 gemv everywhere; 320 (a last block of 64) runs the AVX-512 one where it exists.
-void check_every_e4m3_code(int64_t cols, std::mt19937_64& rng, ThreadPool& pool) {
+// E5M2 the same way, every finite code (its AVX-512 gemv is the VBMI table decode).
+void check_every_fp8_code(DType dtype, int64_t cols, std::mt19937_64& rng, ThreadPool& pool) {
   std::vector<uint8_t> codes;
   for (int c = 0; c < 256; ++c)
-    if ((c & 0x7F) != 0x7F) codes.push_back(uint8_t(c));
+    if (dtype == DType::F8_E4M3 ? (c & 0x7F) != 0x7F : (c & 0x7C) != 0x7C) codes.push_back(uint8_t(c));
   const int64_t rows = int64_t(codes.size());
   std::vector<uint8_t> data(size_t(rows * cols));
   for (int64_t r = 0; r < rows; ++r)
@@ -154,9 +168,9 @@ void check_every_e4m3_code(int64_t cols, std::mt19937_64& rng, ThreadPool& pool)
     const float s = std::exp2(log_scale(rng));
     std::memcpy(scales.data() + 4 * i, &s, 4);
   }
-  WeightView w{"every_e4m3_code", WeightFormat::Fp8Block, DType::F8_E4M3, rows, cols, data.data(), cols,
+  WeightView w{"every_fp8_code", WeightFormat::Fp8Block, dtype, rows, cols, data.data(), cols,
                scales.data(), scols, block, block, 1.0f, 0};
-  if (cpu_features().avx512) {
+  if (cpu_features().avx512 && dtype == DType::F8_E4M3) {
     ASSERT_EQ(linear_x_layout(LinearPath::Avx512, w, 1), cols % 64 == 0 ? XLayout::E4m3Quads64 : XLayout::E4m3Quads);
   }
   std::uniform_real_distribution<float> log_x(-20.0f, 20.0f);
@@ -185,7 +199,13 @@ void check_every_e4m3_code(int64_t cols, std::mt19937_64& rng, ThreadPool& pool)
 TEST(Linear, Fp8EveryE4m3CodeRowByRow) {
   std::mt19937_64 rng(test::fresh_seed());
   ThreadPool pool(2);
-  for (int64_t cols : {288, 320}) check_every_e4m3_code(cols, rng, pool);
+  for (int64_t cols : {288, 320}) check_every_fp8_code(DType::F8_E4M3, cols, rng, pool);
+}
+
+TEST(Linear, Fp8EveryE5m2CodeRowByRow) {
+  std::mt19937_64 rng(test::fresh_seed());
+  ThreadPool pool(2);
+  for (int64_t cols : {288, 320}) check_every_fp8_code(DType::F8_E5M2, cols, rng, pool);
 }
 
 TEST(Linear, Fp4NibbleOrderAndScales) {

@@ -1,5 +1,7 @@
 // Random weights of every stored format, owning their bytes, for kernel tests and benchmarks.
 #pragma once
+#include <cstdint>
+#include <cstring>
 #include <map>
 #include <random>
 #include <vector>
@@ -16,16 +18,43 @@ inline std::vector<float> random_floats(std::mt19937_64& rng, size_t n, float st
   return v;
 }
 
+// Bytes that start `offset` bytes past a 64-byte line: at 0 where m2's own files put a tensor
+// (write_safetensors), elsewhere where other writers may (the kernels must give the same results).
+class LineBytes {
+ public:
+  explicit LineBytes(int64_t offset = 0) : offset_(offset) {}
+  LineBytes(LineBytes&&) = default;  // the buffer moves with its bytes
+  LineBytes& operator=(LineBytes&&) = default;
+  LineBytes(const LineBytes&) = delete;
+  void resize(size_t n) {
+    buf_.assign(n + 64 + size_t(offset_), 0);
+    begin_ = buf_.data() + (64 - reinterpret_cast<uintptr_t>(buf_.data()) % 64) % 64 + offset_;
+    size_ = n;
+  }
+  uint8_t* data() { return begin_; }
+  uint8_t* begin() { return begin_; }
+  uint8_t* end() { return begin_ + size_; }
+  size_t size() const { return size_; }
+
+ private:
+  int64_t offset_;
+  std::vector<uint8_t> buf_;
+  uint8_t* begin_ = nullptr;
+  size_t size_ = 0;
+};
+
 struct OwnedWeight {
-  std::vector<uint8_t> data, scales;
+  LineBytes data;
+  std::vector<uint8_t> scales;
   WeightView view;
 };
 
 // Every code and scale is random (never zero everywhere): E2M1 codes uniform over all 16, block
-// scales spread over two octaves, FP8 elements from normal values.
+// scales spread over two octaves, FP8 elements from normal values. The elements start data_offset
+// bytes past a 64-byte line.
 inline OwnedWeight random_weight(WeightFormat format, DType dtype, int64_t rows, int64_t cols, std::mt19937_64& rng,
-                                 int fp8_block = 128) {
-  OwnedWeight w;
+                                 int fp8_block = 128, int64_t data_offset = 0) {
+  OwnedWeight w{LineBytes(data_offset), {}, {}};
   WeightView& v = w.view;
   v.name = "test";
   v.format = format;

@@ -6,6 +6,7 @@
 
 #include "backend/cpu/cpu_features.h"
 #include "backend/cpu/q8_rows.h"
+#include "core/dtype.h"
 #include "core/error.h"
 
 namespace m2 {
@@ -186,6 +187,18 @@ void prepare_x(XLayout layout, const float* x, int64_t tokens, int64_t K, float*
     const float* xt = x + t * K;
     float* ot = out + t * K;
     int64_t k0 = 0;
+    if (layout == XLayout::Fp8Bf16Pairs64) {
+      for (; k0 + 64 <= K; k0 += 64)
+        for (int d = 0; d < 16; ++d) {
+          const int64_t c = k0 + 16 * (d / 4) + 2 * (d % 4);
+          ot[k0 + d] = xt[c];
+          ot[k0 + 16 + d] = xt[c + 1];
+          ot[k0 + 32 + d] = xt[c + 8];
+          ot[k0 + 48 + d] = xt[c + 9];
+        }
+      for (; k0 < K; ++k0) ot[k0] = xt[k0];
+      continue;
+    }
     if (layout == XLayout::E4m3Quads64) {
       for (; k0 + 64 <= K; k0 += 64)
         for (int q = 0; q < 4; ++q)
@@ -207,6 +220,23 @@ void prepare_x(XLayout layout, const float* x, int64_t tokens, int64_t K, float*
     for (; k0 < K; ++k0) ot[k0] = xt[k0];
   }
 }
+
+namespace detail {
+Fp8Bf16Tables make_fp8_bf16_tables(bool e5m2) {
+  Fp8Bf16Tables t;
+  for (int c = 0; c < 128; ++c) {
+    const float v = e5m2 ? f16_to_f32(uint16_t(c << 8)) : kE4M3ToF32[size_t(c)];
+    const uint16_t b = f32_to_bf16(v);
+    t.hi[c] = uint8_t(b >> 8);
+    t.lo[c] = uint8_t(b & 0xFF);
+  }
+  return t;
+}
+const Fp8Bf16Tables& fp8_bf16_tables(bool e5m2) {
+  static const Fp8Bf16Tables e4m3 = make_fp8_bf16_tables(false), e5m2t = make_fp8_bf16_tables(true);
+  return e5m2 ? e5m2t : e4m3;
+}
+}  // namespace detail
 
 void linear_rows(LinearPath path, const LinearJob& job, int64_t r0, int64_t r1) {
   if (job.xb) return path == LinearPath::Neon ? detail::rows_bf16_neon(job, r0, r1) : detail::rows_bf16_avx512(job, r0, r1);

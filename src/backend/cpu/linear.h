@@ -117,6 +117,9 @@ enum class XLayout {
   E4m3Quads,  // columns 4j, then 4j+1, 4j+2, 4j+3 (j = 0..7), each times kE4m3XScale (AVX2 E4M3)
   E4m3Quads64,  // per 64-column block: columns 4j, then 4j+1, 4j+2, 4j+3 (j = 0..15), times
                 // kE4m3XScale (AVX-512 E4M3); columns past the last whole 64-block as is
+  Fp8Bf16Pairs64,  // per 64-column block, lanes d = 4L + m (L, m = 0..3): columns 16L + 2m, then
+                   // 16L + 2m + 1, 16L + 8 + 2m, 16L + 9 + 2m (AVX-512 VBMI FP8, fp8_lut_avx512.h's
+                   // words split into fp32); columns past the last whole 64-block as is
 };
 constexpr float kE4m3XScale = 0x1p64f;  // see gemv_e4m3_pass: the weights decode as value × 2^-120
 XLayout linear_x_layout(LinearPath path, const WeightView& w, int64_t tokens);
@@ -155,8 +158,9 @@ void dequant_row_avx2(const WeightView& w, int64_t r, float* out);
 // Decodes W[r0 .. r0+tile_rows) × [k0 .. k0+kc) into tile[k][tile_rows], zero rows past the end.
 void decode_tile_avx2(const WeightView& w, int64_t r0, int tile_rows, int64_t k0, int64_t kc, float* tile);
 // The AVX-512 kernels (linear_avx512.cpp); only called when cpu_features().avx512.
-// 1-4 tokens of BF16 or FP4, 1-kAvx512E4m3GemvMaxTokens of E4M3 (64-column spans; past 4 in groups
-// of 4): gemv over job.xd in gemv_avx512_x_layout; more tokens: 32-row tiles; else rows_avx2.
+// 1-4 tokens of BF16 or FP4, 1-kAvx512E4m3GemvMaxTokens of E4M3 (and of E5M2 with VBMI, through
+// rows_fp8_lut_avx512; 64-column spans; past 4 in groups of 4): gemv over job.xd in
+// gemv_avx512_x_layout; more tokens: 32-row tiles; else rows_avx2.
 constexpr int64_t kAvx512E4m3GemvMaxTokens = 16;
 constexpr int64_t kAvx512Bf16GemvMaxTokens = 8;  // in groups of 4 past 4: from memory 1.3x the tiles at 6-8
 bool gemv_avx512_supports(const WeightView& w, int64_t tokens);
@@ -171,6 +175,18 @@ void rows_q8_avx512(const LinearJob& job, int64_t r0, int64_t r1);
 // cpu_features().avx512_bf16. bf16_rows_avx512 converts n floats (whole rows).
 void rows_bf16_avx512(const LinearJob& job, int64_t r0, int64_t r1);
 void bf16_rows_avx512(const float* x, int64_t n, Bf16Layout layout, uint16_t* out);
+// FP8 code & 0x7F → the high byte (sign clear) and the low byte of its value's bf16, which is exact
+// for every E4M3 and E5M2 code (fp8_lut_avx512.h looks them up).
+struct Fp8Bf16Tables {
+  alignas(64) uint8_t hi[128];
+  alignas(64) uint8_t lo[128];
+};
+const Fp8Bf16Tables& fp8_bf16_tables(bool e5m2);
+// FP8 block weights (E4M3 or E5M2; cols and block_cols multiples of 64) × fp32 x in
+// XLayout::Fp8Bf16Pairs64, 1-kAvx512E4m3GemvMaxTokens tokens (past 4 in groups of 4 over row stripes),
+// decoded through fp8_lut_avx512.h (linear_fp8_avx512.cpp); only called when
+// cpu_features().avx512_vnni_vbmi.
+void rows_fp8_lut_avx512(const LinearJob& job, int64_t r0, int64_t r1);
 // The matrix product over Q8 rows with VNNI + VBMI (linear_q8_gemm_avx512.cpp): 5+ tokens, 32-row
 // tiles (kAvx512TileRows), cols % 32 == 0; only called when cpu_features().avx512_vnni_vbmi.
 void rows_q8_gemm_avx512(const LinearJob& job, int64_t r0, int64_t r1);

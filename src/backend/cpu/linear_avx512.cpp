@@ -10,7 +10,9 @@
 //         XLayout::Pairs. Lanes 0-7 hold columns 0-15 (NVFP4 block 0), lanes 8-15 columns 16-31.
 //   E4M3: 64 bytes → four registers of fp32 bit patterns of value × 2^-120 by shifts and a mask (the
 //         AVX2 kernel's decode at twice the width, see e4m3_quads_raw there), over x in
-//         XLayout::E4m3Quads64; each scale block's sum is scaled once.
+//         XLayout::E4m3Quads64; each scale block's sum is scaled once. A subnormal code becomes an
+//         fp32 subnormal, which costs its FMA an assist on Intel cores (linear_fp8_avx512.cpp says
+//         why this decode is kept; E5M2 runs that file's table decode).
 // note: only POD fields of WeightView are touched here, so no std::string code is emitted with AVX-512.
 #if defined(__x86_64__)
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
@@ -22,6 +24,7 @@
 #include <cstring>
 #include <vector>
 
+#include "backend/cpu/cpu_features.h"
 #include "backend/cpu/gemm_driver.h"
 #include "backend/cpu/linear.h"
 #include "backend/cpu/weight_kind.h"
@@ -29,23 +32,6 @@
 namespace m2::detail {
 
 namespace {
-
-// The rows [r, r + R) of the next two passes follow in memory: one prefetch per row and 64 bytes,
-// at the offset being read, 2R rows ahead; near the last row, at the offset itself (a wasted hint
-// instead of a branch: GCC 12 drops a prefetch that is conditional on a member, measured as a 2×
-// slower FP8 gemv from memory). Into L2 (T1): into L1 (T0) the 1-token gemv from memory ran 15-30%
-// slower (BF16 26.4 against 30.7 GB/s, FP8 23.3 against 27.5, median of 4-7 rounds, 2026-12-06).
-template <int R>
-struct RowStreams {
-  const uint8_t* rows[R];
-  int64_t ahead;
-  RowStreams(const WeightView& w, int64_t r) : ahead(r + 3 * R <= w.rows ? 2 * R * w.row_bytes : 0) {
-    for (int i = 0; i < R; ++i) rows[i] = w.data + (r + i) * w.row_bytes;
-  }
-  void prefetch_at(int64_t byte) const {
-    for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + byte + ahead), _MM_HINT_T1);
-  }
-};
 
 // Columns [Ks, K) (past the SIMD columns) by the reference decoder, then y.
 template <int R, int T>
@@ -424,19 +410,22 @@ bool gemv_avx512_supports(const WeightView& w, int64_t tokens) {
     case WeightFormat::Mxfp4: return tokens <= 4;
     case WeightFormat::Fp8Block:  // whole 64-column spans inside every scale block (else the AVX2 gemv);
       // in groups of 4 up to 16 tokens: from memory 1.1-1.7x the tiles at 8-16 (BENCHMARKS.md), though
-      // in cache the tiles lead from 8
-      return w.dtype == DType::F8_E4M3 && w.block_cols % 64 == 0 && w.cols % 64 == 0 && tokens <= kAvx512E4m3GemvMaxTokens;
+      // in cache the tiles lead from 8. E5M2 only through the VBMI table decode (linear_fp8_avx512.cpp).
+      return (w.dtype == DType::F8_E4M3 || (w.dtype == DType::F8_E5M2 && cpu_features().avx512_vnni_vbmi)) &&
+             w.block_cols % 64 == 0 && w.cols % 64 == 0 && tokens <= kAvx512E4m3GemvMaxTokens;
   }
   return false;
 }
 
 XLayout gemv_avx512_x_layout(const WeightView& w) {
-  return w.format == WeightFormat::Fp8Block ? XLayout::E4m3Quads64 : XLayout::Pairs;
+  if (w.format != WeightFormat::Fp8Block) return XLayout::Pairs;
+  return w.dtype == DType::F8_E5M2 ? XLayout::Fp8Bf16Pairs64 : XLayout::E4m3Quads64;
 }
 
 void rows_avx512(const LinearJob& job, int64_t r0, int64_t r1) {
   const WeightView& w = *job.w;
   if (gemv_avx512_supports(w, job.tokens)) {
+    if (w.format == WeightFormat::Fp8Block && w.dtype == DType::F8_E5M2) return rows_fp8_lut_avx512(job, r0, r1);
     // Past 4 tokens in groups of 4 over the same row stripe, which the later groups read from L2.
     const int64_t K = w.cols;
     for_row_stripes(w, r0, r1, [&](int64_t s0, int64_t s1) {

@@ -32,6 +32,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "backend/cpu/fp8_lut_avx512.h"
 #include "backend/cpu/gemm_driver.h"
 #include "backend/cpu/linear.h"
 #include "core/dtype.h"
@@ -134,39 +135,6 @@ void bf16_rows(const LinearJob& job, int64_t r0, int64_t r1) {
 }
 
 
-// E4M3 / E5M2 code & 0x7F → the high byte (sign clear) and the low byte of its value's bf16.
-struct Fp8Bf16Tables {
-  alignas(64) uint8_t hi[128];
-  alignas(64) uint8_t lo[128];
-};
-Fp8Bf16Tables make_fp8_bf16_tables(bool e5m2) {
-  Fp8Bf16Tables t;
-  for (int c = 0; c < 128; ++c) {
-    const float v = e5m2 ? f16_to_f32(uint16_t(c << 8)) : kE4M3ToF32[size_t(c)];
-    const uint16_t b = f32_to_bf16(v);
-    t.hi[c] = uint8_t(b >> 8);
-    t.lo[c] = uint8_t(b & 0xFF);
-  }
-  return t;
-}
-const Fp8Bf16Tables& fp8_bf16_tables(bool e5m2) {
-  static const Fp8Bf16Tables e4m3 = make_fp8_bf16_tables(false), e5m2t = make_fp8_bf16_tables(true);
-  return e5m2 ? e5m2t : e4m3;
-}
-
-struct Fp8Lut {
-  __m512i hi0, hi1, lo0, lo1, sign;
-};
-
-// 64 FP8 codes → their bf16 in the interleaved column order (see the file comment).
-inline void fp8_to_bf16(const Fp8Lut& l, const uint8_t* p, __m512i& a, __m512i& b) {
-  const __m512i v = _mm512_loadu_si512(p);
-  const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(l.hi0, v, l.hi1), v, l.sign, 0xF8);  // hi | (v & 0x80)
-  const __m512i lo = _mm512_permutex2var_epi8(l.lo0, v, l.lo1);
-  a = _mm512_unpacklo_epi8(lo, hi);
-  b = _mm512_unpackhi_epi8(lo, hi);
-}
-
 // tot[i][t] += acc[i][t] × (row i's scale of block column cb; sc[i]: its floats per block column).
 template <int R, int G>
 inline void add_scaled(const __m512 (&acc)[R][G], const uint8_t* const* sc, int64_t cb, __m512 (&tot)[R][G]) {
@@ -246,9 +214,7 @@ template <int R, int Gmax>
 void fp8_rows(const LinearJob& job, int64_t r0, int64_t r1) {
   const WeightView& w = *job.w;
   const int64_t K = w.cols, ldw = w.row_bytes;
-  const Fp8Bf16Tables& tb = fp8_bf16_tables(w.dtype == DType::F8_E5M2);
-  const Fp8Lut l{_mm512_load_si512(tb.hi), _mm512_load_si512(tb.hi + 64), _mm512_load_si512(tb.lo),
-                 _mm512_load_si512(tb.lo + 64), _mm512_set1_epi8(int8_t(0x80))};
+  const Fp8Lut l = fp8_lut(w.dtype == DType::F8_E5M2);
   thread_local std::vector<uint16_t> buf;  // [R][K] bf16; grows once
   if (int64_t(buf.size()) < R * K) buf.resize(size_t(R * K));
   uint16_t* wb = buf.data();
