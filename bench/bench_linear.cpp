@@ -222,7 +222,7 @@ BENCHMARK(BM_Bf16DotPeak)->Unit(benchmark::kMillisecond)->Iterations(1)->UseReal
 BENCHMARK(BM_LinearDecode)
     ->ArgsProduct({{0, 1, 2, 3}, {96, 1}, {0, 1}, {1}})
     ->ArgsProduct({{0, 1, 2, 3}, {96, 1}, {0, 1}, {8}})
-    ->ArgsProduct({{0, 1}, {96, 1}, {0}, {12, 16}})  // BF16 / FP8 where the gemv hands over to the tiles
+    ->ArgsProduct({{0, 1}, {96, 1}, {0}, {2, 4, 6, 12, 16}})  // BF16 / FP8: the gemv, AMX, where the gemv hands over
     ->ArgsProduct({{0, 1}, {96, 1}, {1}, {12, 16}})  // BF16 / FP8 × bf16 rows (AVX512_BF16)
     ->ArgNames({"format", "weights", "q8", "tokens"})
     ->Unit(benchmark::kMicrosecond)

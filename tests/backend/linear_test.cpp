@@ -77,6 +77,27 @@ TEST(Linear, WeightsOffCacheLinesMatchReference) {
   }
 }
 
+// The AMX product (BF16 weights, f32, 3-16 tokens) gives each token the same bits whatever the batch:
+// every output is its own dot product over the same 32-column steps. And it stays exact: x's three
+// bf16 planes sum to x (dropping the smallest plane fails the reference tests).
+TEST(Linear, AmxTokenDoesNotDependOnItsBatch) {
+  if (!cpu_features().amx_bf16) GTEST_SKIP() << "needs AMX-BF16 (and the kernel's permission)";
+  std::mt19937_64 rng(test::fresh_seed());
+  ThreadPool pool(2);
+  for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{37, 256}, {131, 608}}) {
+    auto w = test::random_weight(WeightFormat::Dense, DType::BF16, rows, cols, rng);
+    auto x = test::random_floats(rng, size_t(detail::kAmxMaxTokens * cols));
+    std::vector<float> all(size_t(detail::kAmxMaxTokens * rows)), some(all.size());
+    linear(w.view, x.data(), all.data(), detail::kAmxMaxTokens, pool);
+    for (int64_t tokens = detail::kAmxMinTokens; tokens < detail::kAmxMaxTokens; ++tokens) {
+      ASSERT_TRUE(linear_runs_on_amx(resolve_linear_path(LinearPath::Auto), Activations::F32, w.view, tokens));
+      linear(w.view, x.data(), some.data(), tokens, pool);
+      EXPECT_EQ(std::memcmp(some.data(), all.data(), size_t(tokens * rows) * 4), 0)
+          << "rows " << rows << " cols " << cols << ": the first " << tokens << " tokens alone";
+    }
+  }
+}
+
 // A row-parallel shard is a column slice that keeps its parent's row stride (slice_cols): every path
 // must read only its columns, and the tiles' prefetch of the next chunk must size a row's piece by
 // its columns, not by the stride (it once overflowed its line list on a TP-4 shard).
@@ -117,6 +138,7 @@ TEST(Linear, Avx512TilesEqualTheAvx2TilesBitForBit) {
       // BF16 and E4M3 run the AVX-512 gemv up to their kAvx512*GemvMaxTokens, tiles past it.
       for (int64_t tokens : {5, 9, 12, 13, 17, 29}) {
         if (format == WeightFormat::Dense && tokens <= detail::kAvx512Bf16GemvMaxTokens) continue;
+        if (format == WeightFormat::Dense && cpu_features().amx_bf16 && detail::amx_supports(w.view, tokens)) continue;
         if (format == WeightFormat::Fp8Block && tokens <= detail::kAvx512E4m3GemvMaxTokens) continue;
         auto x = test::random_floats(rng, size_t(tokens * cols));
         std::vector<float> avx2(size_t(tokens * rows)), avx512(size_t(tokens * rows), NAN);
@@ -390,7 +412,12 @@ TEST(Linear, GemvRowDoesNotDependOnItsRange) {
           LinearJob job{&w.view, x.data(), x.data(), nullptr, split.data(), rows, tokens};
           std::vector<uint8_t> q8(size_t(tokens * q8_row_bytes(cols)));
           std::vector<float> xd(x.size());
-          if (linear_wants_q8(path, act, w.view, tokens)) {
+          std::vector<uint32_t> xamx;
+          if (linear_runs_on_amx(path, act, w.view, tokens)) {
+            xamx.resize(size_t(amx_x_words(tokens, cols)));
+            amx_split_x(x.data(), tokens, cols, xamx.data());
+            job.xamx = xamx.data();
+          } else if (linear_wants_q8(path, act, w.view, tokens)) {
             quantize_q8_rows(x.data(), tokens, cols, q8.data());
             job.xq = q8.data();
           } else if (const XLayout layout = linear_x_layout(path, w.view, tokens); layout != XLayout::Plain) {

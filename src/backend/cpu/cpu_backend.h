@@ -68,6 +68,7 @@ class CpuBackend final : public Backend {
   std::vector<uint8_t> x_q8_;               // [S, q8_row_bytes(cols)] grouped-linear input as Q8 rows
   std::vector<float> x_rounded_;            // [S, cols] grouped-linear input rounded to Q8 (5+ rows)
   std::vector<uint16_t> x_bf16_;            // [S, cols] grouped-linear input as bf16 rows
+  std::vector<uint32_t> x_amx_;             // grouped-linear input as AMX operands, amx_x_words(S, cols)
   struct GroupItem {                        // one expert × part of a grouped call
     LinearJob job;
     int64_t grain, units;                   // rows per work unit, units
@@ -75,6 +76,7 @@ class CpuBackend final : public Backend {
     bool q8;                                // the job reads Q8 rows of x
     bool rounded;                           // the job reads x rounded to Q8 (fp32 tiles)
     bool bf16;                              // the job reads bf16 rows of x
+    bool amx;                               // the job reads x as AMX operands (per expert)
   };
   std::vector<GroupItem> group_items_;
 };

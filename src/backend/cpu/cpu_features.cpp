@@ -5,6 +5,10 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
+#if defined(__x86_64__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #if defined(__aarch64__)
 #include <asm/hwcap.h>
 #include <sys/auxv.h>
@@ -30,6 +34,16 @@ CpuFeatures detect() {
   f.avx512_bf16 = f.avx512 && __builtin_cpu_supports("avx512bf16");
   // M2_CPU_NO_BF16=1 runs BF16 weights on the exact fp32 kernels whatever the activations.
   if (const char* b = std::getenv("M2_CPU_NO_BF16"); b && std::string(b) == "1") f.avx512_bf16 = false;
+#if defined(__x86_64__) && defined(__linux__)
+  // AMX: CPUID leaf 7 EDX bits 22 (AMX-BF16) and 24 (AMX-TILE); Linux then grants the tile data state
+  // to a process that asks for it (arch_prctl ARCH_REQ_XCOMP_PERM = 0x1023, XTILEDATA = 18; 5.16+).
+  // M2_CPU_NO_AMX=1 runs BF16 weights on the AVX-512 fp32 kernels instead.
+  unsigned a7 = 0, b7 = 0, c7 = 0, d7 = 0;
+  const bool amx_cpu = __get_cpuid_count(7, 0, &a7, &b7, &c7, &d7) && (d7 & (1u << 22)) && (d7 & (1u << 24));
+  const char* no_amx = std::getenv("M2_CPU_NO_AMX");
+  if (f.avx512_bf16 && amx_cpu && !(no_amx && std::string(no_amx) == "1"))
+    f.amx_bf16 = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#endif
 #endif
 #if defined(__aarch64__)
   f.neon = true;
@@ -40,7 +54,7 @@ CpuFeatures detect() {
 #endif
   // M2_CPU_GENERIC=1 forces the portable kernels (for tests and for comparing paths).
   if (const char* g = std::getenv("M2_CPU_GENERIC"); g && std::string(g) == "1")
-    f.avx2_fma_f16c = f.avx512 = f.avx512_vnni_vbmi = f.avx512_bf16 = f.neon = f.dotprod = f.neon_bf16 = false;
+    f.avx2_fma_f16c = f.avx512 = f.avx512_vnni_vbmi = f.avx512_bf16 = f.amx_bf16 = f.neon = f.dotprod = f.neon_bf16 = false;
   return f;
 }
 }  // namespace
@@ -55,6 +69,7 @@ std::string CpuFeatures::describe() const {
     if (!avx512) return "avx2+fma+f16c";
     std::string extra = avx512_vnni_vbmi ? "vnni/vbmi" : "";
     if (avx512_bf16) extra += extra.empty() ? "bf16" : "/bf16";
+    if (amx_bf16) extra += "/amx";
     return "avx512" + (extra.empty() ? std::string() : " (+" + extra + ")") + " gemv + avx2/fma/f16c";
   }
   if (neon) return std::string("neon") + (dotprod ? "+dotprod" : "") + (neon_bf16 ? "+bf16" : "");

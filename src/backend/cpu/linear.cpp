@@ -175,7 +175,22 @@ int64_t linear_grain(LinearPath path, const WeightView& w, int64_t tokens) {
   }
 }
 
+// Whether a product runs on AMX (f32 activations; LinearJob::x as given, no layout).
+bool runs_on_amx(LinearPath path, const WeightView& w, int64_t tokens) {
+  return path == LinearPath::Avx512 && cpu_features().amx_bf16 && detail::amx_supports(w, tokens);
+}
+
+bool linear_runs_on_amx(LinearPath path, Activations act, const WeightView& w, int64_t tokens) {
+  return !linear_wants_bf16(path, act, w) && runs_on_amx(path, w, tokens);
+}
+int64_t amx_x_words(int64_t tokens, int64_t cols) { return 3 * (cols / 2) * tokens; }
+void amx_split_x(const float* x, int64_t tokens, int64_t cols, uint32_t* out) {
+  M2_CHECK(cpu_features().amx_bf16 && cols % 32 == 0, "amx_split_x: needs AMX and whole 32-column chunks");
+  detail::amx_split_x_avx512(x, tokens, cols, out);
+}
+
 XLayout linear_x_layout(LinearPath path, const WeightView& w, int64_t tokens) {
+  if (runs_on_amx(path, w, tokens)) return XLayout::Plain;
   if (path == LinearPath::Avx512 && detail::gemv_avx512_supports(w, tokens)) return detail::gemv_avx512_x_layout(w);
   if (path == LinearPath::Avx2 || path == LinearPath::Avx512) return detail::gemv_avx2_x_layout(w, tokens);
   return XLayout::Plain;
@@ -240,6 +255,7 @@ const Fp8Bf16Tables& fp8_bf16_tables(bool e5m2) {
 
 void linear_rows(LinearPath path, const LinearJob& job, int64_t r0, int64_t r1) {
   if (job.xb) return path == LinearPath::Neon ? detail::rows_bf16_neon(job, r0, r1) : detail::rows_bf16_avx512(job, r0, r1);
+  if (job.xamx) return detail::rows_bf16_amx(job, r0, r1);
   if (job.xq && job.tokens > 4 && path == LinearPath::Avx512 && cpu_features().avx512_vnni_vbmi)
     return detail::rows_q8_gemm_avx512(job, r0, r1);
   if (job.xq) {  // the Q8 gemv kernels take 1-4 tokens: more run in groups of 4 over the same rows
@@ -268,7 +284,12 @@ void linear(const WeightView& w, const float* x, float* y, int64_t tokens, Threa
             Activations act) {
   path = resolve_linear_path(path);
   LinearJob job{&w, x, x, nullptr, y, w.rows, tokens};
-  if (linear_wants_bf16(path, act, w)) {
+  if (linear_runs_on_amx(path, act, w, tokens)) {
+    thread_local std::vector<uint32_t> xamx;
+    uint32_t* p = aligned_scratch(xamx, amx_x_words(tokens, w.cols));
+    amx_split_x(x, tokens, w.cols, p);
+    job.xamx = p;
+  } else if (linear_wants_bf16(path, act, w)) {
     thread_local std::vector<uint16_t> xb;
     uint16_t* p = aligned_scratch(xb, tokens * w.cols);
     bf16_rows(x, tokens, w.cols, bf16_layout(w), p, pool);

@@ -108,7 +108,7 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
   const float* xd = xp;
   group_items_.clear();  // capacity kept: no allocation once warmed up
   XLayout layout = XLayout::Plain;  // of every product that reads a rearranged x (one format per weight)
-  bool q8 = false, rounded = false;
+  bool q8 = false, rounded = false, any_amx = false;
   std::optional<Bf16Layout> bf16;  // of the products that read bf16 rows of x, when any does
   for (int64_t e = 0; e < w.experts; ++e) {
     const int64_t n = off[e + 1] - off[e];
@@ -120,8 +120,9 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
       if (v.cols != w.cols) fail<InvalidArgument>("grouped_linear: {} has {} columns, expected {}", v.name, v.cols, w.cols);
       const int64_t grain = linear_grain(path_, v, n);
       const bool wants_bf16 = linear_wants_bf16(path_, act_, v);
-      const bool wants_q8 = !wants_bf16 && linear_wants_q8(path_, act_, v, n);
-      const bool rounds = !wants_bf16 && !wants_q8 && linear_rounds_q8(path_, act_, v);
+      const bool amx = linear_runs_on_amx(path_, act_, v, n);
+      const bool wants_q8 = !wants_bf16 && !amx && linear_wants_q8(path_, act_, v, n);
+      const bool rounds = !wants_bf16 && !amx && !wants_q8 && linear_rounds_q8(path_, act_, v);
       q8 |= wants_q8;
       rounded |= rounds;
       if (wants_bf16) {
@@ -129,13 +130,15 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
           fail<InvalidArgument>("grouped_linear: {} reads its bf16 input in another layout than the group's other parts", v.name);
         bf16 = bf16_layout(v);
       }
-      if (const XLayout l = wants_q8 || wants_bf16 ? XLayout::Plain : linear_x_layout(path_, v, n); l != XLayout::Plain) {
+      any_amx |= amx;
+      if (const XLayout l = wants_q8 || wants_bf16 || amx ? XLayout::Plain : linear_x_layout(path_, v, n); l != XLayout::Plain) {
         if (layout != XLayout::Plain && layout != l)
           fail<InvalidArgument>("grouped_linear: {} reads its input in another layout than the group's other parts", v.name);
         layout = l;
       }
       LinearJob job{&v, xp + int64_t(off[e]) * w.cols, nullptr, nullptr, yp + int64_t(off[e]) * w.rows + row0, w.rows, n};
-      group_items_.push_back({job, grain, (v.rows + grain - 1) / grain, double(grain) * double(4 + n), wants_q8, rounds, wants_bf16});
+      group_items_.push_back({job, grain, (v.rows + grain - 1) / grain, double(grain) * double(4 + n), wants_q8, rounds,
+                              wants_bf16, amx});
       row0 += v.rows;
     }
     if (row0 != w.rows) fail<InvalidArgument>("grouped_linear: expert {} has {} rows, expected {}", e, row0, w.rows);
@@ -163,6 +166,19 @@ void CpuBackend::grouped_linear(const ExpertStack& w, const TensorView& x, const
     bf16_rows(xp, S, w.cols, *bf16, p, pool_);
     for (auto& it : group_items_)
       if (it.bf16) it.job.xb = p + (it.job.x - xp);
+  }
+  if (any_amx) {  // each expert's tokens as one AMX operand, at its offset (both parts read it)
+    uint32_t* p = aligned_scratch(x_amx_, amx_x_words(S, w.cols));
+    pool_.parallel_for(w.experts, [&](int64_t e0, int64_t e1, int) {
+      for (int64_t e = e0; e < e1; ++e) {
+        const int64_t n = off[e + 1] - off[e];
+        bool wanted = false;
+        for (int q = 0; q < w.parts && n > 0; ++q) wanted |= linear_runs_on_amx(path_, act_, w.part(e, q), n);
+        if (wanted) amx_split_x(xp + int64_t(off[e]) * w.cols, n, w.cols, p + amx_x_words(off[e], w.cols));
+      }
+    }, 8);
+    for (auto& it : group_items_)
+      if (it.amx) it.job.xamx = p + amx_x_words((it.job.x - xp) / w.cols, w.cols);
   }
   double total = 0;
   for (auto& it : group_items_) {
