@@ -15,8 +15,8 @@
 //   - at 1-2 tokens the fp32 gemv is as fast or faster (in L2 at 1 token, 52 against 37 GB/s), so
 //     AMX starts at 3;
 //   - at 8 tokens, one thread in L2: 25 against 11 GB/s;
-//   - the MXFP4 model's BF16 attention and lm_head at batch 8: 72-74% of the read limit against
-//     61-63%.
+//   - batch 8, whole model: 85% of the read limit against 72% (BF16 model), 73% against 64% (the
+//     MXFP4 model, whose attention and lm_head are BF16).
 //   Linux hands AMX state to a process only after arch_prctl(ARCH_REQ_XCOMP_PERM) (cpu_features.cpp).
 // note: only POD fields of WeightView are touched here, so no std::string code is emitted with AVX-512.
 #if defined(__x86_64__)
