@@ -9,14 +9,18 @@
 // weights, where the fp32 gemv needs ~16 FMAs and conversions per token.
 //   Tiles: A0, A1 (two 16-row blocks; one when the columns need three B tiles), B0-B2 (the 3T
 // columns in groups of 16; "VNNI" layout: dword (j, c) holds columns 2j, 2j + 1 of column c), and a
-// C tile per A and B. x's planes are written in that layout once per product (amx_split_x;
-// per expert in a grouped call).
+// C tile per A and B. Tokens run in groups of 16 (kAmxGroup), every group over a stripe of rows
+// (256 KB) before the next stripe, so past 16 tokens the weight is read from memory once. x's planes
+// are written in that layout once per product (amx_split_x; per expert in a grouped call).
 //   Measured on the Intel host (docs/BENCHMARKS.md):
 //   - at 1-2 tokens the fp32 gemv is as fast or faster (in L2 at 1 token, 52 against 37 GB/s), so
 //     AMX starts at 3;
 //   - at 8 tokens, one thread in L2: 25 against 11 GB/s;
 //   - batch 8, whole model: 85% of the read limit against 72% (BF16 model), 73% against 64% (the
-//     MXFP4 model, whose attention and lm_head are BF16).
+//     MXFP4 model, whose attention and lm_head are BF16);
+//   - a 512-token prefill of the BF16 model, whose experts see ~16 tokens each: 49-53% of the fp32
+//     FMA peak against 44-46%. Its 512-token attention products stay on the fp32 tiles (past
+//     kAmxMaxTokens): their operand, 18 KB per token, would no longer stay in L2 beside a stripe.
 //   Linux hands AMX state to a process only after arch_prctl(ARCH_REQ_XCOMP_PERM) (cpu_features.cpp).
 // note: only POD fields of WeightView are touched here, so no std::string code is emitted with AVX-512.
 #if defined(__x86_64__)
@@ -40,6 +44,8 @@ constexpr int kAmxRows = 16;  // rows of a weight tile (and of a C tile)
 // being read, as the gemv does, held the product from memory at 17-21 GB/s whatever the tokens; 512,
 // 1024, 2048 and 4096 bytes ahead gave 22 / 26 / 24 / 23 GB/s at 1 token (docs/BENCHMARKS.md).
 constexpr int64_t kPrefetchAhead = 1024;
+constexpr int64_t kAmxGroup = 16;                  // tokens per pass (3 × 16 B columns)
+constexpr int64_t kAmxStripeBytes = int64_t(256) << 10;  // weight rows run by every token group in turn
 
 struct TileConfig {  // the 64-byte operand of ldtilecfg, palette 1
   uint8_t palette = 1, start_row = 0;
@@ -116,10 +122,10 @@ inline void transpose8x8_epi32(__m256i r[8]) {
 // x [T][K] → b [K/2][3T] dwords: dword (j, p·T + t) holds columns 2j, 2j + 1 of plane p of token t
 // (two bf16, the even column low), where x1 + x2 + x3 = x. Per 16 columns: each token's three planes
 // (8 dwords each), then per plane and 8 tokens an 8 × 8 transpose into the 8 rows of b.
-void split_x(const float* x, int64_t T, int64_t K, uint32_t* b) {
+void split_group(const float* x, int64_t T, int64_t K, uint32_t* b) {
   const int64_t nc = 3 * T, groups = (T + 7) / 8;
   for (int64_t k = 0; k < K; k += 16) {
-    __m256i d[3][kAmxMaxTokens];  // [plane][token]: 8 column pairs
+    __m256i d[3][kAmxGroup];  // [plane][token]: 8 column pairs
     for (int64_t t = 0; t < groups * 8; ++t) {
       if (t >= T) {
         d[0][t] = d[1][t] = d[2][t] = _mm256_setzero_si256();
@@ -224,15 +230,30 @@ bool amx_supports(const WeightView& w, int64_t tokens) {
          tokens <= kAmxMaxTokens;
 }
 
-void amx_split_x_avx512(const float* x, int64_t tokens, int64_t cols, uint32_t* out) { split_x(x, tokens, cols, out); }
+// Tokens in groups of kAmxGroup, each group's operand of its own ([K/2][3 × its tokens]), one after
+// the other: group g at 3 · (K/2) · kAmxGroup · g words.
+void amx_split_x_avx512(const float* x, int64_t tokens, int64_t cols, uint32_t* out) {
+  for (int64_t t0 = 0; t0 < tokens; t0 += kAmxGroup)
+    split_group(x + t0 * cols, std::min<int64_t>(kAmxGroup, tokens - t0), cols, out + 3 * (cols / 2) * t0);
+}
 
+// Rows [r0, r1) in stripes of ~kAmxStripeBytes of weight; each stripe runs every token group while it
+// stays in L2 (a group of 16 tokens reads its operand, 18 KB per token at 3072 columns, from L2 too).
 void rows_bf16_amx(const LinearJob& job, int64_t r0, int64_t r1) {
   const WeightView& w = *job.w;
-  const int64_t T = job.tokens;
-  switch (groups_of(T)) {
-    case 1: amx_rows<1>(w, job.xamx, T, job.y, job.ldy, r0, r1); break;
-    case 2: amx_rows<2>(w, job.xamx, T, job.y, job.ldy, r0, r1); break;
-    default: amx_rows<3>(w, job.xamx, T, job.y, job.ldy, r0, r1); break;
+  const int64_t stripe = std::max<int64_t>(2 * kAmxRows, kAmxStripeBytes / w.row_bytes / (2 * kAmxRows) * (2 * kAmxRows));
+  for (int64_t s0 = r0; s0 < r1; s0 += stripe) {
+    const int64_t s1 = std::min(r1, s0 + stripe);
+    for (int64_t t0 = 0; t0 < job.tokens; t0 += kAmxGroup) {
+      const int64_t T = std::min<int64_t>(kAmxGroup, job.tokens - t0);
+      const uint32_t* b = job.xamx + 3 * (w.cols / 2) * t0;
+      float* y = job.y + t0 * job.ldy;
+      switch (groups_of(T)) {
+        case 1: amx_rows<1>(w, b, T, y, job.ldy, s0, s1); break;
+        case 2: amx_rows<2>(w, b, T, y, job.ldy, s0, s1); break;
+        default: amx_rows<3>(w, b, T, y, job.ldy, s0, s1); break;
+      }
+    }
   }
   _tile_release();
 }
