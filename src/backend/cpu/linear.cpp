@@ -175,10 +175,12 @@ int64_t linear_grain(LinearPath path, const WeightView& w, int64_t tokens) {
   }
 }
 
-// Whether a product runs on AMX (f32 activations; LinearJob::x as given, no layout).
+namespace {
+// Whether a product of these weights and tokens runs on AMX when its products are f32.
 bool runs_on_amx(LinearPath path, const WeightView& w, int64_t tokens) {
   return path == LinearPath::Avx512 && cpu_features().amx_bf16 && detail::amx_supports(w, tokens);
 }
+}  // namespace
 
 bool linear_runs_on_amx(LinearPath path, Activations act, const WeightView& w, int64_t tokens) {
   return !linear_wants_bf16(path, act, w) && runs_on_amx(path, w, tokens);
