@@ -77,19 +77,21 @@ TEST(Linear, WeightsOffCacheLinesMatchReference) {
   }
 }
 
-// The AMX product (BF16 weights, f32, 3-16 tokens) gives each token the same bits whatever the batch:
+// The AMX product (BF16 weights, f32, 3+ tokens) gives each token the same bits whatever the batch:
 // every output is its own dot product over the same 32-column steps. And it stays exact: x's three
-// bf16 planes sum to x (dropping the smallest plane fails the reference tests).
+// bf16 planes sum to x (dropping the smallest plane fails the reference tests). 150 tokens cross
+// token groups (16) and blocks (64).
 TEST(Linear, AmxTokenDoesNotDependOnItsBatch) {
   if (!cpu_features().amx_bf16) GTEST_SKIP() << "needs AMX-BF16 (and the kernel's permission)";
   std::mt19937_64 rng(test::fresh_seed());
   ThreadPool pool(2);
+  constexpr int64_t kAll = 150;
   for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{37, 256}, {131, 608}}) {
     auto w = test::random_weight(WeightFormat::Dense, DType::BF16, rows, cols, rng);
-    auto x = test::random_floats(rng, size_t(detail::kAmxMaxTokens * cols));
-    std::vector<float> all(size_t(detail::kAmxMaxTokens * rows)), some(all.size());
-    linear(w.view, x.data(), all.data(), detail::kAmxMaxTokens, pool);
-    for (int64_t tokens = detail::kAmxMinTokens; tokens < detail::kAmxMaxTokens; ++tokens) {
+    auto x = test::random_floats(rng, size_t(kAll * cols));
+    std::vector<float> all(size_t(kAll * rows)), some(all.size());
+    linear(w.view, x.data(), all.data(), kAll, pool);
+    for (int64_t tokens = detail::kAmxMinTokens; tokens < kAll; tokens += tokens < 70 ? 1 : 13) {
       ASSERT_TRUE(linear_runs_on_amx(resolve_linear_path(LinearPath::Auto), Activations::F32, w.view, tokens));
       linear(w.view, x.data(), some.data(), tokens, pool);
       EXPECT_EQ(std::memcmp(some.data(), all.data(), size_t(tokens * rows) * 4), 0)

@@ -94,7 +94,7 @@ struct LinearJob {
   const uint16_t* xb = nullptr;  // bf16 rows of x (bf16_rows) when linear_wants_bf16 says so, else null
   const uint32_t* xamx = nullptr;  // x as AMX's operand (amx_split_x) when linear_runs_on_amx says so, else null
 };
-// Whether a product runs BF16 weights × fp32 x on AMX (f32 products, 3-64 tokens, cols % 32 == 0, a CPU
+// Whether a product runs BF16 weights × fp32 x on AMX (f32 products, 3+ tokens, cols % 32 == 0, a CPU
 // with AMX-BF16): the caller fills LinearJob::xamx with amx_split_x. The result is exact as the fp32
 // kernels' are (x in three bf16 planes that sum to it; linear_amx.cpp).
 bool linear_runs_on_amx(LinearPath path, Activations act, const WeightView& w, int64_t tokens);
@@ -182,10 +182,10 @@ void rows_q8_avx512(const LinearJob& job, int64_t r0, int64_t r1);
 // cpu_features().avx512_bf16. bf16_rows_avx512 converts n floats (whole rows).
 void rows_bf16_avx512(const LinearJob& job, int64_t r0, int64_t r1);
 void bf16_rows_avx512(const float* x, int64_t n, Bf16Layout layout, uint16_t* out);
-// BF16 weights × fp32 x on AMX (linear_amx.cpp): kAmxMinTokens-kAmxMaxTokens tokens, cols % 32 == 0
+// BF16 weights × fp32 x on AMX (linear_amx.cpp): kAmxMinTokens tokens or more, cols % 32 == 0
 // (amx_supports), x split into three bf16 planes that sum to it; only called when
 // cpu_features().amx_bf16 and the products are f32. Rows in blocks of 16.
-constexpr int64_t kAmxMinTokens = 3, kAmxMaxTokens = 64;
+constexpr int64_t kAmxMinTokens = 3;
 bool amx_supports(const WeightView& w, int64_t tokens);
 void rows_bf16_amx(const LinearJob& job, int64_t r0, int64_t r1);  // reads job.xamx
 void amx_split_x_avx512(const float* x, int64_t tokens, int64_t cols, uint32_t* out);

@@ -46,6 +46,7 @@ constexpr int kAmxRows = 16;  // rows of a weight tile (and of a C tile)
 constexpr int64_t kPrefetchAhead = 1024;
 constexpr int64_t kAmxGroup = 16;                  // tokens per pass (3 × 16 B columns)
 constexpr int64_t kAmxStripeBytes = int64_t(256) << 10;  // weight rows run by every token group in turn
+constexpr int64_t kAmxBlockTokens = 64;                  // tokens whose operand stays in L2 over all stripes
 
 struct TileConfig {  // the 64-byte operand of ldtilecfg, palette 1
   uint8_t palette = 1, start_row = 0;
@@ -226,8 +227,7 @@ void amx_rows(const WeightView& w, const uint32_t* b, int64_t T, float* y, int64
 }  // namespace
 
 bool amx_supports(const WeightView& w, int64_t tokens) {
-  return w.format == WeightFormat::Dense && w.dtype == DType::BF16 && w.cols % 32 == 0 && tokens >= kAmxMinTokens &&
-         tokens <= kAmxMaxTokens;
+  return w.format == WeightFormat::Dense && w.dtype == DType::BF16 && w.cols % 32 == 0 && tokens >= kAmxMinTokens;
 }
 
 // Tokens in groups of kAmxGroup, each group's operand of its own ([K/2][3 × its tokens]), one after
@@ -237,21 +237,26 @@ void amx_split_x_avx512(const float* x, int64_t tokens, int64_t cols, uint32_t* 
     split_group(x + t0 * cols, std::min<int64_t>(kAmxGroup, tokens - t0), cols, out + 3 * (cols / 2) * t0);
 }
 
-// Rows [r0, r1) in stripes of ~kAmxStripeBytes of weight; each stripe runs every token group while it
-// stays in L2 (a group of 16 tokens reads its operand, 18 KB per token at 3072 columns, from L2 too).
+// Rows [r0, r1) × tokens in blocks of kAmxBlockTokens; per block, the rows in stripes of
+// ~kAmxStripeBytes of weight, each stripe run by every group of 16 tokens of the block while it stays
+// in L2. A block's operand (18 KB per token at 3072 columns, 1.2 MB for 64 tokens) stays in L2 over
+// all the stripes; the weight is read from memory once per block.
 void rows_bf16_amx(const LinearJob& job, int64_t r0, int64_t r1) {
   const WeightView& w = *job.w;
   const int64_t stripe = std::max<int64_t>(2 * kAmxRows, kAmxStripeBytes / w.row_bytes / (2 * kAmxRows) * (2 * kAmxRows));
-  for (int64_t s0 = r0; s0 < r1; s0 += stripe) {
-    const int64_t s1 = std::min(r1, s0 + stripe);
-    for (int64_t t0 = 0; t0 < job.tokens; t0 += kAmxGroup) {
-      const int64_t T = std::min<int64_t>(kAmxGroup, job.tokens - t0);
-      const uint32_t* b = job.xamx + 3 * (w.cols / 2) * t0;
-      float* y = job.y + t0 * job.ldy;
-      switch (groups_of(T)) {
-        case 1: amx_rows<1>(w, b, T, y, job.ldy, s0, s1); break;
-        case 2: amx_rows<2>(w, b, T, y, job.ldy, s0, s1); break;
-        default: amx_rows<3>(w, b, T, y, job.ldy, s0, s1); break;
+  for (int64_t b0 = 0; b0 < job.tokens; b0 += kAmxBlockTokens) {
+    const int64_t b1 = std::min(job.tokens, b0 + kAmxBlockTokens);
+    for (int64_t s0 = r0; s0 < r1; s0 += stripe) {
+      const int64_t s1 = std::min(r1, s0 + stripe);
+      for (int64_t t0 = b0; t0 < b1; t0 += kAmxGroup) {
+        const int64_t T = std::min<int64_t>(kAmxGroup, b1 - t0);
+        const uint32_t* b = job.xamx + 3 * (w.cols / 2) * t0;
+        float* y = job.y + t0 * job.ldy;
+        switch (groups_of(T)) {
+          case 1: amx_rows<1>(w, b, T, y, job.ldy, s0, s1); break;
+          case 2: amx_rows<2>(w, b, T, y, job.ldy, s0, s1); break;
+          default: amx_rows<3>(w, b, T, y, job.ldy, s0, s1); break;
+        }
       }
     }
   }
