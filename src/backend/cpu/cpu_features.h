@@ -9,7 +9,7 @@ struct CpuFeatures {
   bool avx512 = false;         // AVX-512 F/BW/VL/DQ: the packed-format gemv
   bool avx512_vnni_vbmi = false;  // + VNNI (vpdpbusd) and VBMI (vpermb): the FP4 × Q8 gemv at 512 bits
   bool avx512_bf16 = false;    // + AVX512_BF16 (vdpbf16ps): BF16 / FP8 weights × bf16 activations (Activations::Q8Bf16)
-  bool amx_bf16 = false;       // + AMX-TILE/AMX-BF16, granted by the kernel: BF16 weights × f32 x at 3-64 tokens
+  bool amx_bf16 = false;       // + AMX-TILE/AMX-BF16, granted by the kernel: BF16 weights × f32 x from 3 tokens
   bool neon = false;           // AArch64 Advanced SIMD (every AArch64 CPU)
   bool dotprod = false;        // AArch64 SDOT/UDOT (ARMv8.2+, e.g. Grace, GB10): the FP4 × Q8 gemv
   bool neon_bf16 = false;      // AArch64 FEAT_BF16 (BFDOT; Grace, GB10): BF16 weights × bf16 activations (Activations::Q8Bf16)

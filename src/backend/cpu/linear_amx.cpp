@@ -1,4 +1,4 @@
-// BF16 weights × fp32 x on Intel AMX (AMX-TILE + AMX-BF16), kAmxMinTokens-kAmxMaxTokens tokens, and
+// BF16 weights × fp32 x on Intel AMX (AMX-TILE + AMX-BF16), kAmxMinTokens tokens or more, and
 // still exact: x is split into three bf16 planes whose sum is x (x1 = bf16(x), x2 = bf16(x − x1),
 // x3 = bf16(x − x1 − x2), each rounded to nearest even: 24 significant bits in 3 × 8). Every
 // product of two bf16 is exact in fp32, and the tiles accumulate in fp32. A token's result is
@@ -9,18 +9,19 @@
 // weights, where the fp32 gemv needs ~16 FMAs and conversions per token.
 //   Tiles: A0, A1 (two 16-row blocks; one when the columns need three B tiles), B0-B2 (the 3T
 // columns in groups of 16; "VNNI" layout: dword (j, c) holds columns 2j, 2j + 1 of column c), and a
-// C tile per A and B. Tokens run in groups of 16 (kAmxGroup), every group over a stripe of rows
-// (256 KB) before the next stripe, so past 16 tokens the weight is read from memory once. x's planes
-// are written in that layout once per product (amx_split_x; per expert in a grouped call).
+// C tile per A and B. Tokens run in groups of 16 (kAmxGroup), every group of a block of 64 over a
+// stripe of rows (256 KB) before the next stripe. x's planes are written in that layout once per
+// product (amx_split_x; per expert in a grouped call).
 //   Measured on the Intel host (docs/BENCHMARKS.md):
 //   - at 1-2 tokens the fp32 gemv is as fast or faster (in L2 at 1 token, 52 against 37 GB/s), so
 //     AMX starts at 3;
 //   - at 8 tokens, one thread in L2: 25 against 11 GB/s;
 //   - batch 8, whole model: 85% of the read limit against 72% (BF16 model), 73% against 64% (the
 //     MXFP4 model, whose attention and lm_head are BF16);
-//   - a 512-token prefill of the BF16 model, whose experts see ~16 tokens each: 49-53% of the fp32
-//     FMA peak against 44-46%. Its 512-token attention products stay on the fp32 tiles (past
-//     kAmxMaxTokens): their operand, 18 KB per token, would no longer stay in L2 beside a stripe.
+//   - a 512-token prefill: BF16 model 57-68% of the fp32 FMA peak against 43-53%, the MXFP4 model
+//     (BF16 attention) 80-85% against 72%.
+//   Past 64 tokens (kAmxBlockTokens) the tokens run in blocks of 64, whose operand (18 KB per token at
+//   3072 columns) stays in L2 while the weight streams by once per block.
 //   Linux hands AMX state to a process only after arch_prctl(ARCH_REQ_XCOMP_PERM) (cpu_features.cpp).
 // note: only POD fields of WeightView are touched here, so no std::string code is emitted with AVX-512.
 #if defined(__x86_64__)
