@@ -11,6 +11,9 @@
 #include "backend/cpu/linear.h"
 
 namespace m2::detail {
+// File-local in each includer: compiled under that file's target, so the linker never hands one
+// file's copy (other ISA flags) to another.
+namespace {
 
 struct Fp8Lut {
   __m512i hi0, hi1, lo0, lo1, sign;
@@ -34,4 +37,5 @@ inline void fp8_to_bf16(const Fp8Lut& l, const uint8_t* p, __m512i& a, __m512i& 
   fp8_to_bf16(l, _mm512_loadu_si512(p), a, b);
 }
 
+}  // namespace
 }  // namespace m2::detail

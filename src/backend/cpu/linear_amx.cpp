@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "backend/cpu/linear.h"
+#include "backend/cpu/transpose_avx2.h"
 
 namespace m2::detail {
 
@@ -102,25 +103,6 @@ inline void tile_dp_bf16() {  // C += A · B
   __asm__ volatile("tdpbf16ps %%tmm%c2, %%tmm%c1, %%tmm%c0" ::"i"(C), "i"(A), "i"(B));
 }
 
-// r[i] lane j → r[j] lane i (8 × 8 dwords).
-inline void transpose8x8_epi32(__m256i r[8]) {
-  __m256i t[8], u[8];
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);
-    t[i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 1]);
-  }
-  for (int h = 0; h < 8; h += 4) {
-    u[h] = _mm256_unpacklo_epi64(t[h], t[h + 2]);
-    u[h + 1] = _mm256_unpackhi_epi64(t[h], t[h + 2]);
-    u[h + 2] = _mm256_unpacklo_epi64(t[h + 1], t[h + 3]);
-    u[h + 3] = _mm256_unpackhi_epi64(t[h + 1], t[h + 3]);
-  }
-  for (int c = 0; c < 4; ++c) {
-    r[c] = _mm256_permute2x128_si256(u[c], u[4 + c], 0x20);
-    r[4 + c] = _mm256_permute2x128_si256(u[c], u[4 + c], 0x31);
-  }
-}
-
 // x [T][K] → b [K/2][3T] dwords: dword (j, p·T + t) holds columns 2j, 2j + 1 of plane p of token t
 // (two bf16, the even column low), where x1 + x2 + x3 = x. Per 16 columns: each token's three planes
 // (8 dwords each), then per plane and 8 tokens an 8 × 8 transpose into the 8 rows of b.
@@ -145,7 +127,7 @@ void split_group(const float* x, int64_t T, int64_t K, uint32_t* b) {
       for (int64_t g = 0; g < groups; ++g) {
         __m256i r[8];
         for (int i = 0; i < 8; ++i) r[i] = d[p][8 * g + i];
-        transpose8x8_epi32(r);
+        transpose8(r);
         const __mmask8 m = __mmask8((1u << std::min<int64_t>(8, T - 8 * g)) - 1);
         for (int j = 0; j < 8; ++j) _mm256_mask_storeu_epi32(out + j * nc + p * T + 8 * g, m, r[j]);
       }

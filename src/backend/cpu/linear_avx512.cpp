@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_features.h"
+#include "backend/cpu/fp8_gemv_avx512.h"
 #include "backend/cpu/gemm_driver.h"
 #include "backend/cpu/linear.h"
 #include "backend/cpu/weight_kind.h"
@@ -136,47 +137,8 @@ inline void e4m3_quads_raw(__m512i v, __m512 out[4]) {
 inline void e4m3_quads64_raw(const uint8_t* p, __m512 out[4]) { e4m3_quads_raw(_mm512_loadu_si512(p), out); }
 
 template <int T, int R>
-inline void gemv_e4m3_pass(const WeightView& w, const float* x, const float* xq, float* y, int64_t ldy, int64_t r) {
-  constexpr float kScaleRest = 0x1p120f / kE4m3XScale;
-  constexpr int A = T * R <= 4 ? 2 : 1;
-  const int64_t K = w.cols, bc = w.block_cols;  // K % 64 == 0 and bc % 64 == 0 (gemv_avx512_supports)
-  const RowStreams<R> s(w, r);
-  const uint8_t* scale_rows[R];  // float scales, [cols / block_cols] per block row
-  for (int i = 0; i < R; ++i) scale_rows[i] = w.scales + 4 * ((r + i) / w.block_rows * w.scale_stride);
-  __m512 acc[R][T];
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
-  for (int64_t k0 = 0; k0 < K; k0 += bc) {
-    __m512 part[R][T][A];  // this scale block's sums
-    for (int i = 0; i < R; ++i)
-      for (int t = 0; t < T; ++t)
-        for (int a = 0; a < A; ++a) part[i][t][a] = _mm512_setzero_ps();
-    const int64_t k1 = std::min(k0 + bc, K);
-    for (int64_t k = k0; k < k1; k += 64) {
-      s.prefetch_at(k);
-      for (int i = 0; i < R; ++i) {
-        __m512 c[4];
-        e4m3_quads64_raw(s.rows[i] + k, c);
-        for (int t = 0; t < T; ++t) {
-          const float* xt = xq + t * K + k;
-          __m512 &p = part[i][t][0], &q = part[i][t][A - 1];
-          p = _mm512_fmadd_ps(c[0], _mm512_loadu_ps(xt), p);
-          q = _mm512_fmadd_ps(c[1], _mm512_loadu_ps(xt + 16), q);
-          p = _mm512_fmadd_ps(c[2], _mm512_loadu_ps(xt + 32), p);
-          q = _mm512_fmadd_ps(c[3], _mm512_loadu_ps(xt + 48), q);
-        }
-      }
-    }
-    for (int i = 0; i < R; ++i) {
-      float sv;
-      std::memcpy(&sv, scale_rows[i] + 4 * (k0 / bc), 4);
-      const __m512 scale = _mm512_set1_ps(sv * kScaleRest);
-      for (int t = 0; t < T; ++t)
-        acc[i][t] = _mm512_fmadd_ps(A == 2 ? _mm512_add_ps(part[i][t][0], part[i][t][A - 1]) : part[i][t][0], scale,
-                                    acc[i][t]);
-    }
-  }
-  finish_rows<R, T>(w, x, y, ldy, r, K, acc);
+inline void gemv_e4m3_pass(const WeightView& w, const float* xq, float* y, int64_t ldy, int64_t r) {
+  fp8_block_gemv_pass<T, R>(w, xq, y, ldy, r, 0x1p120f / kE4m3XScale, e4m3_quads64_raw);
 }
 
 template <int T>
@@ -187,7 +149,7 @@ void gemv_rows(const WeightView& w, const float* x, const float* xd, float* y, i
       case WeightFormat::Dense: return gemv_bf16_pass<T, R>(w, x, xd, y, ldy, r);
       case WeightFormat::Nvfp4: return gemv_fp4_pass<T, R, true>(w, x, xd, y, ldy, r);
       case WeightFormat::Mxfp4: return gemv_fp4_pass<T, R, false>(w, x, xd, y, ldy, r);
-      case WeightFormat::Fp8Block: return gemv_e4m3_pass<T, R>(w, x, xd, y, ldy, r);
+      case WeightFormat::Fp8Block: return gemv_e4m3_pass<T, R>(w, xd, y, ldy, r);
     }
   });
 }

@@ -2,8 +2,9 @@
 // runs E5M2 weights through it (E4M3 takes the shift decode of linear_avx512.cpp, see below). Each 64
 // codes of a row become their exact bf16 by table lookup (fp8_lut_avx512.h: 2 vpermi2b, a
 // vpternlogd, 2 byte unpacks), then fp32 by `<< 16` and `& 0xFFFF0000` (as the BF16 gemv), over x in
-// XLayout::Fp8Bf16Pairs64; each scale block's sums are scaled once. For E5M2, which has no shift
-// decode, it ran 1.5-1.7× the AVX2 gemv and tiles it replaces (docs/BENCHMARKS.md).
+// XLayout::Fp8Bf16Pairs64; the pass itself, scale blocks and all, is the shift decode's
+// (fp8_gemv_avx512.h). For E5M2, which has no shift decode, it ran 1.5-1.7× the AVX2 gemv and tiles
+// it replaces (docs/BENCHMARKS.md).
 //   Why E4M3 does not use it: the shift decode makes every E4M3 subnormal code (exponent field 0) an
 // fp32 subnormal, and on Intel cores each FMA that reads one takes a microcode assist (in L2, 1
 // code in 1000 subnormal: 12.9 against 23.5 GB/s; 300 per million: 18.9); this decode does not
@@ -23,6 +24,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "backend/cpu/fp8_gemv_avx512.h"
 #include "backend/cpu/fp8_lut_avx512.h"
 #include "backend/cpu/gemm_driver.h"
 #include "backend/cpu/linear.h"
@@ -32,52 +34,19 @@ namespace m2::detail {
 
 namespace {
 
-// y[t · ldy + r + i] = Σ_c W[r + i, c] · x[t, c] for i < R, t < T; xd: [T][K] in Fp8Bf16Pairs64.
+// xd: [T][K] in Fp8Bf16Pairs64; the table's bf16 words split into fp32 as the BF16 gemv does.
 template <int T, int R>
 inline void gemv_fp8_pass(const WeightView& w, const Fp8Lut& l, const float* xd, float* y, int64_t ldy, int64_t r) {
-  constexpr int A = T * R <= 4 ? 2 : 1;  // sums per (row, token) and scale block: two while registers allow
-  const int64_t K = w.cols, bc = w.block_cols;  // K % 64 == 0 and bc % 64 == 0 (gemv_avx512_supports)
-  const RowStreams<R> s(w, r);
   const __m512i odd = _mm512_set1_epi32(int(0xFFFF0000u));
-  const uint8_t* scale_rows[R];  // float scales, [cols / block_cols] per block row
-  for (int i = 0; i < R; ++i) scale_rows[i] = w.scales + 4 * ((r + i) / w.block_rows * w.scale_stride);
-  __m512 acc[R][T];
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
-  for (int64_t k0 = 0; k0 < K; k0 += bc) {
-    __m512 part[R][T][A];  // this scale block's sums
-    for (int i = 0; i < R; ++i)
-      for (int t = 0; t < T; ++t)
-        for (int a = 0; a < A; ++a) part[i][t][a] = _mm512_setzero_ps();
-    const int64_t k1 = std::min(k0 + bc, K);
-    for (int64_t k = k0; k < k1; k += 64) {
-      s.prefetch_at(k);
-      for (int i = 0; i < R; ++i) {
-        __m512i a, b;
-        fp8_to_bf16(l, s.rows[i] + k, a, b);
-        const __m512 c0 = _mm512_castsi512_ps(_mm512_slli_epi32(a, 16)), c1 = _mm512_castsi512_ps(_mm512_and_si512(a, odd));
-        const __m512 c2 = _mm512_castsi512_ps(_mm512_slli_epi32(b, 16)), c3 = _mm512_castsi512_ps(_mm512_and_si512(b, odd));
-        for (int t = 0; t < T; ++t) {
-          const float* xt = xd + t * K + k;
-          __m512 &p = part[i][t][0], &q = part[i][t][A - 1];
-          p = _mm512_fmadd_ps(c0, _mm512_loadu_ps(xt), p);
-          q = _mm512_fmadd_ps(c1, _mm512_loadu_ps(xt + 16), q);
-          p = _mm512_fmadd_ps(c2, _mm512_loadu_ps(xt + 32), p);
-          q = _mm512_fmadd_ps(c3, _mm512_loadu_ps(xt + 48), q);
-        }
-      }
-    }
-    for (int i = 0; i < R; ++i) {
-      float sv;
-      std::memcpy(&sv, scale_rows[i] + 4 * (k0 / bc), 4);
-      const __m512 scale = _mm512_set1_ps(sv);
-      for (int t = 0; t < T; ++t)
-        acc[i][t] = _mm512_fmadd_ps(A == 2 ? _mm512_add_ps(part[i][t][0], part[i][t][A - 1]) : part[i][t][0], scale,
-                                    acc[i][t]);
-    }
-  }
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) y[t * ldy + r + i] = _mm512_reduce_add_ps(acc[i][t]);
+  const Fp8Lut lut = l;  // by value into the lambda, so that the tables stay in registers
+  fp8_block_gemv_pass<T, R>(w, xd, y, ldy, r, 1.0f, [lut, odd](const uint8_t* p, __m512 c[4]) {
+    __m512i a, b;
+    fp8_to_bf16(lut, p, a, b);
+    c[0] = _mm512_castsi512_ps(_mm512_slli_epi32(a, 16));
+    c[1] = _mm512_castsi512_ps(_mm512_and_si512(a, odd));
+    c[2] = _mm512_castsi512_ps(_mm512_slli_epi32(b, 16));
+    c[3] = _mm512_castsi512_ps(_mm512_and_si512(b, odd));
+  });
 }
 
 template <int T>
